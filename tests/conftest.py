@@ -1,0 +1,88 @@
+"""Shared fixtures: small datasets written in the three real on-disk formats."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from uit.config import SynthConfig
+from uit.data.formats import SPECS
+from uit.data.synth import synthesize
+
+RecordFactory = Callable[..., Path]
+
+
+def _image(path: Path, colour: tuple[int, int, int] = (120, 30, 30)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (16, 32), colour).save(path)
+
+
+def make_record(name: str, pid: int, path: str, captions: list[str], split: str) -> dict[str, Any]:
+    """A record with exactly the keys of ``name``'s real annotation file."""
+    spec = SPECS[name]
+    record: dict[str, Any] = {"id": pid, spec.path_key: path, "captions": captions, "split": split}
+    if name != "rstpreid":
+        record["processed_tokens"] = [c.lower().split() for c in captions]
+    return record
+
+
+def default_records(name: str) -> list[dict[str, Any]]:
+    """Two identities per split the benchmark has, two images each."""
+    ext = "png" if name == "cuhk-pedes" else "jpg"
+    records = []
+    pid = 1
+    for split in SPECS[name].splits:
+        for _ in range(2):
+            for k in range(2):
+                captions = [
+                    f"a person {pid} in a red coat view {k}",
+                    f"someone {pid} with a bag {k}",
+                ]
+                records.append(
+                    make_record(name, pid, f"{split}/{pid:04d}_{k}.{ext}", captions, split)
+                )
+            pid += 1
+    return records
+
+
+@pytest.fixture
+def write_benchmark(tmp_path: Path) -> RecordFactory:
+    """``write_benchmark(name, records=None, images=True, raw=None)`` -> the data root.
+
+    Writes the annotation file (``raw`` text verbatim when given) and, with ``images``, one real
+    image per record.
+    """
+
+    def write(
+        name: str,
+        records: list[dict[str, Any]] | None = None,
+        images: bool = True,
+        raw: str | None = None,
+        annotation_name: str | None = None,
+    ) -> Path:
+        spec = SPECS[name]
+        root = tmp_path / "raw"
+        folder = spec.dataset_dir(root)
+        folder.mkdir(parents=True, exist_ok=True)
+        records = default_records(name) if records is None else records
+        text = raw if raw is not None else json.dumps(records)
+        (folder / (annotation_name or spec.annotation_files[0])).write_text(text, encoding="utf-8")
+        if images and raw is None:
+            for record in records:
+                _image(spec.imgs_dir(root) / record[spec.path_key])
+        return root
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The tiny synthetic benchmark (all three formats) and the generator's counts."""
+    root = tmp_path_factory.mktemp("synth")
+    summaries = synthesize(root, SynthConfig(size="tiny", seed=7))
+    return root, summaries

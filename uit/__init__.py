@@ -1,0 +1,7 @@
+"""uit: text-to-image person retrieval with the UIT method (library layer).
+
+The library is plain Python and torch. It never imports prefect or dvc; typer lives only in
+``uit.cli``. See ``DESIGN.md`` section 2 for the layering.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,190 @@
+"""The ``uit`` command line: the front door to data, training, evaluation and search.
+
+Every command turns a library ``UitError`` into a one-paragraph message and exit code 1; no
+traceback reaches the user for bad input.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from uit.config import BENCHMARKS, BenchmarkName, ImageCheck, SynthSize
+from uit.errors import UitError
+
+app = typer.Typer(help="Text-to-image person retrieval with UIT.", no_args_is_help=True)
+data_app = typer.Typer(help="Prepare and inspect benchmarks.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Benchmark(StrEnum):
+    """Benchmark names for options that repeat (typer takes no lists of Literals)."""
+
+    cuhk_pedes = "cuhk-pedes"
+    icfg_pedes = "icfg-pedes"
+    rstpreid = "rstpreid"
+
+
+def friendly_errors(command: F) -> F:
+    """Print a ``UitError`` as a message and exit 1 instead of showing a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UitError as error:
+            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def progress_bars() -> Iterator[Progress]:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        yield progress
+
+
+def _bar(progress: Progress, description: str, total: int) -> Callable[[int], None]:
+    task = progress.add_task(description, total=total)
+    return lambda n: progress.advance(task, n)
+
+
+def _split_table(title: str, splits: dict[str, dict[str, int]]) -> Table:
+    table = Table(title=title)
+    for column in ("split", "identities", "images", "captions"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, counts in splits.items():
+        table.add_row(split, *(f"{counts[k]:,}" for k in ("identities", "images", "captions")))
+    return table
+
+
+@app.command()
+@friendly_errors
+def synth(
+    root: Annotated[
+        Path, typer.Option(help="Folder to write CUHK-PEDES/, ICFG-PEDES/, RSTPReid/ into.")
+    ],
+    seed: Annotated[int, typer.Option(help="Same seed, same files.")] = 0,
+    size: Annotated[
+        SynthSize, typer.Option(help="tiny is for tests; demo fits make demo.")
+    ] = "demo",
+    benchmark: Annotated[
+        list[Benchmark] | None, typer.Option(help="Only these (repeatable).")
+    ] = None,
+    image_height: int = 128,
+    image_width: int = 64,
+    workers: Annotated[int, typer.Option(help="Processes drawing images.")] = 1,
+    contact_sheet: Annotated[
+        Path | None, typer.Option(help="Also save a PNG of samples here.")
+    ] = None,
+) -> None:
+    """Generate the synthetic benchmark in the exact formats of the three real ones."""
+    from uit.config import parse_config
+    from uit.data.formats import get_spec
+    from uit.data.synth import synthesize
+
+    names = tuple(b.value for b in benchmark) if benchmark else BENCHMARKS
+    options = {"seed": seed, "size": size, "image_height": image_height, "image_width": image_width}
+    cfg = parse_config({"synth": options}, source="options").synth
+    start = time.perf_counter()
+    with progress_bars() as progress:
+
+        def bars(name: str, total: int) -> Callable[[int], None]:
+            return _bar(progress, f"drawing {name}", total)
+
+        summaries = synthesize(root, cfg, names, workers=workers, progress=bars)
+    for name, splits in summaries.items():
+        console.print(_split_table(f"{get_spec(name).title} (synthetic, {size})", splits))
+    console.print(f"wrote {', '.join(names)} under {root} in {time.perf_counter() - start:.1f} s")
+    if contact_sheet is not None:
+        _save_contact_sheet(root, names, contact_sheet)
+
+
+def _save_contact_sheet(root: Path, names: tuple[str, ...], out: Path) -> None:
+    import io
+
+    from uit.data.synth.sheet import synthetic_contact_sheet
+    from uit.io import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    synthetic_contact_sheet(root, names).save(buffer, format="PNG", optimize=True)
+    atomic_write_bytes(out, buffer.getvalue())
+    console.print(f"contact sheet: {out}")
+
+
+@data_app.command("prepare")
+@friendly_errors
+def data_prepare(
+    benchmark: Annotated[BenchmarkName, typer.Argument(help="Which format to read.")],
+    root: Annotated[Path, typer.Option(help="Folder holding the benchmark's folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for the manifests and stats.json.")],
+    drop_missing: Annotated[
+        bool, typer.Option(help="Drop (and count) missing or corrupt images instead of failing.")
+    ] = False,
+    check_images: Annotated[ImageCheck, typer.Option(help="decode opens every image.")] = "decode",
+) -> None:
+    """Validate a benchmark and write its Parquet manifests and stats.json."""
+    from uit.data.prepare import prepare_benchmark
+
+    with progress_bars() as progress:
+
+        def bar(total: int) -> Callable[[int], None]:
+            return _bar(progress, "checking images", total)
+
+        stats = prepare_benchmark(
+            benchmark, root, out, drop_missing=drop_missing, check_images=check_images, progress=bar
+        )
+    _print_stats(stats)
+    console.print(f"wrote {out}")
+
+
+def _print_stats(stats: dict[str, Any]) -> None:
+    from uit.data.formats import get_spec
+
+    console.print(_split_table(get_spec(stats["benchmark"]).title, stats["splits"]))
+    dropped = {k: v for k, v in stats["dropped"].items() if v}
+    notes = {k: v for k, v in stats["notes"].items() if v}
+    if dropped:
+        console.print(
+            "dropped: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in dropped.items())
+        )
+    if notes:
+        console.print("notes: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in notes.items()))
+
+
+@data_app.command("stats")
+@friendly_errors
+def data_stats(
+    prepared: Annotated[Path, typer.Argument(help="A folder written by `uit data prepare`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print stats.json as is.")] = False,
+) -> None:
+    """Identities, images and captions per split of a prepared benchmark."""
+    from uit.data.prepare import read_stats
+
+    stats = read_stats(prepared)
+    if as_json:
+        sys.stdout.write(json.dumps(stats, indent=2) + "\n")
+    else:
+        _print_stats(stats)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Datasets: the three on-disk formats, prepared manifests and the synthetic benchmark."""

@@ -1,0 +1,17 @@
+"""The library's own error types.
+
+Every error a user can cause with bad input (config, data, paths) is a ``UitError`` whose message
+names the file, record or key and says how to fix it. The CLI prints these without a traceback.
+"""
+
+
+class UitError(Exception):
+    """Base class for errors caused by the user's input, not by a bug."""
+
+
+class ConfigError(UitError, ValueError):
+    """A config file or override names an unknown key or holds a value of the wrong type."""
+
+
+class DataError(UitError, ValueError):
+    """A dataset on disk is missing, malformed or inconsistent."""
