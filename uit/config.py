@@ -48,11 +48,72 @@ class SynthConfig(Section):
     image_width: int = Field(64, ge=16, le=512)
 
 
+class ParseConfig(Section):
+    """Attribute parsing of captions with spaCy (DESIGN 3.3)."""
+
+    backend: Literal["auto", "builtin", "trained"] = "auto"  # auto: trained when installed
+    trained_model: str = "en_core_web_sm"
+    batch_size: int = Field(1000, ge=1)
+
+
+class AugmentConfig(Section):
+    """Training-time text augmentation (DESIGN 4)."""
+
+    keep_attributes_p: float = Field(0.2, ge=0.0, le=1.0)
+
+
+class ModelConfig(Section):
+    """The open_clip dual encoder (DESIGN 4)."""
+
+    name: str = "ViT-B-16"  # any open_clip model name, or uit-tiny
+    pretrained: str = ""  # "" random init | an open_clip tag such as openai | a weights file
+    image_height: int = Field(384, ge=8)
+    image_width: int = Field(128, ge=8)
+    context_length: int = Field(77, ge=8)
+    cache_dir: str = ""  # where open_clip keeps downloaded weights ("" = its default)
+
+
+class LossConfig(Section):
+    """One weight per loss term; a weight of 0 switches the term (and its head) off."""
+
+    sdm: float = Field(1.0, ge=0.0)
+    id: float = Field(1.0, ge=0.0)
+    cmt: float = Field(10.0, ge=0.0)
+    itc: float = Field(0.0, ge=0.0)
+    cmt_margin: float = Field(0.05, ge=0.0)
+    logit_scale: float = Field(50.0, gt=0.0)  # fixed 1 / temperature 0.02
+
+
+class TIRConfig(Section):
+    """Text-guided image restoration (training only)."""
+
+    weight: float = Field(10.0, ge=0.0)  # 0: no decoder, no second image pass
+    mask_ratio: float = Field(0.7, gt=0.0, lt=1.0)
+    decoder_layers: int = Field(4, ge=1)
+    cross_attn_residual: bool = False  # the released code feeds only the attention output on
+
+
+class OptimConfig(Section):
+    """Adam with per-group learning rates (DESIGN 4)."""
+
+    lr: float = Field(1e-5, gt=0.0)
+    weight_decay: float = Field(4e-5, ge=0.0)
+    eps: float = Field(1e-3, gt=0.0)
+    new_module_lr_factor: float = Field(5.0, gt=0.0)  # TIR decoder, cross-attention, ID head
+    bias_lr_factor: float = Field(2.0, gt=0.0)  # biases: this factor and no weight decay
+
+
 class Config(Section):
     """The whole of ``params.yaml``."""
 
     data: DataConfig = DataConfig()
     synth: SynthConfig = SynthConfig()
+    parse: ParseConfig = ParseConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    tir: TIRConfig = TIRConfig()
+    optim: OptimConfig = OptimConfig()
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

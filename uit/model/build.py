@@ -1,0 +1,138 @@
+"""``build_model``: any open_clip model name (or ``uit-tiny``), at any image size, with weights
+from an open_clip tag or a local file, position embeddings resized to the new grid."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip.model import CLIP
+
+from uit.config import ModelConfig
+from uit.errors import ConfigError, UitError
+from uit.model.encoder import DualEncoder
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).with_name("configs")
+
+
+@cache
+def register_configs() -> None:
+    """Make the project's architectures (``uit-tiny``) known to open_clip by name."""
+    open_clip.add_model_config(CONFIG_DIR)
+
+
+def _pretrained_tag(cfg: ModelConfig) -> dict[str, Any]:
+    """open_clip's description of the tag in ``cfg.pretrained``, or {} for none / a file."""
+    if not cfg.pretrained or Path(cfg.pretrained).suffix:
+        return {}
+    tag: dict[str, Any] = open_clip.get_pretrained_cfg(cfg.name, cfg.pretrained)
+    if not tag:
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(cfg.name)) or "none"
+        raise ConfigError(
+            f"model.pretrained: {cfg.pretrained!r} is neither a weights file nor a pretrained tag "
+            f"of {cfg.name} (tags: {known})"
+        )
+    return tag
+
+
+def _weights_file(cfg: ModelConfig, tag: dict[str, Any]) -> str | None:
+    """A local path to the weights, downloading a tag's weights when the network allows."""
+    if not cfg.pretrained:
+        return None
+    if not tag:
+        if not Path(cfg.pretrained).is_file():
+            raise ConfigError(f"model.pretrained: weights file {cfg.pretrained} not found")
+        return cfg.pretrained
+    try:
+        path: str = open_clip.download_pretrained(tag, cache_dir=cfg.cache_dir or None)
+    except Exception as error:  # network, hub or cache errors all mean the same to the user
+        source = tag.get("hf_hub") or tag.get("url") or "the open_clip hub"
+        raise UitError(
+            f"could not fetch the {cfg.pretrained!r} weights of {cfg.name} "
+            f"({type(error).__name__}: {error}). Without network access, download them where there "
+            f"is one ({source}), copy the file here and point model.pretrained at it, e.g. "
+            "`--set model.pretrained=/path/to/open_clip_model.safetensors`."
+        ) from None
+    if not path:
+        raise UitError(
+            f"open_clip has no download for the {cfg.pretrained!r} weights of {cfg.name}"
+        )
+    return path
+
+
+def _check_size(cfg: ModelConfig, patch: int) -> None:
+    for key, value in (("image_height", cfg.image_height), ("image_width", cfg.image_width)):
+        if value % patch:
+            raise ConfigError(f"model.{key}: {value} is not divisible by the patch size {patch}")
+
+
+@contextmanager
+def _quiet_random_init_warning() -> Iterator[None]:
+    root = logging.getLogger()
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
+def build_model(cfg: ModelConfig) -> DualEncoder:
+    """Build the dual encoder described by ``cfg`` (random weights when ``pretrained`` is empty)."""
+    register_configs()
+    architecture = open_clip.get_model_config(cfg.name)
+    if architecture is None:
+        raise ConfigError(
+            f"model.name: unknown model {cfg.name!r}; use an open_clip name such as ViT-B-16 "
+            "(see open_clip.list_models()) or uit-tiny"
+        )
+    _check_size(cfg, int(architecture["vision_cfg"].get("patch_size", 16)))
+    tag = _pretrained_tag(cfg)
+    weights = _weights_file(cfg, tag)  # before building: a bad file or tag fails fast
+    with _quiet_random_init_warning():  # weights, if any, are loaded below
+        clip = open_clip.create_model(
+            cfg.name,
+            pretrained=None,
+            force_image_size=(cfg.image_height, cfg.image_width),
+            force_context_length=cfg.context_length,
+            force_quick_gelu=bool(tag.get("quick_gelu", False)),
+        )
+    if not isinstance(clip, CLIP):
+        raise ConfigError(
+            f"model.name: {cfg.name} has a custom text tower; uit needs open_clip's CLIP"
+        )
+    if weights is not None:
+        _load_weights(clip, weights)
+    preprocess = open_clip.get_model_preprocess_cfg(clip)
+    return DualEncoder(
+        clip,
+        name=cfg.name,
+        image_mean=tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        image_std=tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD)),
+    )
+
+
+def _load_weights(clip: CLIP, path: str) -> None:
+    """Load a state dict (safetensors, or a torch file read with ``weights_only=True``); open_clip
+    resizes the image and text position embeddings to this model's grid and context."""
+    try:
+        open_clip.load_checkpoint(clip, path, strict=True, weights_only=True)
+    except (
+        RuntimeError,
+        OSError,
+        ValueError,
+        KeyError,
+        torch.serialization.pickle.UnpicklingError,
+    ) as error:
+        raise UitError(f"could not load weights from {path}: {error}") from None
+    log.info("loaded weights from %s", path)

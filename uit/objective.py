@@ -1,0 +1,113 @@
+"""The training objective: the dual encoder plus its training-only heads, as named losses.
+
+The objective owns the ID head and the TIR decoder; neither is part of the exported model. A term
+whose weight is 0 is not computed, and its head is not built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from uit.config import LossConfig, OptimConfig, TIRConfig
+from uit.losses import cmt_loss, id_loss, itc_loss, sdm_loss, tir_loss
+from uit.model.encoder import DualEncoder
+from uit.model.heads import IDHead
+from uit.model.tir import TIRDecoder, patchify, weighted_grayscale
+
+
+class Objective(nn.Module):
+    """``forward(images, text, pids)`` -> {"sdm": ..., "id": ..., ..., "loss": total}.
+
+    Each named term is already multiplied by its weight, so ``loss`` is their sum.
+    """
+
+    def __init__(
+        self, encoder: DualEncoder, num_classes: int, loss: LossConfig, tir: TIRConfig
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.loss_cfg = loss
+        self.tir_cfg = tir
+        self.id_head = IDHead(encoder.embed_dim, num_classes) if loss.id > 0 else None
+        self.tir_decoder = (
+            TIRDecoder(encoder.embed_dim, encoder.patch_size, encoder.grid_size,
+                       tir.decoder_layers, tir.cross_attn_residual)
+            if tir.weight > 0 else None
+        )  # fmt: skip
+
+    def forward(
+        self, images: Tensor, text: Tensor, pids: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        cfg = self.loss_cfg
+        image_feats = self.encoder.encode_image(images)  # (B, D)
+        text_feats, text_tokens = self.encoder.encode_text_tokens(text)  # (B, D), (B, L, D)
+        image_feats, text_feats = image_feats.float(), text_feats.float()
+        losses: dict[str, Tensor] = {}
+        if cfg.sdm > 0:
+            losses["sdm"] = cfg.sdm * sdm_loss(image_feats, text_feats, pids, cfg.logit_scale)
+        if cfg.itc > 0:
+            losses["itc"] = cfg.itc * itc_loss(image_feats, text_feats, cfg.logit_scale)
+        if self.id_head is not None:
+            logits = self.id_head(torch.cat([image_feats, text_feats])).float()
+            image_logits, text_logits = logits.chunk(2)
+            losses["id"] = cfg.id * id_loss(image_logits, text_logits, pids)
+        if cfg.cmt > 0:
+            losses["cmt"] = cfg.cmt * cmt_loss(image_feats, text_feats, pids, cfg.cmt_margin)
+        if self.tir_decoder is not None:
+            losses["tir"] = self.tir_cfg.weight * self._tir(images, text_tokens, generator)
+        if not losses:
+            raise ValueError("every loss weight is 0: enable at least one of loss.* or tir.weight")
+        losses["loss"] = torch.stack(list(losses.values())).sum()
+        return losses
+
+    def _tir(
+        self, images: Tensor, text_tokens: Tensor, generator: torch.Generator | None
+    ) -> Tensor:
+        assert self.tir_decoder is not None
+        masked = self.encoder.encode_masked_image(
+            weighted_grayscale(images), self.tir_cfg.mask_ratio, generator
+        )
+        pred = self.tir_decoder(masked.tokens, text_tokens, masked.ids_restore).float()
+        target = patchify(images, self.encoder.patch_size).float()  # colour, normalised
+        return tir_loss(pred, target, masked.mask)
+
+
+def param_groups(objective: Objective, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """Adam parameter groups (DESIGN 4), each with a ``name`` for inspection.
+
+    Weights of the pretrained encoder: lr, weight decay. Weights of new modules (ID head, TIR
+    decoder with its cross-attention): ``new_module_lr_factor`` x lr. Every bias: ``bias_lr_factor``
+    x lr and no weight decay. Frozen parameters (the unused logit scale) are left out.
+    """
+    groups: dict[str, list[nn.Parameter]] = {
+        "encoder": [], "encoder_bias": [], "new": [], "new_bias": []
+    }  # fmt: skip
+    for name, param in objective.named_parameters():
+        if not param.requires_grad:
+            continue
+        new = not name.startswith("encoder.")
+        bias = name.endswith(".bias") or name.endswith("_bias")
+        groups[("new" if new else "encoder") + ("_bias" if bias else "")].append(param)
+    factors = {
+        "encoder": (1.0, cfg.weight_decay),
+        "encoder_bias": (cfg.bias_lr_factor, 0.0),
+        "new": (cfg.new_module_lr_factor, cfg.weight_decay),
+        "new_bias": (cfg.bias_lr_factor, 0.0),
+    }
+    return [
+        {
+            "name": key,
+            "params": params,
+            "lr": cfg.lr * factors[key][0],
+            "weight_decay": factors[key][1],
+        }
+        for key, params in groups.items()
+        if params
+    ]
+
+
+def build_optimizer(objective: Objective, cfg: OptimConfig) -> torch.optim.Adam:
+    return torch.optim.Adam(param_groups(objective, cfg), lr=cfg.lr, eps=cfg.eps)
