@@ -249,3 +249,13 @@ def test_make_record_matches_real_key_sets() -> None:
         "split",
     }
     assert "processed_tokens" in make_record("cuhk-pedes", 1, "a.png", ["x"], "train")
+
+
+def test_an_output_path_that_is_a_file_is_refused(
+    write_benchmark: RecordFactory, tmp_path: Path
+) -> None:
+    root = write_benchmark("rstpreid")
+    target = tmp_path / "occupied"
+    target.write_text("keep me")
+    assert_user_error(prepare(root, target, "rstpreid"), "is a file")
+    assert target.read_text() == "keep me"

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -184,6 +184,44 @@ def data_stats(
         sys.stdout.write(json.dumps(stats, indent=2) + "\n")
     else:
         _print_stats(stats)
+
+
+@data_app.command("parse")
+@friendly_errors
+def data_parse(
+    prepared: Annotated[Path, typer.Argument(help="A folder written by `uit data prepare`.")],
+    out: Annotated[Path, typer.Option(help="Folder for attributes.parquet and parse.json.")],
+    backend: Annotated[
+        Literal["auto", "builtin", "trained"],
+        typer.Option(help="auto: the trained pipeline when installed, else the built-in one."),
+    ] = "auto",
+    trained_model: Annotated[
+        str, typer.Option(help="spaCy pipeline (package or folder) of the trained backend.")
+    ] = "en_core_web_sm",
+    batch_size: Annotated[int, typer.Option(help="Captions per nlp.pipe batch.")] = 1000,
+) -> None:
+    """Tag every caption with spaCy and write its attribute words and phrases."""
+    from uit.config import parse_config
+    from uit.text.parse import parse_benchmark
+
+    options = {"backend": backend, "trained_model": trained_model, "batch_size": batch_size}
+    cfg = parse_config({"parse": options}, source="options").parse
+    start = time.perf_counter()
+    with progress_bars() as progress:
+
+        def bar(total: int) -> Callable[[int], None]:
+            return _bar(progress, "parsing captions", total)
+
+        info = parse_benchmark(prepared, out, cfg, progress=bar)
+    seconds = time.perf_counter() - start
+    table = Table(title=f"{info['pipeline']} {info['pipeline_version']} ({info['backend']}, "
+                  f"spaCy {info['spacy_version']})")  # fmt: skip
+    table.add_column("count")
+    table.add_column("value", justify="right")
+    for key, value in info["counts"].items():
+        table.add_row(key.replace("_", " "), f"{value:,}")
+    console.print(table)
+    console.print(f"wrote {out} in {seconds:.1f} s")
 
 
 def main() -> None:

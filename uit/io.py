@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from uit.errors import UitError
+
 
 def _file_mode() -> int:
     """The mode an ordinary ``open()`` would give a new file (mkstemp makes them private)."""
@@ -50,6 +52,8 @@ def staged_dir(out_dir: str | Path) -> Iterator[Path]:
     already in ``out_dir`` that the staged folder also holds are replaced; others are left alone.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UitError(f"{out_dir} is a file; give a folder (new or existing) for the output")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:

@@ -171,7 +171,9 @@ def _join(rng: random.Random, phrases: list[_Phrase]) -> _Phrase:
 def _typo(caption: Caption, rng: random.Random) -> Caption:
     """Swap two letters of one longer word; the ground-truth lists record what was written."""
     words = caption.text.split(" ")
-    candidates = [i for i, word in enumerate(words) if len(word) >= 5 and word.isalpha()]
+    # Only words that occur once, so the ground-truth lists can follow the change exactly.
+    candidates = [i for i, word in enumerate(words)
+                  if len(word) >= 5 and word.isalpha() and words.count(word) == 1]  # fmt: skip
     if not candidates:
         return caption
     i = rng.choice(candidates)

@@ -1,0 +1,29 @@
+"""Stage ``parse``: a prepared benchmark's captions -> ``attributes.parquet`` and ``parse.json``."""
+
+from __future__ import annotations
+
+import argparse
+
+from stages._common import bars, run
+from uit.config import load_config
+from uit.text.parse import parse_benchmark
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prepared", required=True, help="folder written by stage prepare")
+    parser.add_argument("--out", required=True, help="folder for the parsed captions")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.params).parse
+    with bars() as bar:
+        parse_benchmark(
+            args.prepared,
+            args.out,
+            cfg,
+            progress=lambda total: bar(f"parsing {args.prepared}", total),
+        )
+
+
+if __name__ == "__main__":
+    run(main)
