@@ -18,7 +18,14 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from uit.config import BENCHMARKS, BenchmarkName, ImageCheck, SynthSize
@@ -222,6 +229,111 @@ def data_parse(
         table.add_row(key.replace("_", " "), f"{value:,}")
     console.print(table)
     console.print(f"wrote {out} in {seconds:.1f} s")
+
+
+class _ProgressReporter:
+    """Shows the fit loop as one bar per epoch with the running loss terms."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: TaskID | None = None
+        self.means: dict[str, float] = {}
+        self.count = 0
+
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        self.task = self.progress.add_task(f"epoch {epoch + 1}", total=steps)
+        self.means, self.count = {}, 0
+
+    def step(self, losses: Any, lr: float) -> None:
+        self.count += 1
+        for name, value in losses.items():
+            self.means[name] = (
+                self.means.get(name, 0.0) + (value - self.means.get(name, 0.0)) / self.count
+            )
+        terms = " ".join(f"{k} {v:.3f}" for k, v in self.means.items())
+        assert self.task is not None
+        self.progress.update(self.task, advance=1, description=f"{terms} lr {lr:.1e}")
+
+    def end_epoch(self, record: Any) -> None:
+        scores = " ".join(f"{k} {record[k]:.2f}" for k in ("R1", "mAP") if k in record)
+        console.print(f"epoch {int(record['epoch'])}: loss {record['loss']:.4f} {scores}")
+
+
+@app.command()
+@friendly_errors
+def train(
+    benchmark: Annotated[BenchmarkName, typer.Option(help="Which benchmark to train on.")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override: section.key=value (repeatable).")
+    ] = None,
+    params: Annotated[Path, typer.Option(help="The params file.")] = Path("params.yaml"),
+    prepared: Annotated[
+        Path | None, typer.Option(help="Prepared folder [data/prepared/BENCHMARK].")
+    ] = None,
+    parsed: Annotated[
+        Path | None, typer.Option(help="Parsed folder [data/parsed/BENCHMARK].")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder [runs/BENCHMARK].")] = None,
+) -> None:
+    """Train (or resume) a model on one benchmark with params.yaml plus overrides."""
+    from uit.config import load_config
+    from uit.runs import train_benchmark
+
+    cfg = load_config(params, set_ or [])
+    out = out or Path("runs") / benchmark
+    with progress_bars() as progress:
+        result = train_benchmark(
+            cfg,
+            prepared or Path("data/prepared") / benchmark,
+            out,
+            parsed_dir=parsed or Path("data/parsed") / benchmark,
+            reporter=_ProgressReporter(progress),
+        )
+    console.print(f"best epoch {result.best_epoch} {result.best}; checkpoints in {out}/checkpoints")
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A checkpoint folder (e.g. runs/B/checkpoints/best).")
+    ],
+    prepared: Annotated[
+        Path, typer.Argument(help="A prepared benchmark (any: cross-domain works).")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json and top_k.parquet.")],
+    split: Annotated[str, typer.Option(help="train | val | test")] = "test",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    batch_size: int = 256,
+) -> None:
+    """Text-to-image (and image-to-text) retrieval metrics of a checkpoint on a split."""
+    from uit.runs import evaluate_checkpoint
+
+    with progress_bars() as progress:
+
+        def bars(name: str, total: int) -> Callable[[int], None]:
+            return _bar(progress, name, total)
+
+        metrics = evaluate_checkpoint(
+            checkpoint,
+            prepared,
+            out,
+            split=split,
+            device=device,
+            batch_size=batch_size,
+            progress=bars,
+        )
+    table = Table(title=f"{metrics['benchmark']} {split}: {checkpoint}")
+    for column in ("direction", "R1", "R5", "R10", "mAP", "mINP"):
+        table.add_column(column, justify="right")
+    for direction in ("t2i", "i2t"):
+        row = metrics[direction]
+        table.add_row(
+            direction,
+            *(f"{row[k]:.2f}" if k in row else "-" for k in ("R1", "R5", "R10", "mAP", "mINP")),
+        )
+    console.print(table)
+    console.print(f"wrote {out}")
 
 
 def main() -> None:

@@ -103,6 +103,25 @@ class OptimConfig(Section):
     bias_lr_factor: float = Field(2.0, gt=0.0)  # biases: this factor and no weight decay
 
 
+class TrainConfig(Section):
+    """The fit loop, schedule and model selection (DESIGN 4)."""
+
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(128, ge=2)
+    instances_per_id: int = Field(2, ge=1)
+    warmup_epochs: float = Field(5.0, ge=0.0)
+    warmup_factor: float = Field(0.1, gt=0.0, le=1.0)
+    grad_clip: float = Field(0.0, ge=0.0)  # 0: no clipping
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA
+    num_workers: int = Field(2, ge=0)
+    seed: int = 0
+    selection: Literal["val", "test", "last"] = "val"
+    holdout_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # train ids held out where no val split
+    eval_every: int = Field(1, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+
+
 class Config(Section):
     """The whole of ``params.yaml``."""
 
@@ -114,6 +133,7 @@ class Config(Section):
     loss: LossConfig = LossConfig()
     tir: TIRConfig = TIRConfig()
     optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

@@ -29,8 +29,11 @@ def _as_tensor(values: ArrayLike) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values))
 
 
-def _sortable_keys(scores: torch.Tensor) -> torch.Tensor:
-    """(C, G) float32 -> int64 keys, larger = ranked earlier, unique within a row."""
+def ranking_keys(scores: torch.Tensor) -> torch.Tensor:
+    """(C, G) float32 -> int64 keys, larger = ranked earlier, unique within a row.
+
+    ``topk`` of these keys gives the ranking with ties broken by the lower gallery index.
+    """
     bits = (scores + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into +0.0
     ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the float value
     gallery = scores.shape[1]
@@ -44,7 +47,7 @@ def _relevant_ranks(
     """1-based ranks of each row's relevant items, best first, padded with 0: (C, max count)."""
     rows = scores.shape[0]
     width = int(counts.max())
-    keys = _sortable_keys(scores)
+    keys = ranking_keys(scores)
     pad = torch.iinfo(torch.int64).max
     # Relevant keys of each row, ascending; rows with fewer relevant items are padded at the end.
     masked = torch.where(relevant, keys, torch.full_like(keys, pad))

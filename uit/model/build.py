@@ -4,7 +4,7 @@ from an open_clip tag or a local file, position embeddings resized to the new gr
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -136,3 +136,40 @@ def _load_weights(clip: CLIP, path: str) -> None:
     ) as error:
         raise UitError(f"could not load weights from {path}: {error}") from None
     log.info("loaded weights from %s", path)
+
+
+def build_tokenizer(cfg: ModelConfig) -> Callable[[list[str]], torch.Tensor]:
+    """The model's tokenizer: captions -> (N, context_length) token ids, truncated with EOT last."""
+    register_configs()
+    tokenizer: Callable[[list[str]], torch.Tensor] = open_clip.get_tokenizer(
+        cfg.name, context_length=cfg.context_length
+    )
+    return tokenizer
+
+
+def load_encoder(checkpoint_dir: str | Path) -> tuple[DualEncoder, ModelConfig]:
+    """The dual encoder of a training checkpoint or an exported model, without training heads.
+
+    The architecture comes from the checkpoint's own config; no pretrained weights are fetched.
+    """
+    from uit.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(checkpoint_dir)
+    try:
+        cfg = ModelConfig.model_validate(checkpoint.state["config"]["model"])
+    except (KeyError, ValueError) as error:
+        raise UitError(
+            f"{checkpoint_dir}: its state.json holds no valid model config ({error})"
+        ) from None
+    encoder = build_model(cfg.model_copy(update={"pretrained": ""}))
+    heads = ("id_head.", "tir_decoder.")  # training-only parts of a training checkpoint
+    weights = {
+        k.removeprefix("encoder."): v
+        for k, v in checkpoint.weights.items()
+        if not k.startswith(heads)
+    }
+    try:
+        encoder.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        raise UitError(f"{checkpoint_dir}: weights do not fit {cfg.name}: {error}") from None
+    return encoder, cfg

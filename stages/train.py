@@ -1,0 +1,24 @@
+"""Stage ``train``: a prepared (and parsed) benchmark -> checkpoints, curves and selection."""
+
+from __future__ import annotations
+
+import argparse
+
+from stages._common import run
+from uit.config import load_config
+from uit.runs import train_benchmark
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prepared", required=True, help="folder written by stage prepare")
+    parser.add_argument("--parsed", required=True, help="folder written by stage parse")
+    parser.add_argument("--out", required=True, help="run folder (checkpoints, curves.csv)")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.params)
+    train_benchmark(cfg, args.prepared, args.out, parsed_dir=args.parsed)
+
+
+if __name__ == "__main__":
+    run(main)

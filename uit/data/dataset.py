@@ -1,0 +1,152 @@
+"""Torch datasets over prepared manifests: training samples, gallery images, queries.
+
+Training uses one sample per caption with pids relabelled to 0..N-1 over the training identities
+(DESIGN 3.2). A sample's augmentation depends only on (seed, epoch, index), so results do not
+depend on the number of workers or on resuming.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from uit.data.prepare import CAPTIONS_FILE, IMAGES_FILE, read_stats
+from uit.data.transforms import Transform, sample_seed, seeded
+from uit.errors import DataError
+
+Tokenizer = Callable[[list[str]], torch.Tensor]
+Augment = Callable[[str, Sequence[str], random.Random], str]
+
+
+@dataclass(frozen=True)
+class Manifests:
+    """A prepared benchmark: its two tables and where its images are."""
+
+    images: pl.DataFrame
+    captions: pl.DataFrame
+    imgs_dir: Path
+    benchmark: str
+
+    def split(self, name: str) -> Manifests:
+        return Manifests(
+            self.images.filter(pl.col("split") == name),
+            self.captions.filter(pl.col("split") == name),
+            self.imgs_dir,
+            self.benchmark,
+        )
+
+    def has_split(self, name: str) -> bool:
+        return self.images.filter(pl.col("split") == name).height > 0
+
+    def paths(self) -> list[Path]:
+        return [self.imgs_dir / p for p in self.images["path"].to_list()]
+
+
+def read_manifests(prepared_dir: str | Path, imgs_dir: str | Path | None = None) -> Manifests:
+    """Load a prepared benchmark; images are found where ``stats.json`` says unless overridden."""
+    prepared_dir = Path(prepared_dir)
+    stats = read_stats(prepared_dir)
+    return Manifests(
+        images=pl.read_parquet(prepared_dir / IMAGES_FILE),
+        captions=pl.read_parquet(prepared_dir / CAPTIONS_FILE),
+        imgs_dir=Path(imgs_dir or stats["imgs_dir"]),
+        benchmark=stats["benchmark"],
+    )
+
+
+def hold_out_identities(
+    train: Manifests, fraction: float, seed: int
+) -> tuple[Manifests, Manifests]:
+    """Split a training split into (train, held-out val) by identity, deterministically.
+
+    Used for model selection on benchmarks without a val split (ICFG-PEDES).
+    """
+    pids = sorted(train.images["pid"].unique().to_list())
+    count = max(1, round(len(pids) * fraction))
+    if count >= len(pids):
+        raise DataError(f"{train.benchmark}: too few training identities ({len(pids)}) to hold out")
+    held = set(random.Random(sample_seed(seed, 17)).sample(pids, count))
+
+    def part(keep: bool) -> Manifests:
+        def chosen(frame: pl.DataFrame) -> pl.DataFrame:
+            inside = pl.col("pid").is_in(sorted(held))
+            return frame.filter(~inside if keep else inside)
+
+        return Manifests(chosen(train.images), chosen(train.captions), train.imgs_dir, train.benchmark)
+
+    return part(True), part(False)
+
+
+class TrainDataset(Dataset[dict[str, Any]]):
+    """One sample per caption: (augmented image, tokenized, maybe augmented caption, label)."""
+
+    def __init__(
+        self,
+        train: Manifests,
+        transform: Transform,
+        tokenizer: Tokenizer,
+        *,
+        seed: int = 0,
+        attribute_words: Mapping[int, Sequence[str]] | None = None,
+        augment: Augment | None = None,
+    ) -> None:
+        pids = sorted(train.images["pid"].unique().to_list())
+        self.label_of = {pid: label for label, pid in enumerate(pids)}
+        paths = dict(zip(train.images["image_id"].to_list(), train.images["path"].to_list(), strict=True))
+        rows = train.captions.sort("caption_id")
+        self.caption_ids: list[int] = rows["caption_id"].to_list()
+        self.texts: list[str] = rows["text"].to_list()
+        self.paths = [train.imgs_dir / paths[i] for i in rows["image_id"].to_list()]
+        self.labels = [self.label_of[p] for p in rows["pid"].to_list()]
+        self.transform, self.tokenizer = transform, tokenizer
+        self.seed, self.epoch = seed, 0
+        self.attribute_words = attribute_words or {}
+        self.augment = augment
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_of)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def caption(self, index: int) -> str:
+        """The caption as training sees it this epoch (maybe reduced to its attribute words)."""
+        text = self.texts[index]
+        if self.augment is None:
+            return text
+        words = self.attribute_words.get(self.caption_ids[index], ())
+        return self.augment(text, words, random.Random(sample_seed(self.seed, self.epoch, index, 1)))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        with Image.open(self.paths[index]) as image:
+            rgb = image.convert("RGB")
+        pixels = seeded(sample_seed(self.seed, self.epoch, index), self.transform, rgb)
+        text = self.tokenizer([self.caption(index)])[0]
+        return {"images": pixels, "text": text, "pids": self.labels[index], "index": index}
+
+
+class ImageDataset(Dataset[torch.Tensor]):
+    """Gallery images for evaluation or search."""
+
+    def __init__(self, paths: Sequence[Path], transform: Transform) -> None:
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        with Image.open(self.paths[index]) as image:
+            result: torch.Tensor = self.transform(image.convert("RGB"))
+        return result

@@ -1,0 +1,318 @@
+"""The fit loop: data, optimiser, warm-up + cosine schedule, selection, checkpoints, curves.
+
+The loop's sections run in a fixed order each step: schedule, forward, finiteness check,
+backward, clip, step. Randomness comes only from (seed, epoch, index) or (seed, step), so a run
+resumed from its last checkpoint ends with the same weights as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from uit.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from uit.config import Config, TrainConfig
+from uit.data.dataset import Manifests, TrainDataset, hold_out_identities, read_manifests
+from uit.data.sampler import IdentityBatchSampler
+from uit.data.transforms import build_train_transform, sample_seed
+from uit.device import autocast, autocast_dtype, resolve_device
+from uit.errors import UitError
+from uit.evaluate import EvalOptions, evaluate
+from uit.io import atomic_write_json, atomic_write_text
+from uit.model.build import build_model, build_tokenizer
+from uit.objective import Objective, build_optimizer
+
+log = logging.getLogger(__name__)
+LAST, BEST = "checkpoints/last", "checkpoints/best"
+CURVES, SELECTION = "curves.csv", "selection.json"
+
+
+class TrainingError(UitError):
+    """Training cannot go on (a loss became NaN or Inf, or a run cannot be resumed)."""
+
+
+class Reporter(Protocol):
+    """Where the loop reports progress (a progress bar in the CLI, logging otherwise)."""
+
+    def start_epoch(self, epoch: int, steps: int) -> None: ...
+    def step(self, losses: Mapping[str, float], lr: float) -> None: ...
+    def end_epoch(self, record: Mapping[str, float]) -> None: ...
+
+
+class LogReporter:
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        log.info("epoch %d: %d steps", epoch + 1, steps)
+
+    def step(self, losses: Mapping[str, float], lr: float) -> None:
+        pass
+
+    def end_epoch(self, record: Mapping[str, float]) -> None:
+        log.info("epoch %d done: %s", int(record["epoch"]), dict(record))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which split picks the best epoch, and whether that choice is optimistic."""
+
+    protocol: str  # val | heldout | test | last
+    split: Manifests | None
+
+    @property
+    def optimistic(self) -> bool:
+        return self.protocol == "test"
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best: dict[str, float]
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    """The one place that seeds Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_factor(epoch_progress: float, cfg: TrainConfig) -> float:
+    """Multiplier of the base learning rate at a fractional epoch: linear warm-up from
+    ``warmup_factor`` over ``warmup_epochs``, then a cosine from 1 to 0 at ``epochs``."""
+    if epoch_progress < cfg.warmup_epochs:
+        return cfg.warmup_factor + (1 - cfg.warmup_factor) * epoch_progress / cfg.warmup_epochs
+    span = max(cfg.epochs - cfg.warmup_epochs, 1e-12)
+    done = min((epoch_progress - cfg.warmup_epochs) / span, 1.0)
+    return 0.5 * (1 + math.cos(math.pi * done))
+
+
+def choose_selection(manifests: Manifests, cfg: TrainConfig) -> tuple[Manifests, Selection]:
+    """The training split and the selection split (DESIGN 4). Without a val split, ``val``
+    holds out ``holdout_fraction`` of the training identities instead."""
+    train = manifests.split("train")
+    if cfg.selection == "last":
+        return train, Selection(
+            "last", manifests.split("val") if manifests.has_split("val") else None
+        )
+    if cfg.selection == "test":
+        return train, Selection("test", manifests.split("test"))
+    if manifests.has_split("val"):
+        return train, Selection("val", manifests.split("val"))
+    train, held = hold_out_identities(train, cfg.holdout_fraction, cfg.seed)
+    return train, Selection("heldout", held)
+
+
+def check_finite(losses: Mapping[str, torch.Tensor], step: int, epoch: int) -> None:
+    for name, value in losses.items():
+        if not torch.isfinite(value):
+            raise TrainingError(
+                f"loss term '{name}' is {value.item()} at step {step} (epoch {epoch + 1}); "
+                "training stopped. Lower optim.lr, set train.grad_clip, or check the data."
+            )
+
+
+@dataclass
+class _Run:
+    """Everything the loop mutates, in one place."""
+
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader[Any]
+    dataset: TrainDataset
+    sampler: IdentityBatchSampler
+    device: torch.device
+    dtype: torch.dtype | None
+    epoch: int = 0
+    step: int = 0
+    best: dict[str, float] = field(default_factory=dict)
+    best_epoch: int = -1
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _build_run(
+    cfg: Config, train: Manifests, attribute_words: Mapping[int, Sequence[str]] | None,
+    augment: Callable[[str, Sequence[str], random.Random], str] | None,
+) -> _Run:  # fmt: skip
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    encoder = build_model(cfg.model)
+    transform = build_train_transform(encoder.image_size, encoder.image_mean, encoder.image_std)
+    dataset = TrainDataset(train, transform, build_tokenizer(cfg.model), seed=cfg.train.seed,
+                           attribute_words=attribute_words, augment=augment)  # fmt: skip
+    sampler = IdentityBatchSampler(dataset.labels, cfg.train.batch_size, cfg.train.instances_per_id,
+                                   seed=cfg.train.seed)  # fmt: skip
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.train.num_workers,
+                        pin_memory=device.type == "cuda")  # fmt: skip
+    objective = Objective(encoder, dataset.num_classes, cfg.loss, cfg.tir).to(device)
+    optimizer = build_optimizer(objective, cfg.optim)
+    for group in optimizer.param_groups:
+        group["base_lr"] = group["lr"]
+    return _Run(objective, optimizer, loader, dataset, sampler, device,
+                autocast_dtype(device, cfg.train.precision))  # fmt: skip
+
+
+def _train_step(run: _Run, batch: dict[str, Any], cfg: Config, progress: float) -> dict[str, float]:
+    factor = lr_factor(progress, cfg.train)
+    for group in run.optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    images = batch["images"].to(run.device, non_blocking=True)
+    text = batch["text"].to(run.device, non_blocking=True)
+    pids = batch["pids"].to(run.device, non_blocking=True)
+    generator = torch.Generator(device=run.device).manual_seed(
+        sample_seed(cfg.train.seed, run.step)
+    )
+    with autocast(run.device, run.dtype):
+        losses = run.objective(images, text, pids, generator=generator)
+    check_finite(losses, run.step, run.epoch)
+    run.optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    if cfg.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.objective.parameters(), cfg.train.grad_clip)
+    run.optimizer.step()
+    run.step += 1
+    return {name: float(value.detach()) for name, value in losses.items()}
+
+
+def _train_epoch(run: _Run, cfg: Config, reporter: Reporter) -> dict[str, float]:
+    run.objective.train()
+    run.dataset.set_epoch(run.epoch)
+    run.sampler.set_epoch(run.epoch)
+    steps = len(run.sampler)
+    reporter.start_epoch(run.epoch, steps)
+    sums: dict[str, float] = {}
+    for index, batch in enumerate(run.loader):
+        losses = _train_step(run, batch, cfg, run.epoch + index / max(steps, 1))
+        for name, value in losses.items():
+            sums[name] = sums.get(name, 0.0) + value
+        reporter.step(losses, run.optimizer.param_groups[0]["lr"])
+    record = {"epoch": float(run.epoch + 1), "step": float(run.step),
+              "lr": float(run.optimizer.param_groups[0]["lr"])}  # fmt: skip
+    return record | {name: total / max(steps, 1) for name, total in sums.items()}
+
+
+def _select(run: _Run, cfg: Config, selection: Selection, record: dict[str, float]) -> bool:
+    """Evaluate on the selection split when due; return whether this epoch is the new best."""
+    last_epoch = run.epoch + 1 == cfg.train.epochs
+    due = (run.epoch + 1) % cfg.train.eval_every == 0 or last_epoch
+    if selection.split is not None and due:
+        options = EvalOptions(
+            device=run.device, dtype=run.dtype, batch_size=cfg.train.eval_batch_size
+        )
+        result = evaluate(run.objective.encoder, selection.split, run.dataset.tokenizer, options)
+        record.update({"R1": result.metrics["t2i"]["R1"], "mAP": result.metrics["t2i"]["mAP"]})
+    if selection.protocol == "last":
+        return True
+    if "R1" not in record:
+        return False
+    score = (record["R1"], record["mAP"])
+    return not run.best or score > (run.best["R1"], run.best["mAP"])
+
+
+def _state(run: _Run, cfg: Config, selection: Selection) -> dict[str, Any]:
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "epoch": run.epoch,
+        "step": run.step,
+        "num_classes": run.dataset.num_classes,
+        "best": run.best,
+        "best_epoch": run.best_epoch,
+        "selection": {"protocol": selection.protocol, "optimistic": selection.optimistic},
+        "history": run.history,
+        "rng": rng_state(),
+    }
+
+
+def _write_curves(out_dir: Path, history: list[dict[str, float]]) -> None:
+    columns = list(dict.fromkeys(key for record in history for key in record))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(out_dir / CURVES, buffer.getvalue())
+
+
+def _end_epoch(
+    run: _Run, cfg: Config, selection: Selection, out_dir: Path, record: dict[str, float]
+) -> None:
+    is_best = _select(run, cfg, selection, record)
+    run.history.append(record)
+    if is_best:
+        run.best = {k: record[k] for k in ("R1", "mAP") if k in record}
+        run.best_epoch = run.epoch + 1
+    state = _state(run, cfg, selection)
+    weights = run.objective.state_dict()
+    if is_best:
+        save_checkpoint(out_dir / BEST, weights, state)
+    save_checkpoint(out_dir / LAST, weights, state, run.optimizer.state_dict())
+    _write_curves(out_dir, run.history)
+    summary = {"protocol": selection.protocol, "optimistic": selection.optimistic,
+               "best_epoch": run.best_epoch, **run.best}  # fmt: skip
+    atomic_write_json(out_dir / SELECTION, summary)
+
+
+def _resume(run: _Run, cfg: Config, out_dir: Path) -> None:
+    """Continue from ``checkpoints/last`` when it exists and was made with the same config."""
+    if not (out_dir / LAST / "state.json").is_file():
+        return
+    checkpoint = load_checkpoint(out_dir / LAST, with_optimizer=True)
+    saved = checkpoint.state["config"]
+    if saved != cfg.model_dump(mode="json"):
+        changed = sorted(k for k in saved if saved[k] != cfg.model_dump(mode="json").get(k))
+        raise TrainingError(
+            f"{out_dir} holds a run with another configuration (sections differing: "
+            f"{', '.join(changed)}); use another output folder or delete it to start afresh"
+        )
+    run.objective.load_state_dict(checkpoint.weights)
+    assert checkpoint.optimizer is not None
+    base_lrs = [group["base_lr"] for group in run.optimizer.param_groups]
+    run.optimizer.load_state_dict(checkpoint.optimizer)
+    for group, base in zip(run.optimizer.param_groups, base_lrs, strict=True):
+        group["base_lr"] = base
+    state = checkpoint.state
+    run.epoch, run.step = state["epoch"] + 1, state["step"]
+    run.best, run.best_epoch, run.history = state["best"], state["best_epoch"], state["history"]
+    set_rng_state(state["rng"])
+    log.info("resumed %s at epoch %d, step %d", out_dir, run.epoch + 1, run.step)
+
+
+def fit(
+    cfg: Config,
+    prepared_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    attribute_words: Mapping[int, Sequence[str]] | None = None,
+    augment: Callable[[str, Sequence[str], random.Random], str] | None = None,
+    reporter: Reporter | None = None,
+    resume: bool = True,
+    stop_after_epochs: int | None = None,
+) -> FitResult:
+    """Train on a prepared benchmark's train split; write checkpoints and curves to ``out_dir``.
+
+    ``stop_after_epochs`` ends the call early (as an interruption would) for resume tests.
+    """
+    out_dir = Path(out_dir)
+    train, selection = choose_selection(read_manifests(prepared_dir), cfg.train)
+    run = _build_run(cfg, train, attribute_words, augment)
+    if resume:
+        _resume(run, cfg, out_dir)
+    reporter = reporter or LogReporter()
+    epochs_this_call = 0
+    while run.epoch < cfg.train.epochs and epochs_this_call != stop_after_epochs:
+        record = _train_epoch(run, cfg, reporter)
+        _end_epoch(run, cfg, selection, out_dir, record)
+        reporter.end_epoch(record)
+        run.epoch += 1
+        epochs_this_call += 1
+    return FitResult(run.best_epoch, run.best, run.epoch, run.history)
