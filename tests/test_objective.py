@@ -116,3 +116,16 @@ def test_vit_b_16_at_384x128_runs_the_full_objective_on_cpu() -> None:
     }
     for part, grad in grads.items():
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, part
+
+
+def test_cmt_ramps_up_over_its_warmup_epochs(tiny_encoder) -> None:
+    images, text, pids = batch(tiny_encoder)
+    full = Objective(tiny_encoder, 3, LossConfig(), TIRConfig(weight=0))(images, text, pids)
+    ramped = Objective(tiny_encoder, 3, LossConfig(cmt_warmup_epochs=4.0), TIRConfig(weight=0))
+    assert ramped(images, text, pids, epoch_progress=1.0)["cmt"].item() == pytest.approx(
+        full["cmt"].item() / 4
+    )
+    assert ramped(images, text, pids, epoch_progress=9.0)["cmt"].item() == pytest.approx(
+        full["cmt"].item()
+    )
+    assert ramped(images, text, pids, epoch_progress=0.0)["cmt"].item() == 0.0

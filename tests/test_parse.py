@@ -187,7 +187,7 @@ def test_interrupted_parse_leaves_the_previous_output(prepared: Path, tmp_path: 
     assert {name: (out / name).read_bytes() for name in before} == before
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the output folder should go")
-    with pytest.raises(OSError):
+    with pytest.raises(UitError, match="is a file"):
         parse_benchmark(prepared, blocked, BUILTIN)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked", "parsed"]  # no temp folders
 

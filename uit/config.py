@@ -81,6 +81,10 @@ class LossConfig(Section):
     cmt: float = Field(10.0, ge=0.0)
     itc: float = Field(0.0, ge=0.0)
     cmt_margin: float = Field(0.05, ge=0.0)
+    # CMT's weight ramps up linearly over this many epochs (0: full weight from the start, as
+    # released). Training from scratch needs a ramp: at full weight the hardest-negative hinge
+    # is cheapest to satisfy by collapsing every feature onto one point.
+    cmt_warmup_epochs: float = Field(0.0, ge=0.0)
     logit_scale: float = Field(50.0, gt=0.0)  # fixed 1 / temperature 0.02
 
 
@@ -120,6 +124,7 @@ class TrainConfig(Section):
     holdout_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # train ids held out where no val split
     eval_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(256, ge=1)
+    compile: bool = False  # torch.compile the objective (about 1.7x faster steps on an H200)
 
 
 class Config(Section):

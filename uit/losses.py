@@ -55,16 +55,15 @@ def cmt_loss(image_feats: Tensor, text_feats: Tensor, pids: Tensor, margin: floa
     """
     similarity = _cosine(text_feats, image_feats)  # (B, B) text rows, image columns
     same = pids.unsqueeze(1) == pids.unsqueeze(0)
-    if bool(same.all()):
-        return similarity.sum() * 0.0  # no negatives at all: zero, still attached to the graph
     masked = similarity.detach().masked_fill(same, float("-inf"))
     rows = torch.arange(len(pids), device=pids.device)
     positive = 1 - similarity.diagonal()
-    valid = ~same.all(dim=1)
+    valid = (~same.all(dim=1)).to(similarity.dtype)  # anchors with at least one negative
     text_anchor = 1 - similarity[rows, masked.argmax(dim=1)]  # hardest image per text
     image_anchor = 1 - similarity[masked.argmax(dim=0), rows]  # hardest text per image
-    t2i = F.relu(positive - text_anchor + margin)[valid].mean()
-    i2t = F.relu(positive - image_anchor + margin)[valid].mean()
+    count = valid.sum().clamp(min=1)  # no data-dependent branch: compiles without graph breaks
+    t2i = (F.relu(positive - text_anchor + margin) * valid).sum() / count
+    i2t = (F.relu(positive - image_anchor + margin) * valid).sum() / count
     return t2i + i2t
 
 

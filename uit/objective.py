@@ -39,8 +39,14 @@ class Objective(nn.Module):
         )  # fmt: skip
 
     def forward(
-        self, images: Tensor, text: Tensor, pids: Tensor, generator: torch.Generator | None = None
+        self,
+        images: Tensor,
+        text: Tensor,
+        pids: Tensor,
+        generator: torch.Generator | None = None,
+        epoch_progress: float | None = None,
     ) -> dict[str, Tensor]:
+        """``epoch_progress`` (fractional epochs so far) drives the CMT ramp; None: full weight."""
         cfg = self.loss_cfg
         image_feats = self.encoder.encode_image(images)  # (B, D)
         text_feats, text_tokens = self.encoder.encode_text_tokens(text)  # (B, D), (B, L, D)
@@ -55,13 +61,20 @@ class Objective(nn.Module):
             image_logits, text_logits = logits.chunk(2)
             losses["id"] = cfg.id * id_loss(image_logits, text_logits, pids)
         if cfg.cmt > 0:
-            losses["cmt"] = cfg.cmt * cmt_loss(image_feats, text_feats, pids, cfg.cmt_margin)
+            weight = cfg.cmt * self.cmt_ramp(epoch_progress)
+            losses["cmt"] = weight * cmt_loss(image_feats, text_feats, pids, cfg.cmt_margin)
         if self.tir_decoder is not None:
             losses["tir"] = self.tir_cfg.weight * self._tir(images, text_tokens, generator)
         if not losses:
             raise ValueError("every loss weight is 0: enable at least one of loss.* or tir.weight")
         losses["loss"] = torch.stack(list(losses.values())).sum()
         return losses
+
+    def cmt_ramp(self, epoch_progress: float | None) -> float:
+        warmup = self.loss_cfg.cmt_warmup_epochs
+        if epoch_progress is None or warmup <= 0:
+            return 1.0
+        return min(1.0, epoch_progress / warmup)
 
     def _tir(
         self, images: Tensor, text_tokens: Tensor, generator: torch.Generator | None
@@ -110,4 +123,8 @@ def param_groups(objective: Objective, cfg: OptimConfig) -> list[dict[str, Any]]
 
 
 def build_optimizer(objective: Objective, cfg: OptimConfig) -> torch.optim.Adam:
-    return torch.optim.Adam(param_groups(objective, cfg), lr=cfg.lr, eps=cfg.eps)
+    """Adam over ``param_groups``; the fused CUDA kernel when the parameters live on a GPU."""
+    on_cuda = all(p.is_cuda for p in objective.parameters())
+    return torch.optim.Adam(
+        param_groups(objective, cfg), lr=cfg.lr, eps=cfg.eps, fused=on_cuda or None
+    )

@@ -128,6 +128,7 @@ class _Run:
     """Everything the loop mutates, in one place."""
 
     objective: Objective
+    forward: Callable[..., dict[str, torch.Tensor]]  # the objective, compiled or not
     optimizer: torch.optim.Optimizer
     loader: DataLoader[Any]
     dataset: TrainDataset
@@ -159,7 +160,8 @@ def _build_run(
     optimizer = build_optimizer(objective, cfg.optim)
     for group in optimizer.param_groups:
         group["base_lr"] = group["lr"]
-    return _Run(objective, optimizer, loader, dataset, sampler, device,
+    forward = torch.compile(objective) if cfg.train.compile else objective
+    return _Run(objective, forward, optimizer, loader, dataset, sampler, device,
                 autocast_dtype(device, cfg.train.precision))  # fmt: skip
 
 
@@ -174,7 +176,7 @@ def _train_step(run: _Run, batch: dict[str, Any], cfg: Config, progress: float) 
         sample_seed(cfg.train.seed, run.step)
     )
     with autocast(run.device, run.dtype):
-        losses = run.objective(images, text, pids, generator=generator)
+        losses = run.forward(images, text, pids, generator=generator, epoch_progress=progress)
     check_finite(losses, run.step, run.epoch)
     run.optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()

@@ -104,18 +104,21 @@ def parse_texts(
         progress(done % batch_size)
 
 
+def _read_table(path: Path, what: str, command: str) -> pl.DataFrame:
+    """Read a Parquet file of a ``what`` folder, or say which command makes it."""
+    if not path.is_file():
+        raise DataError(f"{path} not found: {path.parent} is not a {what}. Run `{command}` first.")
+    try:
+        return pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError) as error:
+        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+
+
 def read_captions(prepared_dir: str | Path) -> pl.DataFrame:
     """``caption_id`` and ``text`` of a prepared benchmark, checked."""
     path = Path(prepared_dir) / CAPTIONS_FILE
-    if not path.is_file():
-        raise DataError(
-            f"{path} not found: {prepared_dir} is not a prepared benchmark. "
-            "Run `uit data prepare BENCHMARK --root RAW_ROOT --out OUT_DIR` first."
-        )
-    try:
-        captions = pl.read_parquet(path)
-    except (OSError, pl.exceptions.PolarsError) as error:
-        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+    command = "uit data prepare BENCHMARK --root RAW_ROOT --out OUT_DIR"
+    captions = _read_table(path, "prepared benchmark", command)
     for column, dtype in (("caption_id", pl.Int64), ("text", pl.String)):
         if captions.schema.get(column) != dtype:
             raise DataError(f"{path}: column {column!r} of type {dtype} is missing")
@@ -186,15 +189,7 @@ def parse_benchmark(
 def read_parsed(parsed_dir: str | Path) -> pl.DataFrame:
     """``attributes.parquet`` of a parsed benchmark, with a clear error when it is absent."""
     path = Path(parsed_dir) / PARSED_FILE
-    if not path.is_file():
-        raise DataError(
-            f"{path} not found: {parsed_dir} is not a parsed benchmark. "
-            "Run `uit data parse PREPARED_DIR --out PARSED_DIR` first."
-        )
-    try:
-        parsed = pl.read_parquet(path)
-    except (OSError, pl.exceptions.PolarsError) as error:
-        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+    parsed = _read_table(path, "parsed benchmark", "uit data parse PREPARED_DIR --out PARSED_DIR")
     if parsed.schema != SCHEMA:
         raise DataError(f"{path}: expected the columns {dict(SCHEMA)}, found {dict(parsed.schema)}")
     return parsed
