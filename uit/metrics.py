@@ -26,7 +26,10 @@ CHUNK_BYTES = 64 * 2**20  # working memory per chunk of queries
 def _as_tensor(values: ArrayLike) -> torch.Tensor:
     if isinstance(values, torch.Tensor):
         return values.detach().cpu()
-    return torch.as_tensor(np.asarray(values))
+    array = np.asarray(values)
+    if not array.flags.writeable:  # e.g. a polars column: torch wants memory it may write
+        array = array.copy()
+    return torch.as_tensor(array)
 
 
 def ranking_keys(scores: torch.Tensor) -> torch.Tensor:
@@ -117,7 +120,7 @@ def retrieval_metrics(
     ap_sum = inp_sum = 0.0
     counted = excluded = 0
     for start in range(0, scores.shape[0], chunk):
-        rows = _as_float32(scores[start : start + chunk])
+        rows = _as_float32(scores[start : start + chunk]).contiguous()
         if not torch.isfinite(rows).all():
             bad = start + int((~torch.isfinite(rows)).any(1).nonzero()[0])
             raise ValueError(f"similarity row {bad} (query {bad}) holds NaN or Inf")
