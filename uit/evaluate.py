@@ -87,9 +87,9 @@ def top_k_table(similarity: torch.Tensor, split: Manifests, k: int) -> pl.DataFr
     k = min(k, similarity.shape[1])
     order = torch.topk(ranking_keys(similarity), k, dim=1).indices  # (Q, k)
     scores = similarity.gather(1, order)
-    gallery_ids = torch.as_tensor(split.images["image_id"].to_numpy())[order]
-    gallery_pids = torch.as_tensor(split.images["pid"].to_numpy())[order]
-    query_pids = torch.as_tensor(split.captions["pid"].to_numpy())
+    gallery_ids = torch.tensor(split.images["image_id"].to_list())[order]
+    gallery_pids = torch.tensor(split.images["pid"].to_list())[order]
+    query_pids = torch.tensor(split.captions["pid"].to_list())
     paths = split.images["path"].to_numpy()
     return pl.DataFrame({
         "caption_id": split.captions["caption_id"],
