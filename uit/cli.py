@@ -69,9 +69,14 @@ def progress_bars() -> Iterator[Progress]:
         yield progress
 
 
-def _bar(progress: Progress, description: str, total: int) -> Callable[[int], None]:
-    task = progress.add_task(description, total=total)
-    return lambda n: progress.advance(task, n)
+def adder(progress: Progress) -> Callable[[str, int], Callable[[int], None]]:
+    """``add(description, total)`` adds a bar to ``progress`` and returns its advance callback."""
+
+    def add(description: str, total: int) -> Callable[[int], None]:
+        task = progress.add_task(description, total=total)
+        return lambda n: progress.advance(task, n)
+
+    return add
 
 
 def _split_table(title: str, splits: dict[str, dict[str, int]]) -> Table:
@@ -113,11 +118,14 @@ def synth(
     cfg = parse_config({"synth": options}, source="options").synth
     start = time.perf_counter()
     with progress_bars() as progress:
-
-        def bars(name: str, total: int) -> Callable[[int], None]:
-            return _bar(progress, f"drawing {name}", total)
-
-        summaries = synthesize(root, cfg, names, workers=workers, progress=bars)
+        add = adder(progress)
+        summaries = synthesize(
+            root,
+            cfg,
+            names,
+            workers=workers,
+            progress=lambda name, total: add(f"drawing {name}", total),
+        )
     for name, splits in summaries.items():
         console.print(_split_table(f"{get_spec(name).title} (synthetic, {size})", splits))
     console.print(f"wrote {', '.join(names)} under {root} in {time.perf_counter() - start:.1f} s")
@@ -152,13 +160,11 @@ def data_prepare(
     from uit.data.prepare import prepare_benchmark
 
     with progress_bars() as progress:
-
-        def bar(total: int) -> Callable[[int], None]:
-            return _bar(progress, "checking images", total)
-
+        add = adder(progress)
         stats = prepare_benchmark(
-            benchmark, root, out, drop_missing=drop_missing, check_images=check_images, progress=bar
-        )
+            benchmark, root, out, drop_missing=drop_missing, check_images=check_images,
+            progress=lambda total: add("checking images", total),
+        )  # fmt: skip
     _print_stats(stats)
     console.print(f"wrote {out}")
 
@@ -215,11 +221,10 @@ def data_parse(
     cfg = parse_config({"parse": options}, source="options").parse
     start = time.perf_counter()
     with progress_bars() as progress:
-
-        def bar(total: int) -> Callable[[int], None]:
-            return _bar(progress, "parsing captions", total)
-
-        info = parse_benchmark(prepared, out, cfg, progress=bar)
+        add = adder(progress)
+        info = parse_benchmark(
+            prepared, out, cfg, progress=lambda total: add("parsing captions", total)
+        )
     seconds = time.perf_counter() - start
     table = Table(title=f"{info['pipeline']} {info['pipeline_version']} ({info['backend']}, "
                   f"spaCy {info['spacy_version']})")  # fmt: skip
@@ -310,10 +315,6 @@ def evaluate(
     from uit.runs import evaluate_checkpoint
 
     with progress_bars() as progress:
-
-        def bars(name: str, total: int) -> Callable[[int], None]:
-            return _bar(progress, name, total)
-
         metrics = evaluate_checkpoint(
             checkpoint,
             prepared,
@@ -321,7 +322,7 @@ def evaluate(
             split=split,
             device=device,
             batch_size=batch_size,
-            progress=bars,
+            progress=adder(progress),
         )
     table = Table(title=f"{metrics['benchmark']} {split}: {checkpoint}")
     for column in ("direction", "R1", "R5", "R10", "mAP", "mINP"):
