@@ -18,12 +18,15 @@ $(STAMP): pyproject.toml requirements/torch.txt | $(BIN)/python
 
 install: $(STAMP)
 
-# DVC stages call `python`: put the project's interpreter first on PATH.
+# `uit run` starts the pipeline flow (Prefect's temporary server, its database in .prefect/),
+# which runs the DVC stages with the project's interpreter.
 demo: install
-	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 dvc repro
+	$(BIN)/uit run
 	@echo
-	@echo "Synthetic benchmarks: data/synthetic/   prepared manifests: data/prepared/"
-	@for b in cuhk-pedes icfg-pedes rstpreid; do $(BIN)/uit data stats data/prepared/$$b; done
+	@echo "Report:  reports/report.html (offline, self-contained) and reports/report.md"
+	@echo "Metrics: metrics/BENCHMARK.json and runs/BENCHMARK/selection.json (dvc metrics show)"
+	@echo
+	@cat reports/report.md
 
 lint: install
 	$(BIN)/ruff check .

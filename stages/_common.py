@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from uit.cli import adder, err_console, progress_bars
+from uit.console import adder, err_console, progress_bars
 from uit.errors import UitError
 
 
 def run(main: Callable[[], None]) -> None:
-    """Run a stage; a user error becomes a message and exit code 1, not a traceback."""
+    """Run a stage; a user error becomes a message and exit code 1, not a traceback. The
+    library's log messages (``resumed ... at epoch 3``) show on stderr."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         main()
     except UitError as error:

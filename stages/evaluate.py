@@ -1,24 +1,29 @@
-"""Stage ``evaluate``: a checkpoint x a prepared benchmark's test split -> metrics and top 10."""
+"""Stage ``evaluate``: one trained model x the test split of every benchmark in
+``data.benchmarks`` (in- and cross-domain) -> per benchmark metrics and top 10, and one
+metrics file for DVC. The model is loaded once for all of them."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from stages._common import bars, run
-from uit.runs import evaluate_checkpoint
+from uit.config import load_config
+from uit.runs import evaluate_across
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder (best)")
-    parser.add_argument("--prepared", required=True, help="prepared benchmark to test on")
-    parser.add_argument("--out", required=True, help="folder for metrics.json and top_k.parquet")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--prepared", required=True, help="folder of the prepared benchmarks")
+    parser.add_argument("--out", required=True, help="folder for each benchmark's top 10s")
+    parser.add_argument("--metrics", required=True, help="JSON file of every benchmark's metrics")
+    parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
+    benchmarks = load_config(args.params).data.benchmarks
+    prepared = {name: Path(args.prepared) / name for name in benchmarks}
     with bars() as bar:
-        evaluate_checkpoint(
-            args.checkpoint, args.prepared, args.out, split=args.split, progress=bar
-        )
+        evaluate_across(args.checkpoint, prepared, args.out, args.metrics, progress=bar)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Stage ``train``: a prepared (and parsed) benchmark -> checkpoints, curves and selection."""
+"""Stage ``train``: a prepared (and parsed) benchmark -> checkpoints, curves and selection.
+
+The run folder persists between runs (``persist: true`` in dvc.yaml), so a killed training
+resumes from its last epoch; a finished run, or one of another configuration, starts afresh.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 
 from stages._common import run
 from uit.config import load_config
+from uit.console import ProgressReporter, progress_bars
 from uit.runs import train_benchmark
 
 
@@ -17,7 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
-    train_benchmark(cfg, args.prepared, args.out, parsed_dir=args.parsed)
+    with progress_bars() as progress:
+        train_benchmark(cfg, args.prepared, args.out, parsed_dir=args.parsed,
+                        reporter=ProgressReporter(progress), restart=True)  # fmt: skip
 
 
 if __name__ == "__main__":

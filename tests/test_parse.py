@@ -24,15 +24,8 @@ from uit.data.prepare import prepare_benchmark
 from uit.errors import DataError, UitError
 from uit.text.evaluate import TruthCaption, evaluate_parser, read_ground_truth, score_attributes
 from uit.text.lexicon import is_attribute_tag, load_lexicon
-from uit.text.parse import (
-    INFO_FILE,
-    PARSED_FILE,
-    SCHEMA,
-    parse_benchmark,
-    parse_doc,
-    read_attribute_words,
-    read_parsed,
-)
+from uit.text.parse import parse_benchmark, parse_doc
+from uit.text.parsed import INFO_FILE, PARSED_FILE, SCHEMA, read_attribute_words, read_parsed
 from uit.text.pipeline import build_builtin_pipeline, build_pipeline, resolve_backend
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -107,6 +107,7 @@ def test_train_and_evaluate_stages(data: Path, tmp_path: Path) -> None:
         "model: {name: uit-tiny, image_height: 64, image_width: 32, context_length: 32}\n"
         "train: {epochs: 1, batch_size: 16, num_workers: 0}\n"
         "tir: {decoder_layers: 1}\n"
+        "data: {benchmarks: [cuhk-pedes, rstpreid]}\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -133,8 +134,17 @@ def test_train_and_evaluate_stages(data: Path, tmp_path: Path) -> None:
         "--checkpoint",
         "run/checkpoints/best",
         "--prepared",
-        str(prepared / "cuhk-pedes"),
+        str(prepared),
         "--out",
         "eval",
+        "--metrics",
+        "metrics.json",
+        "--params",
+        str(params),
     )
-    assert json.loads((tmp_path / "eval/metrics.json").read_text())["benchmark"] == "cuhk-pedes"
+    combined = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(combined) == {"cuhk-pedes", "rstpreid"}  # in-domain and cross-domain
+    assert set(combined["cuhk-pedes"]) == {"t2i", "i2t"}
+    detail = json.loads((tmp_path / "eval/cuhk-pedes/metrics.json").read_text())
+    assert detail["benchmark"] == "cuhk-pedes" and detail["t2i"] == combined["cuhk-pedes"]["t2i"]
+    assert (tmp_path / "eval/rstpreid/top_k.parquet").is_file()

@@ -18,7 +18,7 @@ from uit.data.prepare import prepare_benchmark
 from uit.data.sampler import IdentityBatchSampler
 from uit.data.transforms import build_train_transform
 from uit.model import build_tokenizer
-from uit.train import TrainingError, choose_selection, fit, lr_factor
+from uit.train import TrainingError, choose_selection, clear_run, fit, is_interrupted, lr_factor
 
 
 def tiny_config(**sections) -> Config:
@@ -141,6 +141,9 @@ def test_resumed_run_ends_with_the_same_weights(prepared, tmp_path: Path) -> Non
     fit(cfg, prepared["cuhk-pedes"], tmp_path / "straight")
     fit(cfg, prepared["cuhk-pedes"], tmp_path / "resumed", stop_after_epochs=1)  # "killed"
     assert json.loads((tmp_path / "resumed/checkpoints/last/state.json").read_text())["epoch"] == 0
+    assert is_interrupted(tmp_path / "resumed", cfg)  # what the train stage resumes
+    assert not is_interrupted(tmp_path / "resumed", tiny_config(loss={"cmt": 0.0}))
+    assert not is_interrupted(tmp_path / "straight", cfg)  # finished: the stage starts afresh
     result = fit(cfg, prepared["cuhk-pedes"], tmp_path / "resumed")
     assert result.epochs_run == 3
     straight = load_file(str(tmp_path / "straight/checkpoints/last/weights.safetensors"))
@@ -156,6 +159,14 @@ def test_resume_refuses_a_run_with_another_config(prepared, tmp_path: Path) -> N
     fit(tiny_config(train={"epochs": 1}), prepared["cuhk-pedes"], tmp_path)
     with pytest.raises(TrainingError, match=r"another configuration .*loss"):
         fit(tiny_config(train={"epochs": 1}, loss={"cmt": 0.0}), prepared["cuhk-pedes"], tmp_path)
+
+
+def test_clear_run_removes_what_fit_wrote_and_nothing_else(prepared, tmp_path: Path) -> None:
+    fit(tiny_config(train={"epochs": 1}), prepared["cuhk-pedes"], tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    clear_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert not is_interrupted(tmp_path, tiny_config(train={"epochs": 1}))
 
 
 def test_a_nan_loss_stops_training_naming_the_term_and_step(prepared, tmp_path: Path) -> None:

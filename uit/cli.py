@@ -10,32 +10,21 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
 from uit.config import BENCHMARKS, BenchmarkName, ImageCheck, SynthSize
+from uit.console import ProgressReporter, adder, console, err_console, progress_bars
 from uit.errors import UitError
 
 app = typer.Typer(help="Text-to-image person retrieval with UIT.", no_args_is_help=True)
 data_app = typer.Typer(help="Prepare and inspect benchmarks.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console()
-err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -59,24 +48,6 @@ def friendly_errors(command: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-@contextmanager
-def progress_bars() -> Iterator[Progress]:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())  # fmt: skip
-    with Progress(*columns, console=err_console, transient=False) as progress:
-        yield progress
-
-
-def adder(progress: Progress) -> Callable[[str, int], Callable[[int], None]]:
-    """``add(description, total)`` adds a bar to ``progress`` and returns its advance callback."""
-
-    def add(description: str, total: int) -> Callable[[int], None]:
-        task = progress.add_task(description, total=total)
-        return lambda n: progress.advance(task, n)
-
-    return add
 
 
 def _split_table(title: str, splits: dict[str, dict[str, int]]) -> Table:
@@ -236,34 +207,6 @@ def data_parse(
     console.print(f"wrote {out} in {seconds:.1f} s")
 
 
-class _ProgressReporter:
-    """Shows the fit loop as one bar per epoch with the running loss terms."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.task: TaskID | None = None
-        self.means: dict[str, float] = {}
-        self.count = 0
-
-    def start_epoch(self, epoch: int, steps: int) -> None:
-        self.task = self.progress.add_task(f"epoch {epoch + 1}", total=steps)
-        self.means, self.count = {}, 0
-
-    def step(self, losses: Any, lr: float) -> None:
-        self.count += 1
-        for name, value in losses.items():
-            self.means[name] = (
-                self.means.get(name, 0.0) + (value - self.means.get(name, 0.0)) / self.count
-            )
-        terms = " ".join(f"{k} {v:.3f}" for k, v in self.means.items())
-        assert self.task is not None
-        self.progress.update(self.task, advance=1, description=f"{terms} lr {lr:.1e}")
-
-    def end_epoch(self, record: Any) -> None:
-        scores = " ".join(f"{k} {record[k]:.2f}" for k in ("R1", "mAP") if k in record)
-        console.print(f"epoch {int(record['epoch'])}: loss {record['loss']:.4f} {scores}")
-
-
 @app.command()
 @friendly_errors
 def train(
@@ -278,21 +221,21 @@ def train(
     parsed: Annotated[
         Path | None, typer.Option(help="Parsed folder [data/parsed/BENCHMARK].")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder [runs/BENCHMARK].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder [runs/adhoc/BENCHMARK].")] = None,
 ) -> None:
     """Train (or resume) a model on one benchmark with params.yaml plus overrides."""
     from uit.config import load_config
     from uit.runs import train_benchmark
 
     cfg = load_config(params, set_ or [])
-    out = out or Path("runs") / benchmark
+    out = out or Path("runs/adhoc") / benchmark
     with progress_bars() as progress:
         result = train_benchmark(
             cfg,
             prepared or Path("data/prepared") / benchmark,
             out,
             parsed_dir=parsed or Path("data/parsed") / benchmark,
-            reporter=_ProgressReporter(progress),
+            reporter=ProgressReporter(progress),
         )
     console.print(f"best epoch {result.best_epoch} {result.best}; checkpoints in {out}/checkpoints")
 
@@ -335,6 +278,62 @@ def evaluate(
         )
     console.print(table)
     console.print(f"wrote {out}")
+
+
+@app.command()
+@friendly_errors
+def profile(
+    name: Annotated[str, typer.Argument(help="demo (synthetic, CPU) or paper (real data, GPU).")],
+    params: Annotated[Path, typer.Option(help="The params file to switch.")] = Path("params.yaml"),
+    data_root: Annotated[
+        str | None, typer.Option(help="Where the real benchmarks are (sets data.root).")
+    ] = None,
+    profiles: Annotated[Path, typer.Option(help="Folder of profiles.")] = Path("profiles"),
+) -> None:
+    """Switch params.yaml to a profile (comments and other keys are kept)."""
+    from uit.profiles import apply_profile
+
+    overrides = {"data.root": data_root} if data_root else {}
+    changed = apply_profile(params, profiles / f"{name}.yaml", overrides)
+    console.print(f"{params}: profile {name}; {len(changed)} values changed")
+    for key in changed:
+        console.print(f"  {key}")
+    console.print("Then `dvc repro` (or `uit run`) re-runs what these values affect.")
+
+
+@app.command("run")
+@friendly_errors
+def run_pipeline(
+    benchmark: Annotated[
+        list[Benchmark] | None, typer.Option(help="Benchmarks to run [all three].")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override section.key=value; runs as a DVC experiment."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Name of the DVC experiment.")] = None,
+    project: Annotated[Path, typer.Option(help="The project (git + DVC) folder.")] = Path("."),
+) -> None:
+    """Run the pipeline flow (Prefect): preprocess, train and evaluate, report."""
+    import os
+
+    project = project.resolve()
+    if not (project / "dvc.yaml").is_file():
+        raise UitError(f"{project} has no dvc.yaml: run `uit run` in the project folder")
+    # Prefect's temporary server keeps its database under the project, not in the home folder.
+    os.environ.setdefault("PREFECT_HOME", str(project / ".prefect"))
+    from flows.pipeline import DvcError, pipeline
+
+    names = [b.value for b in benchmark] if benchmark else None
+    started = time.perf_counter()
+    try:
+        html = pipeline(names, set_ or None, name, str(project))
+    except DvcError as error:
+        raise UitError(str(error)) from None
+    minutes, seconds = divmod(time.perf_counter() - started, 60)
+    console.print(f"\nPipeline done in {int(minutes)} min {seconds:.0f} s.")
+    console.print(f"Report: {html} (and report.md beside it)")
+    console.print("Metrics: `dvc metrics show`; experiments: `dvc exp show`; curves: `uit report`")
 
 
 def main() -> None:

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from uit.errors import ConfigError
 
 BenchmarkName = Literal["cuhk-pedes", "icfg-pedes", "rstpreid"]
 BENCHMARKS: tuple[BenchmarkName, ...] = ("cuhk-pedes", "icfg-pedes", "rstpreid")
+BenchmarkFolder = Literal["CUHK-PEDES", "ICFG-PEDES", "RSTPReid"]
 SynthSize = Literal["tiny", "demo", "small", "medium"]
 ImageCheck = Literal["decode", "exists"]
 
@@ -42,6 +43,8 @@ class DataConfig(Section):
 class SynthConfig(Section):
     """The procedural benchmark (DESIGN 3.4)."""
 
+    # The benchmark folders to draw (their names on disk); () where data.source is real.
+    benchmarks: tuple[BenchmarkFolder, ...] = ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid")
     seed: int = 0
     size: SynthSize = "demo"
     image_height: int = Field(128, ge=32, le=1024)
@@ -127,6 +130,17 @@ class TrainConfig(Section):
     compile: bool = False  # torch.compile the objective (about 1.7x faster steps on an H200)
 
 
+class ReportConfig(Section):
+    """What the report shows besides the metrics (DESIGN 6)."""
+
+    title: str = "uit report"
+    queries: tuple[str, ...] = ()  # sentences always shown, searched in each test gallery
+    random_queries: int = Field(4, ge=0)  # test queries drawn at random per benchmark
+    top_k: int = Field(10, ge=1, le=50)
+    restorations: int = Field(4, ge=0)  # TIR restorations shown per benchmark
+    seed: int = 0
+
+
 class Config(Section):
     """The whole of ``params.yaml``."""
 
@@ -139,6 +153,25 @@ class Config(Section):
     tir: TIRConfig = TIRConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _source_matches_synth(self) -> Config:
+        if self.data.source == "real" and self.synth.benchmarks:
+            raise ValueError(
+                "data.source is real but synth.benchmarks is not empty: set synth.benchmarks: [] "
+                "(or switch profiles with `uit profile paper`)"
+            )
+        return self
+
+
+# The sections that decide a trained model; saved in every checkpoint and compared on resume.
+TRAINING_SECTIONS = ("augment", "model", "loss", "tir", "optim", "train")
+
+
+def training_config(cfg: Config) -> dict[str, Any]:
+    """The training sections of ``cfg`` as plain JSON values."""
+    return {name: getattr(cfg, name).model_dump(mode="json") for name in TRAINING_SECTIONS}
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -178,7 +211,9 @@ def _describe(error: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid configuration"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"])
-        if item["type"] == "extra_forbidden":
+        if not key:  # a rule across sections
+            lines.append(f"  {item['msg'].removeprefix('Value error, ')}")
+        elif item["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (check its spelling; see params.yaml)")
         else:
             lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")

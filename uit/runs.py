@@ -7,20 +7,26 @@ two front doors share one code path.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uit.config import Config
-from uit.data.dataset import read_manifests
+from uit.data.dataset import Manifests, read_manifests
 from uit.device import autocast_dtype, resolve_device
 from uit.errors import DataError
-from uit.evaluate import EvalOptions, evaluate
+from uit.evaluate import EvalOptions, Tokenizer, evaluate
 from uit.io import atomic_write_bytes, atomic_write_json
 from uit.model.build import build_tokenizer, load_encoder
-from uit.train import FitResult, Reporter, fit
+from uit.model.encoder import DualEncoder
 
 METRICS, TOP_K = "metrics.json", "top_k.parquet"
+Progress = Callable[[str, int], Callable[[int], None]]
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from uit.train import FitResult, Reporter
 
 
 def train_benchmark(
@@ -30,11 +36,19 @@ def train_benchmark(
     *,
     parsed_dir: str | Path | None = None,
     reporter: Reporter | None = None,
+    restart: bool = False,
 ) -> FitResult:
     """Fit on a prepared benchmark; attribute words (for the augmentation) come from
-    ``parsed_dir`` when ``augment.keep_attributes_p`` is above 0."""
+    ``parsed_dir`` when ``augment.keep_attributes_p`` is above 0.
+
+    ``restart``: start afresh unless ``out_dir`` holds an interrupted run of this configuration
+    (what a pipeline stage wants: its output folder persists so that a killed run resumes, but a
+    finished run or one of another configuration is replaced, never continued).
+    """
+    # Imported here so that evaluation does not import (and depend on) the training code.
     from uit.text.augment import build_augment
-    from uit.text.parse import read_attribute_words
+    from uit.text.parsed import read_attribute_words
+    from uit.train import clear_run, fit, is_interrupted
 
     words, augment = None, None
     if cfg.augment.keep_attributes_p > 0:
@@ -44,6 +58,10 @@ def train_benchmark(
                 "by `uit data parse` (or set augment.keep_attributes_p=0)"
             )
         words, augment = read_attribute_words(parsed_dir), build_augment(cfg.augment)
+    if restart and not is_interrupted(out_dir, cfg):
+        if (Path(out_dir) / "checkpoints").exists():
+            log.info("%s holds a finished run or another configuration: starting afresh", out_dir)
+        clear_run(out_dir)
     return fit(
         cfg, prepared_dir, out_dir, attribute_words=words, augment=augment, reporter=reporter
     )
@@ -57,24 +75,77 @@ def evaluate_checkpoint(
     split: str = "test",
     device: str = "auto",
     batch_size: int = 256,
-    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of any prepared benchmark (in- or cross-domain); write
     ``metrics.json`` and each query's top 10 (``top_k.parquet``) to ``out_dir``."""
+    manifests = _split_manifests(prepared_dir, split)
+    encoder, model_cfg = load_encoder(checkpoint_dir)
+    torch_device = resolve_device(device)
+    options = EvalOptions(device=torch_device, dtype=autocast_dtype(torch_device, "auto"),
+                          batch_size=batch_size)  # fmt: skip
+    encoder = encoder.to(torch_device)
+    return _evaluate_into(encoder, build_tokenizer(model_cfg), manifests, split, options,
+                          Path(out_dir), str(checkpoint_dir), progress)  # fmt: skip
+
+
+def evaluate_across(
+    checkpoint_dir: str | Path,
+    prepared_dirs: Mapping[str, str | Path],
+    out_dir: str | Path,
+    metrics_file: str | Path,
+    *,
+    split: str = "test",
+    device: str = "auto",
+    batch_size: int = 256,
+    progress: Progress | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate one checkpoint on several benchmarks (in- and cross-domain), loading it once.
+
+    Writes ``out_dir/<benchmark>/{metrics.json,top_k.parquet}`` per benchmark and, for DVC,
+    ``metrics_file`` with every benchmark's text-to-image and image-to-text metrics.
+    """
+    every = {name: _split_manifests(path, split) for name, path in prepared_dirs.items()}
+    encoder, model_cfg = load_encoder(checkpoint_dir)
+    torch_device = resolve_device(device)
+    options = EvalOptions(device=torch_device, dtype=autocast_dtype(torch_device, "auto"),
+                          batch_size=batch_size)  # fmt: skip
+    encoder, tokenizer, out_dir = (
+        encoder.to(torch_device),
+        build_tokenizer(model_cfg),
+        Path(out_dir),
+    )
+    combined = {}
+    for name, manifests in every.items():
+        metrics = _evaluate_into(encoder, tokenizer, manifests, split, options, out_dir / name,
+                                 str(checkpoint_dir), progress)  # fmt: skip
+        combined[name] = {"t2i": metrics["t2i"], "i2t": metrics["i2t"]}
+    atomic_write_json(Path(metrics_file), combined)
+    return combined
+
+
+def _split_manifests(prepared_dir: str | Path, split: str) -> Manifests:
     manifests = read_manifests(prepared_dir)
     if not manifests.has_split(split):
         raise DataError(
             f"{prepared_dir}: the {manifests.benchmark} manifests have no {split!r} split"
         )
-    encoder, model_cfg = load_encoder(checkpoint_dir)
-    torch_device = resolve_device(device)
-    options = EvalOptions(device=torch_device, dtype=autocast_dtype(torch_device, "auto"),
-                          batch_size=batch_size)  # fmt: skip
-    result = evaluate(encoder.to(torch_device), manifests.split(split), build_tokenizer(model_cfg),
-                      options, progress)  # fmt: skip
-    metrics = {"benchmark": manifests.benchmark, "split": split, "checkpoint": str(checkpoint_dir),
+    return manifests
+
+
+def _evaluate_into(
+    encoder: DualEncoder,
+    tokenizer: Tokenizer,
+    manifests: Manifests,
+    split: str,
+    options: EvalOptions,
+    out_dir: Path,
+    checkpoint: str,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    result = evaluate(encoder, manifests.split(split), tokenizer, options, progress)
+    metrics = {"benchmark": manifests.benchmark, "split": split, "checkpoint": checkpoint,
                **result.metrics}  # fmt: skip
-    out_dir = Path(out_dir)
     atomic_write_json(out_dir / METRICS, metrics)
     buffer = io.BytesIO()
     result.top_k.write_parquet(buffer)

@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import random
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from uit.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from uit.config import Config, TrainConfig
+from uit.checkpoint import (
+    load_checkpoint,
+    read_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from uit.config import Config, TrainConfig, training_config
 from uit.data.dataset import Manifests, TrainDataset, hold_out_identities, read_manifests
 from uit.data.sampler import IdentityBatchSampler
 from uit.data.transforms import build_train_transform, sample_seed
@@ -224,7 +231,7 @@ def _select(run: _Run, cfg: Config, selection: Selection, record: dict[str, floa
 
 def _state(run: _Run, cfg: Config, selection: Selection) -> dict[str, Any]:
     return {
-        "config": cfg.model_dump(mode="json"),
+        "config": training_config(cfg),
         "epoch": run.epoch,
         "step": run.step,
         "num_classes": run.dataset.num_classes,
@@ -269,9 +276,9 @@ def _resume(run: _Run, cfg: Config, out_dir: Path) -> None:
     if not (out_dir / LAST / "state.json").is_file():
         return
     checkpoint = load_checkpoint(out_dir / LAST, with_optimizer=True)
-    saved = checkpoint.state["config"]
-    if saved != cfg.model_dump(mode="json"):
-        changed = sorted(k for k in saved if saved[k] != cfg.model_dump(mode="json").get(k))
+    saved, current = checkpoint.state["config"], training_config(cfg)
+    if saved != current:
+        changed = sorted(k for k in current if saved.get(k) != current[k])
         raise TrainingError(
             f"{out_dir} holds a run with another configuration (sections differing: "
             f"{', '.join(changed)}); use another output folder or delete it to start afresh"
@@ -287,6 +294,23 @@ def _resume(run: _Run, cfg: Config, out_dir: Path) -> None:
     run.best, run.best_epoch, run.history = state["best"], state["best_epoch"], state["history"]
     set_rng_state(state["rng"])
     log.info("resumed %s at epoch %d, step %d", out_dir, run.epoch + 1, run.step)
+
+
+def is_interrupted(out_dir: str | Path, cfg: Config) -> bool:
+    """Whether ``out_dir`` holds an unfinished run of this very configuration (one to resume)."""
+    state_file = Path(out_dir) / LAST / "state.json"
+    if not state_file.is_file():
+        return False
+    state = read_state(state_file.parent)
+    return state.get("config") == training_config(cfg) and state["epoch"] + 1 < cfg.train.epochs
+
+
+def clear_run(out_dir: str | Path) -> None:
+    """Remove what ``fit`` writes into ``out_dir`` (checkpoints, curves, selection)."""
+    out_dir = Path(out_dir)
+    shutil.rmtree(out_dir / LAST.split("/")[0], ignore_errors=True)
+    for name in (CURVES, SELECTION):
+        (out_dir / name).unlink(missing_ok=True)
 
 
 def fit(

@@ -22,15 +22,10 @@ from uit.data.prepare import CAPTIONS_FILE
 from uit.errors import DataError
 from uit.io import atomic_write_json, staged_dir
 from uit.text.lexicon import is_attribute_tag
+from uit.text.parsed import INFO_FILE, PARSED_FILE, SCHEMA, read_table
 from uit.text.pipeline import Backend, build_pipeline
 
 Progress = Callable[[int], None]
-
-PARSED_FILE = "attributes.parquet"
-INFO_FILE = "parse.json"
-_WORDS = pl.List(pl.String())
-SCHEMA = pl.Schema({"caption_id": pl.Int64(), "tokens": _WORDS, "tags": _WORDS,
-                    "attribute_words": _WORDS, "attribute_phrases": _WORDS})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -104,21 +99,11 @@ def parse_texts(
         progress(done % batch_size)
 
 
-def _read_table(path: Path, what: str, command: str) -> pl.DataFrame:
-    """Read a Parquet file of a ``what`` folder, or say which command makes it."""
-    if not path.is_file():
-        raise DataError(f"{path} not found: {path.parent} is not a {what}. Run `{command}` first.")
-    try:
-        return pl.read_parquet(path)
-    except (OSError, pl.exceptions.PolarsError) as error:
-        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
-
-
 def read_captions(prepared_dir: str | Path) -> pl.DataFrame:
     """``caption_id`` and ``text`` of a prepared benchmark, checked."""
     path = Path(prepared_dir) / CAPTIONS_FILE
     command = "uit data prepare BENCHMARK --root RAW_ROOT --out OUT_DIR"
-    captions = _read_table(path, "prepared benchmark", command)
+    captions = read_table(path, "prepared benchmark", command)
     for column, dtype in (("caption_id", pl.Int64), ("text", pl.String)):
         if captions.schema.get(column) != dtype:
             raise DataError(f"{path}: column {column!r} of type {dtype} is missing")
@@ -184,19 +169,3 @@ def parse_benchmark(
     info = describe(parsed, backend, str(Path(prepared_dir) / CAPTIONS_FILE))
     write_parsed(parsed, info, out_dir)
     return info
-
-
-def read_parsed(parsed_dir: str | Path) -> pl.DataFrame:
-    """``attributes.parquet`` of a parsed benchmark, with a clear error when it is absent."""
-    path = Path(parsed_dir) / PARSED_FILE
-    parsed = _read_table(path, "parsed benchmark", "uit data parse PREPARED_DIR --out PARSED_DIR")
-    if parsed.schema != SCHEMA:
-        raise DataError(f"{path}: expected the columns {dict(SCHEMA)}, found {dict(parsed.schema)}")
-    return parsed
-
-
-def read_attribute_words(parsed_dir: str | Path) -> dict[int, list[str]]:
-    """caption_id -> its attribute words, as the training dataset's augmentation takes them."""
-    parsed = read_parsed(parsed_dir)
-    ids, words = parsed["caption_id"].to_list(), parsed["attribute_words"].to_list()
-    return dict(zip(ids, words, strict=True))

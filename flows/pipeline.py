@@ -1,0 +1,179 @@
+"""Prefect flows around the DVC pipeline (DESIGN 6): they run DVC commands as tasks and publish
+the results; the ML lives in ``uit`` and the DAG in ``dvc.yaml``.
+
+- ``preprocess``: synth (synthetic source), prepare and parse for the chosen benchmarks;
+- ``train``: per benchmark, train then evaluate (in- and cross-domain), one model at a time per
+  machine (a Prefect global concurrency limit, ``uit-gpu-<host>``), metrics as table artifacts;
+- ``report``: the report stage, its Markdown summary as an artifact;
+- ``pipeline``: the three in order; with overrides, one ``dvc exp run -S ...`` instead, so the
+  changed configuration is recorded as a DVC experiment.
+
+DVC allows one writer per workspace, so the tasks of a flow run one after another. Parallel
+training means more workers, each in its own clone (or ``dvc exp run --queue``), pushing to the
+shared git and DVC remotes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+
+BENCHMARKS = ("cuhk-pedes", "icfg-pedes", "rstpreid")
+FOLDERS = {"cuhk-pedes": "CUHK-PEDES", "icfg-pedes": "ICFG-PEDES", "rstpreid": "RSTPReid"}
+T2I = ("R1", "R5", "R10", "mAP", "mINP")
+TRANSIENT = re.compile(r"Unable to acquire lock|is busy|Resource temporarily unavailable", re.I)
+
+
+class DvcError(RuntimeError):
+    """A DVC command failed; the message holds the end of its output."""
+
+
+def gpu_limit_name() -> str:
+    """One limit per machine: each machine trains one model at a time on its GPU."""
+    return f"uit-gpu-{re.sub(r'[^a-z0-9-]', '-', socket.gethostname().lower())}"
+
+
+def dvc_env(project: str) -> dict[str, str]:
+    """Stages call ``python``: the interpreter running this flow comes first on PATH. DVC keeps
+    its site cache (state, index) inside the project rather than in /var/tmp."""
+    bin_dir = str(Path(sys.executable).parent)
+    site_cache = str(Path(project).resolve() / ".dvc" / "tmp" / "site-cache")
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": site_cache}  # fmt: skip
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only what another DVC process holding the repository lock explains."""
+    try:
+        state.result()
+    except DvcError as error:
+        return bool(TRANSIENT.search(str(error)))
+    except Exception:
+        return False
+    return False
+
+
+@task(retries=3, retry_delay_seconds=15, retry_condition_fn=_transient,
+      task_run_name="dvc {args}")  # fmt: skip
+def dvc(args: Sequence[str], project: str) -> str:
+    """Run ``dvc ARGS`` in ``project``, streaming its output into the task's log."""
+    logger = get_run_logger()
+    start = time.perf_counter()
+    with subprocess.Popen(["dvc", *args], cwd=project, env=dvc_env(project), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as process:  # fmt: skip
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            line = line.rstrip()
+            lines.append(line)
+            if line and not line.startswith(("\r", " ")) and "━" not in line:
+                logger.info(line)
+        code = process.wait()
+    if code != 0:
+        tail = "\n".join(lines[-30:])
+        raise DvcError(f"dvc {' '.join(args)} failed (exit {code}) in {project}:\n{tail}")
+    logger.info("dvc %s done in %.1f s", " ".join(args), time.perf_counter() - start)
+    return "\n".join(lines)
+
+
+@task
+def ensure_gpu_limit(slots: int = 1) -> str:
+    """Create (or resize) this machine's global concurrency limit for GPU work."""
+    name = gpu_limit_name()
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, slots)
+    return name
+
+
+@task
+def publish_metrics(project: str, benchmark: str) -> list[dict[str, Any]]:
+    """A table artifact: the model trained on ``benchmark`` tested on every benchmark."""
+    metrics = json.loads((Path(project) / "metrics" / f"{benchmark}.json").read_text())
+    rows = [{"tested on": test, **{m: round(values["t2i"][m], 2) for m in T2I}}
+            for test, values in metrics.items()]  # fmt: skip
+    create_table_artifact(
+        key=f"metrics-{benchmark}",
+        table=rows,
+        description=f"Text-to-image metrics (%) of the model trained on {benchmark}",
+    )
+    return rows
+
+
+def _benchmarks(benchmarks: Sequence[str] | None) -> list[str]:
+    chosen = list(benchmarks or BENCHMARKS)
+    unknown = sorted(set(chosen) - set(BENCHMARKS))
+    if unknown:
+        raise ValueError(f"unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
+    return chosen
+
+
+@flow(name="preprocess", log_prints=True)
+def preprocess(benchmarks: list[str] | None = None, project: str = ".") -> None:
+    """Synth (when the source is synthetic), prepare and parse each benchmark."""
+    for name in _benchmarks(benchmarks):
+        dvc(["repro", f"parse@{name}"], project)  # pulls in prepare and synth upstream
+
+
+@flow(name="train", log_prints=True)
+def train(benchmarks: list[str] | None = None, project: str = ".") -> dict[str, Any]:
+    """Train, then evaluate in- and cross-domain, one benchmark at a time."""
+    limit = ensure_gpu_limit()
+    published = {}
+    for name in _benchmarks(benchmarks):
+        with concurrency(limit, occupy=1):
+            dvc(["repro", f"train@{name}"], project)
+            dvc(["repro", f"evaluate@{name}"], project)
+        published[name] = publish_metrics(project, name)
+    return published
+
+
+@flow(name="report", log_prints=True)
+def report(project: str = ".") -> str:
+    """Build the report; its Markdown summary becomes an artifact."""
+    dvc(["repro", "report"], project)
+    out = Path(project).resolve() / "reports"
+    summary = (out / "report.md").read_text()
+    create_markdown_artifact(key="uit-report", markdown=summary,
+                             description=f"Full report: {out / 'report.html'}")  # fmt: skip
+    return str(out / "report.html")
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(
+    benchmarks: list[str] | None = None,
+    overrides: list[str] | None = None,
+    experiment: str | None = None,
+    project: str = ".",
+) -> str:
+    """Preprocess, train and evaluate, report. ``overrides`` (``section.key=value``) run as one
+    ``dvc exp run`` so the result is a named DVC experiment."""
+    chosen = _benchmarks(benchmarks)
+    if overrides or experiment:
+        args = ["exp", "run", *(a for o in overrides or [] for a in ("-S", o))]
+        args += ["-n", experiment] if experiment else []
+        targets = [f"evaluate@{name}" for name in chosen]
+        with concurrency(ensure_gpu_limit(), occupy=1):
+            dvc([*args, *targets, "report"], project)
+        for name in chosen:
+            publish_metrics(project, name)
+        return report(project)
+    preprocess(chosen, project)
+    train(chosen, project)
+    return report(project)
+
+
+if __name__ == "__main__":
+    pipeline()

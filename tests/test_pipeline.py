@@ -1,0 +1,184 @@
+"""The DVC pipeline, for real: `dvc repro` of the whole DAG on a tiny configuration in a
+temporary git repository; every stage declares exactly the params it reads and the code it
+imports; a changed loss weight re-runs only training, evaluation and the report."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.pipeline_repo import BIN, ROOT, make_repo, sh
+from uit.config import Config, SynthConfig
+from uit.data.synth import synthesize
+
+pytestmark = pytest.mark.slow
+
+BENCHMARKS = ("cuhk-pedes", "icfg-pedes", "rstpreid")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo", probe=True)
+    probes = tmp_path_factory.mktemp("probes")
+    sh("dvc", "repro", cwd=repo, env={**_env(), "UIT_PROBE_DIR": str(probes)})
+    return repo, probes
+
+
+def _env() -> dict[str, str]:
+    from tests.pipeline_repo import env
+
+    return env()
+
+
+def stage_specs() -> dict[str, dict[str, Any]]:
+    """Stage name in dvc.yaml -> its definition (the ``do`` body for foreach/matrix)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: spec.get("do", spec) for name, spec in stages.items()}
+
+
+def leaves(keys: list[str]) -> set[str]:
+    """Expand section names (``model``) to their leaf keys (``model.name`` ...)."""
+    result = set()
+    for key in keys:
+        section, _, leaf = key.partition(".")
+        if leaf:
+            result.add(key)
+        else:
+            fields = Config.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
+            result.update(f"{section}.{name}" for name in fields)
+    return result
+
+
+def probe_records(probes: Path) -> dict[str, list[dict[str, Any]]]:
+    records: dict[str, list[dict[str, Any]]] = {}
+    for path in probes.glob("*.json"):
+        record = json.loads(path.read_text())
+        records.setdefault(record["stage"].removeprefix("stages."), []).append(record)
+    return records
+
+
+def test_repro_builds_everything_and_dvc_reports_it(pipeline: tuple[Path, Path]) -> None:
+    repo, _ = pipeline
+    status = sh("dvc", "status", "--json", cwd=repo)
+    assert json.loads(status.stdout) == {}
+    shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo).stdout)
+    files = next(iter(shown.values()))["data"]
+    for name in BENCHMARKS:
+        metrics = files[f"metrics/{name}.json"]["data"]
+        assert set(metrics) == set(BENCHMARKS)  # in-domain and both cross-domain tests
+        assert 0.0 <= metrics[name]["t2i"]["R1"] <= 100.0
+        assert files[f"runs/{name}/selection.json"]["data"]["protocol"] in {
+            "val",
+            "heldout",
+            "test",
+            "last",
+        }
+    html = (repo / "reports" / "report.html").read_text()
+    assert "Cross-domain" in html and "data:image/png;base64," in html
+    untracked = sh("git", "status", "--porcelain", "--untracked-files=all", cwd=repo).stdout
+    small = re.compile(r"(.*\.gitignore|dvc\.lock|metrics/[\w-]+\.json|runs/[\w-]+/"
+                       r"(selection\.json|curves\.csv))")  # fmt: skip
+    for line in untracked.splitlines():  # checkpoints, data and reports are DVC's, not git's
+        assert small.fullmatch(line[3:]), f"git would take {line[3:]}"
+
+
+def test_every_stage_declares_exactly_the_params_it_reads(pipeline: tuple[Path, Path]) -> None:
+    records = probe_records(pipeline[1])
+    specs = stage_specs()
+    assert set(records) == set(specs)  # every stage ran through the probe
+    for name, spec in specs.items():
+        declared = leaves(spec.get("params", []))
+        for record in records[name]:
+            read = leaves([key for key in record["params"] if key != "*"])
+            assert "*" not in record["params"], f"{name} read the whole config"
+            assert read == declared, (
+                f"stage {name}: reads {sorted(read)}, declares {sorted(declared)}"
+            )
+
+
+def _has_imports(path: Path) -> bool:
+    tree = ast.parse(path.read_text())
+    return any(isinstance(node, ast.Import | ast.ImportFrom) for node in ast.walk(tree))
+
+
+def test_every_stage_declares_exactly_the_code_it_imports(pipeline: tuple[Path, Path]) -> None:
+    repo, probes = pipeline
+    for name, records in probe_records(probes).items():
+        declared = [d for d in stage_specs()[name]["deps"] if re.match(r"(uit|stages)/", d)]
+        imported = {m for r in records for m in r["modules"] if m != "_probe.py"}
+        for module in imported:
+            covered = any(module == d or module.startswith(d.rstrip("/") + "/") for d in declared)
+            package_marker = module.endswith("__init__.py") and not _has_imports(repo / module)
+            assert covered or package_marker, f"stage {name} imports {module}, not in its deps"
+        for dep in declared:
+            used = any(m == dep or m.startswith(dep + "/") for m in imported)
+            assert used, f"stage {name} declares {dep} but never imports it"
+
+
+def test_a_loss_change_reruns_only_training_evaluation_and_report(
+    pipeline: tuple[Path, Path], tmp_path: Path
+) -> None:
+    repo, _ = pipeline
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-q", "-m", "baseline results", cwd=repo)
+    env = {**_env(), "UIT_PROBE_DIR": str(tmp_path)}
+    result = sh("dvc", "exp", "run", "-n", "no-cmt", "-S", "loss.cmt=0", cwd=repo, env=env)
+    ran = set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr))
+    expected = {f"{stage}@{name}" for stage in ("train", "evaluate") for name in BENCHMARKS}
+    assert ran == expected | {"report"}
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo).stdout)
+    names = {exp.get("name") for commit in shown for exp in commit.get("experiments") or []}
+    assert "no-cmt" in names
+
+
+def test_paper_profile_drops_synth_and_real_data_is_dvc_tracked(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    synthesize(repo / "data" / "real", SynthConfig(size="tiny", seed=1), ("rstpreid",))
+    profile = sh(str(BIN / "uit"), "profile", "paper", "--data-root", "data/real", cwd=repo)
+    assert "data.source" in profile.stdout and "model.name" in profile.stdout
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["model"]["name"] == "ViT-B-16" and params["synth"]["benchmarks"] == []
+    assert params["train"]["epochs"] == 60 and params["synth"]["size"] == "tiny"  # others kept
+    stages = sh("dvc", "stage", "list", cwd=repo).stdout
+    assert "synth@" not in stages and "prepare@rstpreid" in stages
+    sh("dvc", "add", "data/real/RSTPReid", cwd=repo)
+    sh("dvc", "repro", "prepare@rstpreid", cwd=repo)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["prepare@rstpreid"]
+    assert any(dep["path"] == "data/real/RSTPReid" and dep.get("md5") for dep in lock["deps"])
+    sh(str(BIN / "uit"), "profile", "demo", cwd=repo)
+    assert "synth@CUHK-PEDES" in sh("dvc", "stage", "list", cwd=repo).stdout
+
+
+def test_a_killed_training_resumes_from_its_last_epoch(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["epochs"] = 4
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("dvc", "repro", "parse@rstpreid", cwd=repo)
+    state = repo / "runs/rstpreid/checkpoints/last/state.json"
+    process = subprocess.Popen(["dvc", "repro", "train@rstpreid"], cwd=repo, env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not state.is_file() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # as a power cut would
+    process.wait()
+    killed_at = json.loads(state.read_text())["epoch"]  # 0-based, last finished epoch
+    assert killed_at < 3, "training finished before it could be killed"
+    again = sh("dvc", "repro", "train@rstpreid", cwd=repo)
+    output = again.stdout + again.stderr
+    assert f"resumed runs/rstpreid at epoch {killed_at + 2}" in output
+    assert "epoch 1:" not in output  # no finished epoch is trained twice
+    assert json.loads(state.read_text())["epoch"] == 3
+    assert json.loads(sh("dvc", "status", "--json", "train@rstpreid", cwd=repo).stdout) == {}
