@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest clean
+.PHONY: install demo test lint typecheck pytest browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,10 +23,10 @@ install: $(STAMP)
 demo: install
 	$(BIN)/uit run
 	@echo
-	@echo "Report:  reports/report.html (offline, self-contained) and reports/report.md"
+	@echo "Report:  reports/pipeline/report.html (offline, self-contained) and report.md beside it"
 	@echo "Metrics: metrics/BENCHMARK.json and runs/BENCHMARK/selection.json (dvc metrics show)"
 	@echo
-	@cat reports/report.md
+	@cat reports/pipeline/report.md
 
 lint: install
 	$(BIN)/ruff check .
@@ -35,7 +35,16 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
+# The report's browser test drives Debian's chromium through chromedriver: install both when
+# this machine lets us (root or password-less sudo); otherwise that one test is skipped.
+APT_INSTALL = apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif ($(APT_INSTALL) || sudo -n sh -c '$(APT_INSTALL)') >/dev/null 2>&1; then \
+	  echo "installed chromium and chromium-driver for the report's browser test"; \
+	else echo "note: could not install chromium; the report's browser test will be skipped"; fi
+
+pytest: install browser
 	$(BIN)/pytest
 
 test: lint typecheck pytest

@@ -61,10 +61,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
+    # Every finished run is appended to a JSON-lines file; a restarted ablation skips them.
+    log = Path(args.out).with_suffix(".runs.jsonl")
+    done = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
     runs = []
     for seed in args.seeds:
         for name, overrides in VARIANTS.items():
-            runs.append(run_variant(args, name, overrides, seed))
+            previous = [r for r in done if r["variant"] == name and r["seed"] == seed]
+            runs.append(previous[0] if previous else run_variant(args, name, overrides, seed))
+            if not previous:
+                with log.open("a") as handle:
+                    handle.write(json.dumps(runs[-1]) + "\n")
             print(json.dumps(runs[-1]), flush=True)
     text = table(runs)
     print(text)

@@ -144,7 +144,7 @@ def train(benchmarks: list[str] | None = None, project: str = ".") -> dict[str, 
 def report(project: str = ".") -> str:
     """Build the report; its Markdown summary becomes an artifact."""
     dvc(["repro", "report"], project)
-    out = Path(project).resolve() / "reports"
+    out = Path(project).resolve() / "reports" / "pipeline"
     summary = (out / "report.md").read_text()
     create_markdown_artifact(key="uit-report", markdown=summary,
                              description=f"Full report: {out / 'report.html'}")  # fmt: skip

@@ -1,5 +1,5 @@
-"""Stage ``report``: run folders, metrics and prepared test sets -> ``report.html`` (offline,
-self-contained) and ``report.md``."""
+"""Stage ``report``: run folders, metrics, top 10s and prepared test sets -> ``report.html``
+(offline, self-contained) and ``report.md``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 
 from stages._common import run
 from uit.config import load_config
-from uit.io import atomic_write_text
-from uit.report import build_report, read_results, render_html, render_markdown
+from uit.report import build_report, read_results, write_report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,10 +21,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     cfg = load_config(args.params).report
-    report = build_report(read_results(args.runs, args.metrics), cfg)
-    out = Path(args.out)
-    atomic_write_text(out / "report.html", render_html(report))
-    atomic_write_text(out / "report.md", render_markdown(report))
+    results = read_results(args.runs, args.metrics)
+    checkpoints = {r.benchmark: Path(args.runs) / r.benchmark / "checkpoints/best" for r in results}
+    report = build_report(results, cfg, evals_dir=args.evals, prepared_dir=args.prepared,
+                          checkpoints=checkpoints)  # fmt: skip
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def test_deployment_runs_the_pipeline_through_a_worker(
     assert worker.poll() is not None
     metrics = (repo / "metrics" / "rstpreid.json").read_text()
     assert '"rstpreid"' in metrics
-    assert (repo / "reports" / "report.html").is_file()
+    assert (repo / "reports" / "pipeline" / "report.html").is_file()
     artifacts = httpx.post(f"{url}/artifacts/filter", json={"limit": 50}, timeout=10).json()
     keys = {artifact["key"] for artifact in artifacts}
     assert {"metrics-rstpreid", "uit-report"} <= keys

@@ -8,6 +8,7 @@ import ast
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -16,10 +17,15 @@ from typing import Any
 
 import pytest
 import yaml
+from PIL import Image
+from safetensors.torch import load_file
 
 from tests.pipeline_repo import BIN, ROOT, make_repo, sh
+from uit.browser import browser_available, check_page
 from uit.config import Config, SynthConfig
 from uit.data.synth import synthesize
+from uit.evaluate import EvalOptions, encode_images, encode_texts
+from uit.model.build import build_tokenizer, load_encoder
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +89,7 @@ def test_repro_builds_everything_and_dvc_reports_it(pipeline: tuple[Path, Path])
             "test",
             "last",
         }
-    html = (repo / "reports" / "report.html").read_text()
+    html = (repo / "reports" / "pipeline" / "report.html").read_text()
     assert "Cross-domain" in html and "data:image/png;base64," in html
     untracked = sh("git", "status", "--porcelain", "--untracked-files=all", cwd=repo).stdout
     small = re.compile(r"(.*\.gitignore|dvc\.lock|metrics/[\w-]+\.json|runs/[\w-]+/"
@@ -123,6 +129,73 @@ def test_every_stage_declares_exactly_the_code_it_imports(pipeline: tuple[Path, 
         for dep in declared:
             used = any(m == dep or m.startswith(dep + "/") for m in imported)
             assert used, f"stage {name} declares {dep} but never imports it"
+
+
+def uit(*args: str, cwd: Path) -> str:
+    result = sh(str(BIN / "uit"), *args, cwd=cwd)
+    return result.stdout
+
+
+def test_report_renders_offline_in_headless_chromium(pipeline: tuple[Path, Path]) -> None:
+    repo, _ = pipeline
+    html = (repo / "reports/pipeline/report.html").read_text()
+    for part in ("Cross-domain", "Training curves", "Retrievals on RSTPReid test",
+                 "TIR restorations (RSTPReid)", "ground-truth image", "optimistic"):  # fmt: skip
+        assert part in html, part
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    if not browser_available():
+        pytest.skip("headless Chromium is not installed (apt-get install chromium chromium-driver)")
+    shot = repo / "report.png"
+    check = check_page(repo / "reports/pipeline/report.html", shot)
+    assert check.console_errors == [] and check.remote_resources == []
+    assert check.images >= 6 and check.broken_images == []  # curves, strips, restorations
+    assert shot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_export_keeps_only_the_dual_encoder(pipeline: tuple[Path, Path], tmp_path: Path) -> None:
+    repo, _ = pipeline
+    best = repo / "runs/rstpreid/checkpoints/best"
+    uit("export", str(best), str(tmp_path / "model"), cwd=repo)
+    weights = load_file(str(tmp_path / "model/weights.safetensors"))
+    assert weights and not any(
+        k.startswith(("id_head", "tir_decoder", "encoder.")) for k in weights
+    )
+    for source, out in ((best, "trained"), (tmp_path / "model", "exported")):
+        uit("evaluate", str(source), "data/prepared/rstpreid", "--out", str(tmp_path / out),
+            cwd=repo)  # fmt: skip
+    trained, exported = (json.loads((tmp_path / f"{n}/metrics.json").read_text())
+                         for n in ("trained", "exported"))  # fmt: skip
+    assert trained["t2i"] == exported["t2i"]
+
+
+def test_search_ranks_caches_and_notices_changed_images(
+    pipeline: tuple[Path, Path], tmp_path: Path
+) -> None:
+    repo, _ = pipeline
+    gallery = tmp_path / "gallery"
+    shutil.copytree(repo / "data/synthetic/RSTPReid/imgs", gallery)
+    best = str(repo / "runs/rstpreid/checkpoints/best")
+    query = "a woman in a red coat carrying a black backpack"
+    args = ["search", best, query, "--gallery", str(gallery), "--json", "--top-k", "5",
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    first = json.loads(uit(*args, "--sheet", str(tmp_path / "sheet.png"), cwd=repo))
+    count = len(list(gallery.rglob("*.jpg")))
+    assert first["encoded_now"] == count and len(first["results"]) == 5
+    scores = [r["score"] for r in first["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert (tmp_path / "sheet.png").read_bytes().startswith(b"\x89PNG")
+    again = json.loads(uit(*args, cwd=repo))
+    assert again["encoded_now"] == 0 and again["results"] == first["results"]
+    changed = Path(first["results"][0]["path"])
+    Image.new("RGB", (64, 128), (0, 0, 255)).save(changed)  # same name, new contents
+    third = json.loads(uit(*args, cwd=repo))
+    assert third["encoded_now"] == 1
+    # the brute force answer for the top image: its cosine with the sentence
+    encoder, cfg = load_encoder(best)
+    options = EvalOptions()
+    image = encode_images(encoder.eval(), [Path(third["results"][0]["path"])], options)
+    text = encode_texts(encoder, [query], build_tokenizer(cfg), options)
+    assert float(image[0] @ text[0]) == pytest.approx(third["results"][0]["score"], abs=1e-5)
 
 
 def test_a_loss_change_reruns_only_training_evaluation_and_report(

@@ -7,6 +7,7 @@ traceback reaches the user for bad input.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import sys
 import time
@@ -278,6 +279,255 @@ def evaluate(
         )
     console.print(table)
     console.print(f"wrote {out}")
+
+
+def _dvc_json(args: list[str], project: Path) -> Any:
+    """Run a read-only DVC command with ``--json`` in ``project`` and parse what it prints."""
+    import os
+    import subprocess
+
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+           "DVC_NO_ANALYTICS": "1"}  # fmt: skip
+    env.setdefault("DVC_SITE_CACHE_DIR", str(project.resolve() / ".dvc" / "tmp" / "site-cache"))
+    try:
+        result = subprocess.run(["dvc", *args, "--json"], cwd=project, env=env,
+                                capture_output=True, text=True)  # fmt: skip
+    except FileNotFoundError:
+        raise UitError("dvc is not installed in this environment (pip install -e .)") from None
+    if result.returncode != 0:
+        raise UitError(f"dvc {' '.join(args)} failed in {project}: {result.stderr.strip()[-800:]}")
+    return json.loads(result.stdout or "[]")
+
+
+def _metric_cell(row: dict[str, Any], column: str) -> str:
+    mean = row.get(column)
+    if mean is None:
+        return "-"
+    text = f"{mean:.1f}"
+    if row.get(f"{column} std") is not None:
+        text += f" ± {row[f'{column} std']:.1f}"
+    if row.get(f"{column} delta") is not None:
+        text += f" ({row[f'{column} delta']:+.1f})"
+    return text
+
+
+@app.command()
+@friendly_errors
+def compare(
+    benchmark: Annotated[
+        list[Benchmark] | None, typer.Option(help="Only these benchmarks [all with metrics].")
+    ] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option(help="Metrics to show [R1 R5 R10 mAP mINP].")
+    ] = None,
+    sort: Annotated[
+        str | None, typer.Option(help="Sort by a metric (first benchmark) or BENCHMARK/METRIC.")
+    ] = None,
+    baseline: Annotated[
+        str | None, typer.Option(help="Show differences from this experiment (or commit).")
+    ] = None,
+    group: Annotated[
+        bool, typer.Option(help="Experiments that differ only by train.seed: mean ± std.")
+    ] = True,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write a bar chart (PNG) here.")] = None,
+    project: Annotated[Path, typer.Option(help="The project (git + DVC) folder.")] = Path("."),
+) -> None:
+    """Every DVC experiment (workspace, branches, queued and finished runs) side by side."""
+    from uit.compare import METRICS, comparison, plot_comparison, read_exp_show, to_csv
+
+    experiments = read_exp_show(_dvc_json(["exp", "show", "--all-branches"], project))
+    if not any(e.kind == "experiment" for e in experiments):
+        err_console.print("No DVC experiments yet (`uit run --set key=value` or `dvc exp run -S "
+                          "key=value` makes one); showing the workspace and commits.")  # fmt: skip
+    if not any(e.metrics for e in experiments):
+        err_console.print("Nothing has metrics yet: run the pipeline first (`uit run`).")
+        return
+    metrics = tuple(metric or METRICS)
+    names = [b.value for b in benchmark] if benchmark else []
+    frame = comparison(experiments, benchmarks=names, metrics=metrics, baseline=baseline,
+                       sort=sort, group=group)  # fmt: skip
+    chosen = names or sorted({c.split("/")[0] for c in frame.columns if "/" in c})
+    if plot:
+        from uit.io import atomic_write_bytes
+
+        atomic_write_bytes(plot, plot_comparison(frame, metrics[0], chosen))
+        err_console.print(f"wrote {plot}")
+    if json_:
+        console.print_json(json.dumps(frame.to_dicts()))
+    elif csv:
+        sys.stdout.write(to_csv(frame))
+    else:
+        console.print(_comparison_table(frame, chosen, metrics, baseline))
+
+
+def _comparison_table(frame: Any, benchmarks: list[str], metrics: tuple[str, ...],
+                      baseline: str | None) -> Table:  # fmt: skip
+    fixed = {"experiment", "status", "seeds"}
+    params = [c for c in frame.columns if "/" not in c and c not in fixed]
+    title = "text-to-image test metrics (%), mean ± std over seeds"
+    table = Table(title=title + (f", (difference from {baseline})" if baseline else ""))
+    for column in ("experiment", "status", "seeds", *params):
+        table.add_column(column)
+    for b in benchmarks:
+        for m in metrics:
+            table.add_column(f"{b}\n{m}", justify="right")
+    for row in frame.to_dicts():
+        cells = [str(row[c]) for c in ("experiment", "status", "seeds", *params)]
+        cells += [_metric_cell(row, f"{b}/{m}") for b in benchmarks for m in metrics]
+        table.add_row(*cells)
+    return table
+
+
+def _gallery_source(gallery: str) -> Path:
+    """A benchmark name means its prepared folder; anything else is a path."""
+    return Path("data/prepared") / gallery if gallery in BENCHMARKS else Path(gallery)
+
+
+@app.command()
+@friendly_errors
+def search(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint or an exported model folder.")],
+    query: Annotated[str, typer.Argument(help='The sentence, e.g. "a woman in a red coat".')],
+    gallery: Annotated[
+        str, typer.Option(help="A folder of images, a prepared benchmark folder or a name.")
+    ],
+    top_k: Annotated[int, typer.Option(min=1, help="How many results.")] = 10,
+    split: Annotated[str, typer.Option(help="The split of a prepared benchmark.")] = "test",
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    sheet: Annotated[Path | None, typer.Option(help="Write a contact sheet PNG here.")] = None,
+    cache_dir: Annotated[Path, typer.Option(help="Where gallery embeddings are cached.")] = Path(
+        ".cache/uit/search"
+    ),
+    no_cache: Annotated[
+        bool, typer.Option(help="Encode the gallery afresh, cache nothing.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    batch_size: int = 256,
+) -> None:
+    """Rank the images of a gallery for a sentence (the gallery is encoded once, then cached)."""
+    from uit.device import autocast_dtype, resolve_device
+    from uit.evaluate import EvalOptions, encode_texts
+    from uit.model.build import build_tokenizer, load_encoder
+    from uit.search import EmbeddingCache, checkpoint_digest, gallery_embeddings, list_gallery, rank
+
+    paths = list_gallery(_gallery_source(gallery), split)
+    encoder, model_cfg = load_encoder(checkpoint)
+    torch_device = resolve_device(device)
+    options = EvalOptions(device=torch_device, dtype=autocast_dtype(torch_device, "auto"),
+                          batch_size=batch_size)  # fmt: skip
+    encoder = encoder.to(torch_device).eval()
+    cache = None if no_cache else EmbeddingCache(cache_dir, checkpoint_digest(checkpoint))
+    with progress_bars() as progress:
+        bar = adder(progress)("encoding the gallery", len(paths))
+        feats, encoded = gallery_embeddings(encoder, paths, options, cache, bar)
+    text = encode_texts(encoder, [query], build_tokenizer(model_cfg), options)[0]
+    hits = rank(text, feats, paths, top_k)
+    if sheet:
+        _search_sheet(query, hits, sheet)
+    if json_:
+        console.print_json(json.dumps({"query": query, "gallery": str(gallery),
+                                       "encoded_now": encoded, "cached": len(paths) - encoded,
+                                       "results": [{"rank": h.rank, "path": str(h.path),
+                                                    "score": h.score} for h in hits]}))  # fmt: skip
+        return
+    err_console.print(f"{len(paths)} gallery images ({len(paths) - encoded} from the cache)")
+    table = Table(title=f"top {len(hits)}: {query}")
+    for column, justify in (("rank", "right"), ("score", "right"), ("image", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for hit in hits:
+        table.add_row(str(hit.rank), f"{hit.score:.3f}", str(hit.path))
+    console.print(table)
+
+
+def _search_sheet(query: str, hits: list[Any], out: Path) -> None:
+    from uit.contact_sheet import Tile, build_contact_sheet
+    from uit.io import atomic_write_bytes
+
+    tiles = [Tile(hit.path, f"#{hit.rank} {hit.score:.3f} {hit.path.name}") for hit in hits]
+    image = build_contact_sheet(tiles, columns=min(5, len(tiles)), text_lines=3,
+                                title=f'"{query}"')  # fmt: skip
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(out, buffer.getvalue())
+    err_console.print(f"wrote {out}")
+
+
+@app.command()
+@friendly_errors
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint folder.")],
+    out: Annotated[Path, typer.Argument(help="Folder for the exported dual encoder.")],
+) -> None:
+    """Write just the dual encoder (no ID head, no TIR decoder) plus its model config."""
+    from uit.model.build import export_encoder
+
+    kept, dropped = export_encoder(checkpoint, out)
+    console.print(f"wrote {out}: {kept} tensors of the dual encoder ({dropped} training-only "
+                  "tensors left out); `uit search` and `uit evaluate` accept it")  # fmt: skip
+
+
+@app.command()
+@friendly_errors
+def report(
+    project: Annotated[Path, typer.Option(help="The project (git + DVC) folder.")] = Path("."),
+    out: Annotated[Path, typer.Option(help="Folder for report.html and report.md.")] = Path(
+        "reports"
+    ),
+    params: Annotated[Path, typer.Option(help="The params file (section report).")] = Path(
+        "params.yaml"
+    ),
+    experiments: Annotated[
+        bool, typer.Option(help="Add the comparison of DVC experiments (dvc exp show).")
+    ] = True,
+    baseline: Annotated[
+        str | None, typer.Option(help="Experiment the comparison shows differences from.")
+    ] = None,
+    screenshot: Annotated[
+        Path | None, typer.Option(help="Also check the page in headless Chromium, save a PNG.")
+    ] = None,
+) -> None:
+    """Build the report (self-contained HTML that works offline, and Markdown) from the
+    pipeline's outputs; the DVC report stage builds the same page without the experiments."""
+    from uit.config import load_config
+    from uit.report import build_report, read_results, write_report
+
+    cfg = load_config(project / params).report
+    results = read_results(project / "runs", project / "metrics")
+    frame = _experiment_frame(project, baseline) if experiments else None
+    checkpoints = {
+        r.benchmark: project / "runs" / r.benchmark / "checkpoints/best" for r in results
+    }
+    built = build_report(results, cfg, evals_dir=project / "evals",
+                         prepared_dir=project / "data/prepared",
+                         checkpoints={k: v for k, v in checkpoints.items() if v.is_dir()},
+                         experiments=frame)  # fmt: skip
+    html, markdown = write_report(built, project / out)
+    console.print(f"wrote {html} and {markdown}")
+    if screenshot:
+        from uit.browser import check_page
+
+        check = check_page(html, screenshot)
+        problems = check.console_errors + check.broken_images + check.remote_resources
+        console.print(f"wrote {screenshot}: {check.images} images, {len(problems)} problems")
+        if problems:
+            raise UitError(f"{html} does not render cleanly: {problems}")
+
+
+def _experiment_frame(project: Path, baseline: str | None) -> Any:
+    from uit.compare import comparison, read_exp_show
+
+    try:
+        found = read_exp_show(_dvc_json(["exp", "show", "--all-branches"], project))
+    except UitError as error:  # not a DVC repository, or DVC failed: the report goes on
+        err_console.print(f"no experiments in the report: {error}")
+        return None
+    with_metrics = [e for e in found if e.metrics]
+    if not any(e.kind == "experiment" for e in with_metrics):
+        return None
+    return comparison(with_metrics, metrics=("R1", "mAP"), baseline=baseline)
 
 
 @app.command()

@@ -6,16 +6,18 @@ whose weight is 0 is not computed, and its head is not built.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from uit.config import LossConfig, OptimConfig, TIRConfig
+from uit.errors import UitError
 from uit.losses import cmt_loss, id_loss, itc_loss, sdm_loss, tir_loss
 from uit.model.encoder import DualEncoder
 from uit.model.heads import IDHead
-from uit.model.tir import TIRDecoder, patchify, weighted_grayscale
+from uit.model.tir import TIRDecoder, patchify, unpatchify, weighted_grayscale
 
 
 class Objective(nn.Module):
@@ -86,6 +88,48 @@ class Objective(nn.Module):
         pred = self.tir_decoder(masked.tokens, text_tokens, masked.ids_restore).float()
         target = patchify(images, self.encoder.patch_size).float()  # colour, normalised
         return tir_loss(pred, target, masked.mask)
+
+
+@torch.no_grad()
+def restore(
+    objective: Objective, images: Tensor, text: Tensor, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """TIR for pictures: (masked grayscale input, its restoration from the caption), both
+    (B, 3, H, W) in the normalised space; visible patches stay grayscale, masked ones are
+    black in the input and predicted in the restoration."""
+    if objective.tir_decoder is None:
+        raise ValueError("this model was trained without TIR (tir.weight 0): nothing to restore")
+    encoder, patch = objective.encoder, objective.encoder.patch_size
+    gray = weighted_grayscale(images)
+    masked = encoder.encode_masked_image(gray, objective.tir_cfg.mask_ratio, generator)
+    _, text_tokens = encoder.encode_text_tokens(text)
+    pred = objective.tir_decoder(masked.tokens, text_tokens, masked.ids_restore).float()
+    mask, visible = masked.mask.unsqueeze(-1), patchify(gray, patch).float()  # (B, N, 1)
+    mean, std = (
+        images.new_tensor(v).view(1, 3, 1, 1) for v in (encoder.image_mean, encoder.image_std)
+    )
+    black = patchify((-mean / std).expand_as(images), patch).float()  # masked: black when shown
+    shown = unpatchify(visible * (1 - mask) + black * mask, patch, encoder.grid_size)
+    restored = unpatchify(visible * (1 - mask) + pred * mask, patch, encoder.grid_size)
+    return shown, restored
+
+
+def load_objective(checkpoint_dir: str | Path) -> Objective:
+    """The whole training model of a checkpoint (encoder and heads), for TIR pictures."""
+    from uit.checkpoint import load_checkpoint
+    from uit.config import ModelConfig
+    from uit.model.build import build_model
+
+    checkpoint = load_checkpoint(checkpoint_dir)
+    cfg, classes = checkpoint.state.get("config", {}), checkpoint.state.get("num_classes")
+    if not {"model", "loss", "tir"} <= set(cfg) or classes is None:
+        raise UitError(f"{checkpoint_dir}: not a training checkpoint (an exported model has no "
+                       "heads)")  # fmt: skip
+    model_cfg = ModelConfig.model_validate({**cfg["model"], "pretrained": ""})
+    objective = Objective(build_model(model_cfg), classes, LossConfig.model_validate(cfg["loss"]),
+                          TIRConfig.model_validate(cfg["tir"]))  # fmt: skip
+    objective.load_state_dict(checkpoint.weights)
+    return objective.eval()
 
 
 def param_groups(objective: Objective, cfg: OptimConfig) -> list[dict[str, Any]]:

@@ -8,13 +8,18 @@ import csv
 import html
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uit.config import ReportConfig
-from uit.errors import DataError
+from uit.errors import DataError, UitError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from uit.data.dataset import Manifests
 
 T2I = ("R1", "R5", "R10", "mAP", "mINP")
 NAMES = {"cuhk-pedes": "CUHK-PEDES", "icfg-pedes": "ICFG-PEDES", "rstpreid": "RSTPReid"}
@@ -145,11 +150,226 @@ def curves_figure(runs: Sequence[RunResult]) -> Figure:
     return Figure("Training curves", buffer.getvalue(), "per epoch; R@1 on the selection split")
 
 
-def build_report(runs: list[RunResult], cfg: ReportConfig) -> Report:
+def build_report(
+    runs: list[RunResult],
+    cfg: ReportConfig,
+    *,
+    evals_dir: str | Path | None = None,
+    prepared_dir: str | Path | None = None,
+    checkpoints: Mapping[str, Path] | None = None,
+    experiments: pl.DataFrame | None = None,
+) -> Report:
+    """Tables and curves always; with the evaluation outputs and prepared test sets, the
+    qualitative retrievals; with the training checkpoints, TIR restorations and the chosen
+    sentences; with a comparison of experiments, its table."""
     report = Report(cfg.title, runs)
     if any(run.curves for run in runs):
         report.figures.append(curves_figure(runs))
+    if experiments is not None and experiments.height:
+        report.sections.append(experiments_section(experiments))
+    if evals_dir is None or prepared_dir is None:
+        return report
+    for run in runs:
+        test = _test_split(Path(prepared_dir) / run.benchmark)
+        top_k = Path(evals_dir) / run.benchmark / run.benchmark / "top_k.parquet"
+        strips = random_query_strips(top_k, test, cfg) if top_k.is_file() else []
+        checkpoint = (checkpoints or {}).get(run.benchmark)
+        if checkpoint is not None and cfg.queries:
+            strips += chosen_query_strips(checkpoint, test, cfg)
+        if strips:
+            report.sections.append(_strips_section(run.benchmark, strips))
+        if checkpoint is not None and cfg.restorations:
+            report.sections.append(restoration_section(run.benchmark, checkpoint, test, cfg))
     return report
+
+
+def _test_split(prepared: Path) -> Manifests:
+    from uit.data.dataset import read_manifests
+
+    return read_manifests(prepared).split("test")
+
+
+@dataclass
+class Strip:
+    """One query: its sentence, a picture of its top k (and ground truth), and a text line."""
+
+    sentence: str
+    png: bytes
+    summary: str
+
+
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _strip(sentence: str, tiles: list[Any], summary: str) -> Strip:
+    from uit.contact_sheet import build_contact_sheet
+
+    sheet = build_contact_sheet(tiles, columns=len(tiles), thumb_size=(48, 96), text_lines=2,
+                                font_size=10, title=sentence[:160])  # fmt: skip
+    return Strip(sentence, _png(sheet), summary)
+
+
+def random_query_strips(top_k_file: Path, test: Manifests, cfg: ReportConfig) -> list[Strip]:
+    """Test captions drawn at random (seeded): the ground truth image, then the top k with hits
+    outlined green and misses red."""
+    import random
+
+    import polars as pl
+
+    from uit.contact_sheet import Tile
+
+    table = pl.read_parquet(top_k_file)
+    rows = random.Random(cfg.seed).sample(
+        range(table.height), min(cfg.random_queries, table.height)
+    )
+    strips = []
+    for row in (table.row(i, named=True) for i in sorted(rows)):
+        image_id = test.captions.filter(pl.col("caption_id") == row["caption_id"])["image_id"][0]
+        truth = test.images.filter(pl.col("image_id") == image_id)["path"][0]  # its own image
+        tiles = [Tile(test.imgs_dir / truth, "ground truth", (40, 90, 220))]
+        ranked = list(zip(row["paths"], row["scores"], row["hits"], strict=True))[: cfg.top_k]
+        for rank, (path, score, hit) in enumerate(ranked, 1):
+            tiles.append(Tile(test.imgs_dir / path, f"#{rank} {score:.2f}",
+                              (30, 160, 60) if hit else (210, 40, 40)))  # fmt: skip
+        marks = "".join("+" if hit else "." for hit in row["hits"][: cfg.top_k])
+        strips.append(_strip(row["text"], tiles, f"{row['text']}  [{marks}]"))
+    return strips
+
+
+def chosen_query_strips(checkpoint: Path, test: Manifests, cfg: ReportConfig) -> list[Strip]:
+    """``report.queries``, free sentences, searched in the test gallery (no ground truth)."""
+    from uit.contact_sheet import Tile
+    from uit.evaluate import EvalOptions, encode_texts
+    from uit.model.build import build_tokenizer, load_encoder
+    from uit.search import gallery_embeddings, rank
+
+    encoder, model_cfg = load_encoder(checkpoint)
+    paths = test.paths()
+    feats, _ = gallery_embeddings(encoder.eval(), paths, EvalOptions())
+    texts = encode_texts(encoder, list(cfg.queries), build_tokenizer(model_cfg), EvalOptions())
+    strips = []
+    for sentence, text in zip(cfg.queries, texts, strict=True):
+        hits = rank(text, feats, paths, cfg.top_k)
+        tiles = [Tile(hit.path, f"#{hit.rank} {hit.score:.2f}") for hit in hits]
+        strips.append(_strip(sentence, tiles, f"{sentence}  (free sentence: no ground truth)"))
+    return strips
+
+
+def _strips_section(benchmark: str, strips: list[Strip]) -> tuple[str, str, str]:
+    name = NAMES.get(benchmark, benchmark)
+    markdown = "\n".join(f"- {strip.summary}" for strip in strips)
+    markdown += "\n\n`+` a hit, `.` a miss, in rank order."
+    fragment = "".join(
+        f"<figure><img src='{data_uri(s.png)}' alt='{html.escape(s.sentence)}'></figure>"
+        for s in strips
+    )
+    note = ("<p class='note'>Blue: the ground-truth image; green: a correct identity; red: "
+            "another identity.</p>")  # fmt: skip
+    return f"Retrievals on {name} test (model trained on {name})", markdown, note + fragment
+
+
+def restoration_section(
+    benchmark: str, checkpoint: Path, test: Manifests, cfg: ReportConfig
+) -> tuple[str, str, str]:
+    """TIR restorations of a few test images: masked grayscale input, restoration, original."""
+    import random
+
+    import torch
+
+    from uit.data.transforms import build_eval_transform
+    from uit.model.build import build_tokenizer
+    from uit.objective import load_objective, restore
+
+    name = NAMES.get(benchmark, benchmark)
+    try:
+        objective = load_objective(checkpoint)
+    except (ValueError, UitError) as error:
+        return f"TIR restorations ({name})", f"Not available: {error}", html.escape(str(error))
+    encoder = objective.encoder
+    chosen = random.Random(cfg.seed).sample(range(test.images.height),
+                                            min(cfg.restorations, test.images.height))  # fmt: skip
+    rows = [test.images.row(i, named=True) for i in sorted(chosen)]
+    captions = [_first_caption(test, row["image_id"]) for row in rows]
+    transform = build_eval_transform(encoder.image_size, encoder.image_mean, encoder.image_std)
+    from PIL import Image
+
+    images = torch.stack([transform(Image.open(test.imgs_dir / row["path"]).convert("RGB"))
+                          for row in rows])  # fmt: skip
+    text = build_tokenizer(_model_config(checkpoint))(captions)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    shown, restored = restore(objective, images, text, generator)
+    grid = _restoration_grid([shown, restored, images], encoder.image_mean, encoder.image_std)
+    markdown = "\n".join(f"- {caption}" for caption in captions)
+    fragment = (
+        f"<figure><img src='{data_uri(_png(grid))}' alt='TIR restorations'>"
+        "<figcaption>Each row: masked grayscale input, restoration from the caption, "
+        f"original. Captions: {html.escape(' | '.join(captions))}</figcaption></figure>"
+    )
+    return f"TIR restorations ({name})", markdown, fragment
+
+
+def _first_caption(test: Manifests, image_id: int) -> str:
+    import polars as pl
+
+    return str(test.captions.filter(pl.col("image_id") == image_id)["text"][0])
+
+
+def _model_config(checkpoint: Path) -> Any:
+    from uit.checkpoint import read_state
+    from uit.config import ModelConfig
+
+    return ModelConfig.model_validate(read_state(checkpoint)["config"]["model"])
+
+
+def _restoration_grid(columns: list[Any], mean: Sequence[float], std: Sequence[float]) -> Any:
+    """Rows of (input, restoration, original) tiles, each scaled up 3x for the page."""
+    import torch
+    from PIL import Image
+
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    pictures = [((c.float() * s + m).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).numpy()
+                for c in columns]  # fmt: skip
+    count, height, width = pictures[0].shape[:3]
+    scale, gap = 3, 6
+    grid = Image.new("RGB", (3 * (width * scale + gap), count * (height * scale + gap)), "white")
+    for r in range(count):
+        for c, picture in enumerate(pictures):
+            tile = Image.fromarray(picture[r]).resize((width * scale, height * scale),
+                                                     Image.Resampling.NEAREST)  # fmt: skip
+            grid.paste(tile, (c * (width * scale + gap), r * (height * scale + gap)))
+    return grid
+
+
+def experiments_section(frame: pl.DataFrame) -> tuple[str, str, str]:
+    """The comparison of DVC experiments (``uit compare``): seeds grouped, deltas if asked."""
+    metric_columns = [c for c in frame.columns if "/" in c and not c.endswith((" std", " delta"))]
+    params = [
+        c for c in frame.columns if "/" not in c and c not in {"experiment", "status", "seeds"}
+    ]
+    header = ["experiment", "seeds", *params, *metric_columns]
+    rows = [[str(row["experiment"]), str(row["seeds"]), *(str(row[p]) for p in params),
+             *(_stat(row, c) for c in metric_columns)] for row in frame.to_dicts()]  # fmt: skip
+    note = ("Experiments that differ only by `train.seed` are one row: mean ± std over seeds; "
+            "in brackets, the difference from the baseline experiment.")  # fmt: skip
+    return (
+        "Experiments",
+        markdown_table(header, rows) + "\n\n" + note,
+        html_table(header, rows) + f"<p class='note'>{html.escape(note)}</p>",
+    )
+
+
+def _stat(row: Mapping[str, Any], column: str) -> str:
+    if row.get(column) is None:
+        return "-"
+    text = f"{row[column]:.1f}"
+    if row.get(f"{column} std") is not None:
+        text += f" ± {row[f'{column} std']:.1f}"
+    if row.get(f"{column} delta") is not None:
+        text += f" ({row[f'{column} delta']:+.1f})"
+    return text
 
 
 PROTOCOL_NOTE = (
@@ -202,3 +422,13 @@ def render_html(report: Report) -> str:
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(report.title)}</title><style>{STYLE}</style></head>"
             f"<body>{''.join(body)}</body></html>\n")  # fmt: skip
+
+
+def write_report(report: Report, out_dir: str | Path) -> tuple[Path, Path]:
+    """``report.html`` and ``report.md`` in ``out_dir``, each written atomically."""
+    from uit.io import atomic_write_text
+
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "report.html", render_html(report))
+    atomic_write_text(out_dir / "report.md", render_markdown(report))
+    return out_dir / "report.html", out_dir / "report.md"

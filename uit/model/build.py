@@ -173,3 +173,17 @@ def load_encoder(checkpoint_dir: str | Path) -> tuple[DualEncoder, ModelConfig]:
     except RuntimeError as error:
         raise UitError(f"{checkpoint_dir}: weights do not fit {cfg.name}: {error}") from None
     return encoder, cfg
+
+
+def export_encoder(checkpoint_dir: str | Path, out_dir: str | Path) -> tuple[int, int]:
+    """Write the dual encoder of a checkpoint (no training heads) with its model config to
+    ``out_dir``; returns how many tensors were kept and how many training-only ones dropped."""
+    from uit.checkpoint import load_checkpoint, save_checkpoint
+
+    encoder, cfg = load_encoder(checkpoint_dir)  # checks that the weights fit the architecture
+    source = load_checkpoint(checkpoint_dir)
+    weights, total = encoder.state_dict(), len(source.weights)
+    state = {"kind": "dual-encoder", "config": {"model": cfg.model_dump(mode="json")},
+             "exported_from": str(checkpoint_dir), "epoch": source.state.get("epoch")}  # fmt: skip
+    save_checkpoint(out_dir, weights, state)
+    return len(weights), total - len(weights)

@@ -27,6 +27,13 @@ def patchify(images: Tensor, patch: int) -> Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(batch, h * w, patch * patch * channels)
 
 
+def unpatchify(patches: Tensor, patch: int, grid: tuple[int, int]) -> Tensor:
+    """(B, N, patch * patch * 3) in row-major grid order -> (B, 3, H, W); inverse of patchify."""
+    batch, (h, w) = patches.shape[0], grid
+    x = patches.reshape(batch, h, w, patch, patch, -1)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(batch, -1, h * patch, w * patch)
+
+
 def sincos_2d(dim: int, grid: tuple[int, int]) -> Tensor:
     """Fixed 2-D sine-cosine positions for a (rows, cols) grid plus a zero CLS row: (1 + N, dim)."""
     if dim % 4:

@@ -1,0 +1,225 @@
+"""Compare experiments: ``dvc exp show --json`` rows -> one table of the params that differ and
+each benchmark's in-domain test metrics, with seed groups (mean and std) and deltas against a
+baseline. Pure transforms; the CLI runs DVC and prints."""
+
+from __future__ import annotations
+
+import io
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from uit.errors import UitError
+
+METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+SEED = "train.seed"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One row of ``dvc exp show``: the workspace, a commit or branch, or an experiment."""
+
+    name: str
+    kind: str  # workspace | commit | experiment
+    status: str  # done | queued | running | failed
+    params: dict[str, Any]  # dotted keys of params.yaml
+    metrics: dict[str, dict[str, float]]  # trained-on benchmark -> in-domain text-to-image
+
+
+@dataclass
+class Group:
+    """Experiments that differ only by seed (or a single experiment)."""
+
+    names: list[str]
+    status: str
+    params: dict[str, Any]
+    values: dict[str, list[float]] = field(default_factory=dict)  # "bench/metric" -> per seed
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _in_domain(metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """``metrics/B.json`` files -> {B: t2i metrics of the model trained and tested on B}."""
+    result = {}
+    for path, content in metrics.items():
+        if not path.startswith("metrics/") or not path.endswith(".json"):
+            continue
+        benchmark = path.removeprefix("metrics/").removesuffix(".json")
+        t2i = (content.get("data") or {}).get(benchmark, {}).get("t2i")
+        if t2i:
+            result[benchmark] = {m: float(t2i[m]) for m in METRICS if m in t2i}
+    return result
+
+
+def _experiment(entry: Mapping[str, Any], name: str, kind: str, status: str) -> Experiment:
+    data = entry.get("data") or {}
+    params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+    return Experiment(name, kind, status, flatten(params), _in_domain(data.get("metrics") or {}))
+
+
+def read_exp_show(rows: Sequence[Mapping[str, Any]]) -> list[Experiment]:
+    """Parse the JSON of ``dvc exp show --json`` (DVC 3) into experiments, in its order."""
+    if not isinstance(rows, Sequence):
+        raise UitError("dvc exp show --json did not return a list of commits")
+    experiments = []
+    for commit in rows:
+        rev = str(commit.get("rev", "?"))
+        kind = "workspace" if rev == "workspace" else "commit"
+        name = commit.get("name") or (rev if kind == "workspace" else rev[:7])
+        experiments.append(
+            _experiment(commit, name, kind, "failed" if commit.get("error") else "done")
+        )
+        for exp in commit.get("experiments") or []:
+            state = (exp.get("executor") or {}).get("state") or "done"
+            status = {"success": "done"}.get(state, state)
+            for rev_entry in exp.get("revs") or []:
+                label = exp.get("name") or rev_entry.get("name") or str(rev_entry.get("rev"))[:7]
+                experiments.append(_experiment(rev_entry, label, "experiment", status))
+    return experiments
+
+
+def _norm(value: Any) -> str:
+    """Equal values compare equal across YAML spellings (``0`` and ``0.0``)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(float(value))
+    return repr(value)
+
+
+def differing_params(experiments: Iterable[Experiment], ignore: Iterable[str] = ()) -> list[str]:
+    """Dotted params whose value is not the same in every experiment."""
+    experiments, ignored = list(experiments), set(ignore)
+    keys = sorted({k for e in experiments for k in e.params} - ignored)
+    return [k for k in keys if len({_norm(e.params.get(k)) for e in experiments}) > 1]
+
+
+def group_seeds(experiments: Sequence[Experiment], by_seed: bool = True) -> list[Group]:
+    """Experiments whose params are equal except ``train.seed`` (and whose seeds differ) form
+    one group; the workspace beside the experiment it holds stays two rows."""
+    groups: list[tuple[str, set[Any], Group]] = []
+    for exp in experiments:
+        key = repr(sorted((k, _norm(v)) for k, v in exp.params.items() if k != SEED))
+        seed = exp.params.get(SEED)
+        target = next((g for k, seeds, g in groups if by_seed and k == key and seed not in seeds),
+                      None)  # fmt: skip
+        if target is None:
+            target = Group([], exp.status, exp.params)
+            groups.append((key, set(), target))
+        next(seeds for _, seeds, g in groups if g is target).add(seed)
+        target.names.append(exp.name)
+        for benchmark, values in exp.metrics.items():
+            for metric, value in values.items():
+                target.values.setdefault(f"{benchmark}/{metric}", []).append(value)
+    return [group for _, _, group in groups]
+
+
+def comparison(
+    experiments: Sequence[Experiment],
+    *,
+    benchmarks: Sequence[str] = (),
+    metrics: Sequence[str] = METRICS,
+    baseline: str | None = None,
+    sort: str | None = None,
+    group: bool = True,
+) -> pl.DataFrame:
+    """One row per experiment (or seed group): differing params, then per benchmark and metric
+    the mean (``B/M``), its standard deviation over seeds (``B/M std``) and, with a baseline,
+    the difference from it (``B/M delta``)."""
+    if not experiments:
+        raise UitError("no experiments to compare")
+    groups = group_seeds(experiments, by_seed=group)
+    params = differing_params(experiments, ignore=[SEED] if group else [])
+    found = sorted({key.split("/")[0] for g in groups for key in g.values})
+    chosen = list(benchmarks) or found
+    unknown = [b for b in chosen if b not in found]
+    if unknown:
+        raise UitError(f"no metrics for {', '.join(unknown)}; benchmarks with metrics: {found}")
+    rows = [_row(g, params, chosen, metrics) for g in groups]
+    frame = pl.DataFrame(rows, infer_schema_length=None)
+    if baseline is not None:
+        frame = _with_deltas(frame, baseline, chosen, metrics)
+    if sort:
+        column = sort if "/" in sort else f"{chosen[0]}/{sort}"
+        if column not in frame.columns:
+            raise UitError(
+                f"cannot sort by {sort!r}: choose one of {list(metrics)} or BENCHMARK/METRIC"
+            )
+        frame = frame.sort(column, descending=True, nulls_last=True)
+    return frame
+
+
+def _row(
+    group: Group, params: list[str], benchmarks: Sequence[str], metrics: Sequence[str]
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"experiment": ", ".join(group.names), "status": group.status,
+                           "seeds": len(group.names)}  # fmt: skip
+    row.update({key: _cell(group.params.get(key)) for key in params})
+    for benchmark in benchmarks:
+        for metric in metrics:
+            values = group.values.get(f"{benchmark}/{metric}", [])
+            row[f"{benchmark}/{metric}"] = statistics.fmean(values) if values else None
+            row[f"{benchmark}/{metric} std"] = statistics.stdev(values) if len(values) > 1 else None
+    return row
+
+
+def _cell(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _with_deltas(
+    frame: pl.DataFrame, baseline: str, benchmarks: Sequence[str], metrics: Sequence[str]
+) -> pl.DataFrame:
+    matches = frame.filter(pl.col("experiment").str.split(", ").list.contains(baseline))
+    if matches.height == 0:
+        names = ", ".join(frame["experiment"].to_list())
+        raise UitError(f"baseline {baseline!r} is not among the experiments ({names})")
+    base = matches.row(0, named=True)
+    columns = [f"{b}/{m}" for b in benchmarks for m in metrics]
+    return frame.with_columns(
+        (pl.col(c) - base[c]).alias(f"{c} delta") for c in columns if base[c] is not None
+    )
+
+
+def to_csv(frame: pl.DataFrame) -> str:
+    buffer = io.StringIO()
+    frame.write_csv(buffer)
+    return buffer.getvalue()
+
+
+def plot_comparison(frame: pl.DataFrame, metric: str, benchmarks: Sequence[str]) -> bytes:
+    """A PNG bar chart: ``metric`` per experiment (bars) and benchmark (groups), std as whiskers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = frame["experiment"].to_list()
+    width = 0.8 / max(len(names), 1)
+    fig, axis = plt.subplots(
+        figsize=(max(6, 1.6 * len(benchmarks) * max(len(names), 2) / 2), 3.6), dpi=110
+    )
+    for i, name in enumerate(names):
+        means = [frame[f"{b}/{metric}"][i] or 0.0 for b in benchmarks]
+        stds = [frame[f"{b}/{metric} std"][i] or 0.0 for b in benchmarks]
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(benchmarks))]
+        axis.bar(xs, means, width, yerr=stds, capsize=3, label=name[:40])
+    axis.set_xticks(range(len(benchmarks)), list(benchmarks))
+    axis.set_ylabel(f"{metric} (%)")
+    axis.set_title(f"text-to-image {metric} per experiment (mean and std over seeds)")
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,143 @@
+"""Search a gallery of person images with a sentence: encode the gallery once, cache the
+embeddings (keyed by the checkpoint's and each image's contents), rank by cosine similarity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from uit.data.dataset import read_manifests
+from uit.errors import DataError
+from uit.evaluate import EvalOptions, encode_images
+from uit.io import atomic_write_bytes
+from uit.metrics import ranking_keys
+from uit.model.encoder import DualEncoder
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    path: Path
+    score: float
+
+
+def list_gallery(source: str | Path, split: str = "test") -> list[Path]:
+    """The images of a folder (recursively, sorted), or of a prepared benchmark's split."""
+    source = Path(source)
+    if (source / "images.parquet").is_file():
+        manifests = read_manifests(source)
+        if not manifests.has_split(split):
+            raise DataError(f"{source}: the prepared {manifests.benchmark} has no {split!r} split")
+        return manifests.split(split).paths()
+    if not source.is_dir():
+        raise DataError(
+            f"gallery {source} not found: give a folder of images, a prepared benchmark folder "
+            "(data/prepared/NAME) or a benchmark name"
+        )
+    paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DataError(f"gallery {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return paths
+
+
+def file_digest(path: Path) -> str:
+    """What an image's cache entry is keyed by: its bytes, not its name or time."""
+    try:
+        return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+    except OSError as error:
+        raise DataError(f"gallery image {path}: cannot be read ({error})") from None
+
+
+def checkpoint_digest(checkpoint_dir: str | Path) -> str:
+    """A checkpoint's weights and config, hashed: a retrained or other model gets a new cache."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in ("weights.safetensors", "state.json"):
+        path = Path(checkpoint_dir) / name
+        if name == "state.json":  # the training state changes per epoch; the model config not
+            digest.update(json.dumps(json.loads(path.read_text())["config"]["model"]).encode())
+            continue
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class EmbeddingCache:
+    """Image embeddings of one checkpoint, by image digest, in one safetensors file."""
+
+    def __init__(self, cache_dir: str | Path, checkpoint_key: str) -> None:
+        self.path = Path(cache_dir) / f"{checkpoint_key}.safetensors"
+        self.rows: dict[str, torch.Tensor] = {}
+        if self.path.is_file():
+            try:
+                tensors = load_file(str(self.path))
+                digests = json.loads(self.path.with_suffix(".json").read_text())
+                self.rows = dict(zip(digests, tensors["feats"], strict=True))
+            except (OSError, ValueError, KeyError) as error:  # a damaged cache is rebuilt
+                log.warning("ignoring the embedding cache %s (%s)", self.path, error)
+
+    def missing(self, digests: Sequence[str]) -> list[int]:
+        return [i for i, d in enumerate(digests) if d not in self.rows]
+
+    def add(self, digests: Sequence[str], feats: torch.Tensor) -> None:
+        self.rows.update(zip(digests, feats, strict=True))
+
+    def get(self, digests: Sequence[str]) -> torch.Tensor:
+        return torch.stack([self.rows[d] for d in digests])
+
+    def save(self) -> None:
+        digests = list(self.rows)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        save_file({"feats": torch.stack([self.rows[d] for d in digests]).contiguous()}, str(tmp))
+        atomic_write_bytes(self.path.with_suffix(".json"), json.dumps(digests).encode())
+        tmp.replace(self.path)
+
+
+def gallery_embeddings(
+    encoder: DualEncoder,
+    paths: Sequence[Path],
+    options: EvalOptions,
+    cache: EmbeddingCache | None = None,
+    progress: Progress | None = None,
+) -> tuple[torch.Tensor, int]:
+    """(N, D) normalised features of ``paths``; only images not in ``cache`` are encoded.
+    Returns the features and how many images were encoded now."""
+    if cache is None:
+        return encode_images(encoder, paths, options, progress), len(paths)
+    digests = [file_digest(p) for p in paths]
+    todo = cache.missing(digests)
+    if todo:
+        feats = encode_images(encoder, [paths[i] for i in todo], options, progress)
+        cache.add([digests[i] for i in todo], feats)
+        cache.save()
+    return cache.get(digests), len(todo)
+
+
+def top_k(
+    query_feats: torch.Tensor, gallery_feats: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q, D) x (N, D) normalised -> scores and indices (Q, k), ties to the lower index."""
+    similarity = query_feats @ gallery_feats.T  # (Q, N)
+    k = min(k, gallery_feats.shape[0])
+    indices = torch.topk(ranking_keys(similarity), k, dim=1).indices
+    return similarity.gather(1, indices), indices
+
+
+def rank(
+    query_feat: torch.Tensor, gallery_feats: torch.Tensor, paths: Sequence[Path], k: int
+) -> list[Hit]:
+    scores, indices = top_k(query_feat.unsqueeze(0), gallery_feats, k)
+    pairs = zip(indices[0].tolist(), scores[0].tolist(), strict=True)
+    return [Hit(r + 1, Path(paths[i]), float(s)) for r, (i, s) in enumerate(pairs)]
