@@ -300,18 +300,6 @@ def _dvc_json(args: list[str], project: Path) -> Any:
     return json.loads(result.stdout or "[]")
 
 
-def _metric_cell(row: dict[str, Any], column: str) -> str:
-    mean = row.get(column)
-    if mean is None:
-        return "-"
-    text = f"{mean:.1f}"
-    if row.get(f"{column} std") is not None:
-        text += f" ± {row[f'{column} std']:.1f}"
-    if row.get(f"{column} delta") is not None:
-        text += f" ({row[f'{column} delta']:+.1f})"
-    return text
-
-
 @app.command()
 @friendly_errors
 def compare(
@@ -365,6 +353,8 @@ def compare(
 
 def _comparison_table(frame: Any, benchmarks: list[str], metrics: tuple[str, ...],
                       baseline: str | None) -> Table:  # fmt: skip
+    from uit.compare import format_cell
+
     fixed = {"experiment", "status", "seeds"}
     params = [c for c in frame.columns if "/" not in c and c not in fixed]
     title = "text-to-image test metrics (%), mean ± std over seeds"
@@ -376,7 +366,7 @@ def _comparison_table(frame: Any, benchmarks: list[str], metrics: tuple[str, ...
             table.add_column(f"{b}\n{m}", justify="right")
     for row in frame.to_dicts():
         cells = [str(row[c]) for c in ("experiment", "status", "seeds", *params)]
-        cells += [_metric_cell(row, f"{b}/{m}") for b in benchmarks for m in metrics]
+        cells += [format_cell(row, f"{b}/{m}") for b in benchmarks for m in metrics]
         table.add_row(*cells)
     return table
 

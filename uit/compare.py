@@ -190,6 +190,18 @@ def _with_deltas(
     )
 
 
+def format_cell(row: Mapping[str, Any], column: str) -> str:
+    """``mean ± std (+delta)`` of one metric column of a comparison row; ``-`` when absent."""
+    if row.get(column) is None:
+        return "-"
+    text = f"{row[column]:.1f}"
+    if row.get(f"{column} std") is not None:
+        text += f" ± {row[f'{column} std']:.1f}"
+    if row.get(f"{column} delta") is not None:
+        text += f" ({row[f'{column} delta']:+.1f})"
+    return text
+
+
 def to_csv(frame: pl.DataFrame) -> str:
     buffer = io.StringIO()
     frame.write_csv(buffer)

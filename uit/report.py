@@ -345,13 +345,18 @@ def _restoration_grid(columns: list[Any], mean: Sequence[float], std: Sequence[f
 
 def experiments_section(frame: pl.DataFrame) -> tuple[str, str, str]:
     """The comparison of DVC experiments (``uit compare``): seeds grouped, deltas if asked."""
+    from uit.compare import format_cell
+
     metric_columns = [c for c in frame.columns if "/" in c and not c.endswith((" std", " delta"))]
     params = [
         c for c in frame.columns if "/" not in c and c not in {"experiment", "status", "seeds"}
     ]
     header = ["experiment", "seeds", *params, *metric_columns]
-    rows = [[str(row["experiment"]), str(row["seeds"]), *(str(row[p]) for p in params),
-             *(_stat(row, c) for c in metric_columns)] for row in frame.to_dicts()]  # fmt: skip
+    rows = [
+        [str(row["experiment"]), str(row["seeds"]), *(str(row[p]) for p in params),
+         *(format_cell(row, c) for c in metric_columns)]
+        for row in frame.to_dicts()
+    ]  # fmt: skip
     note = ("Experiments that differ only by `train.seed` are one row: mean ± std over seeds; "
             "in brackets, the difference from the baseline experiment.")  # fmt: skip
     return (
@@ -359,17 +364,6 @@ def experiments_section(frame: pl.DataFrame) -> tuple[str, str, str]:
         markdown_table(header, rows) + "\n\n" + note,
         html_table(header, rows) + f"<p class='note'>{html.escape(note)}</p>",
     )
-
-
-def _stat(row: Mapping[str, Any], column: str) -> str:
-    if row.get(column) is None:
-        return "-"
-    text = f"{row[column]:.1f}"
-    if row.get(f"{column} std") is not None:
-        text += f" ± {row[f'{column} std']:.1f}"
-    if row.get(f"{column} delta") is not None:
-        text += f" ({row[f'{column} delta']:+.1f})"
-    return text
 
 
 PROTOCOL_NOTE = (

@@ -80,13 +80,19 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint on a split of any prepared benchmark (in- or cross-domain); write
     ``metrics.json`` and each query's top 10 (``top_k.parquet``) to ``out_dir``."""
     manifests = _split_manifests(prepared_dir, split)
+    encoder, tokenizer, options = _load_for_evaluation(checkpoint_dir, device, batch_size)
+    return _evaluate_into(encoder, tokenizer, manifests, split, options, Path(out_dir),
+                          str(checkpoint_dir), progress)  # fmt: skip
+
+
+def _load_for_evaluation(
+    checkpoint_dir: str | Path, device: str, batch_size: int
+) -> tuple[DualEncoder, Tokenizer, EvalOptions]:
     encoder, model_cfg = load_encoder(checkpoint_dir)
     torch_device = resolve_device(device)
     options = EvalOptions(device=torch_device, dtype=autocast_dtype(torch_device, "auto"),
                           batch_size=batch_size)  # fmt: skip
-    encoder = encoder.to(torch_device)
-    return _evaluate_into(encoder, build_tokenizer(model_cfg), manifests, split, options,
-                          Path(out_dir), str(checkpoint_dir), progress)  # fmt: skip
+    return encoder.to(torch_device), build_tokenizer(model_cfg), options
 
 
 def evaluate_across(
@@ -106,15 +112,8 @@ def evaluate_across(
     ``metrics_file`` with every benchmark's text-to-image and image-to-text metrics.
     """
     every = {name: _split_manifests(path, split) for name, path in prepared_dirs.items()}
-    encoder, model_cfg = load_encoder(checkpoint_dir)
-    torch_device = resolve_device(device)
-    options = EvalOptions(device=torch_device, dtype=autocast_dtype(torch_device, "auto"),
-                          batch_size=batch_size)  # fmt: skip
-    encoder, tokenizer, out_dir = (
-        encoder.to(torch_device),
-        build_tokenizer(model_cfg),
-        Path(out_dir),
-    )
+    encoder, tokenizer, options = _load_for_evaluation(checkpoint_dir, device, batch_size)
+    out_dir = Path(out_dir)
     combined = {}
     for name, manifests in every.items():
         metrics = _evaluate_into(encoder, tokenizer, manifests, split, options, out_dir / name,
