@@ -210,10 +210,9 @@ def to_csv(frame: pl.DataFrame) -> str:
 
 def plot_comparison(frame: pl.DataFrame, metric: str, benchmarks: Sequence[str]) -> bytes:
     """A PNG bar chart: ``metric`` per experiment (bars) and benchmark (groups), std as whiskers."""
-    import matplotlib
+    from uit.plotting import png, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = frame["experiment"].to_list()
     width = 0.8 / max(len(names), 1)
@@ -231,7 +230,4 @@ def plot_comparison(frame: pl.DataFrame, metric: str, benchmarks: Sequence[str])
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png(fig)

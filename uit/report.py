@@ -126,10 +126,9 @@ def html_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def curves_figure(runs: Sequence[RunResult]) -> Figure:
     """Training loss and selection R@1 per epoch, one line per trained model."""
-    import matplotlib
+    from uit.plotting import png, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4), dpi=110)
     for run in runs:
@@ -144,10 +143,7 @@ def curves_figure(runs: Sequence[RunResult]) -> Figure:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return Figure("Training curves", buffer.getvalue(), "per epoch; R@1 on the selection split")
+    return Figure("Training curves", png(fig), "per epoch; R@1 on the selection split")
 
 
 def build_report(
