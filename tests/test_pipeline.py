@@ -195,7 +195,8 @@ def test_search_ranks_caches_and_notices_changed_images(
     options = EvalOptions()
     image = encode_images(encoder.eval(), [Path(third["results"][0]["path"])], options)
     text = encode_texts(encoder, [query], build_tokenizer(cfg), options)
-    assert float(image[0] @ text[0]) == pytest.approx(third["results"][0]["score"], abs=1e-5)
+    # the cache keeps float16 embeddings: scores agree to float16 rounding
+    assert float(image[0] @ text[0]) == pytest.approx(third["results"][0]["score"], abs=2e-3)
 
 
 def test_a_loss_change_reruns_only_training_evaluation_and_report(
