@@ -32,7 +32,6 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 
 BENCHMARKS = ("cuhk-pedes", "icfg-pedes", "rstpreid")
-FOLDERS = {"cuhk-pedes": "CUHK-PEDES", "icfg-pedes": "ICFG-PEDES", "rstpreid": "RSTPReid"}
 T2I = ("R1", "R5", "R10", "mAP", "mINP")
 TRANSIENT = re.compile(r"Unable to acquire lock|is busy|Resource temporarily unavailable", re.I)
 

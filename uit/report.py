@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uit.config import ReportConfig
+from uit.data.formats import SPECS
 from uit.errors import DataError, UitError
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from uit.data.dataset import Manifests
 
 T2I = ("R1", "R5", "R10", "mAP", "mINP")
-NAMES = {"cuhk-pedes": "CUHK-PEDES", "icfg-pedes": "ICFG-PEDES", "rstpreid": "RSTPReid"}
+NAMES = {name: spec.folder for name, spec in SPECS.items()}  # as the benchmarks name themselves
 
 
 @dataclass
