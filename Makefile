@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest browser clean
+.PHONY: install demo test lint typecheck pytest browser paper-path clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -48,6 +48,11 @@ pytest: install browser
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# The paper recipe end to end on this CPU (ViT-B-16 at 384x128, random weights, two steps per
+# benchmark, through dvc repro to metrics and the report): several minutes, so not in `test`.
+paper-path: install
+	UIT_PAPER_PATH=1 $(BIN)/pytest tests/test_paper_path.py -v
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache

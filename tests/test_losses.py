@@ -176,3 +176,27 @@ def test_all_losses_have_finite_gradients() -> None:
     for tensor in (image, text, logits, pred):
         assert tensor.grad is not None and torch.isfinite(tensor.grad).all()
         assert tensor.grad.abs().sum() > 0
+
+
+def test_similarity_losses_stay_fp32_under_bf16_autocast() -> None:
+    """bf16 resolves about 0.004 near a cosine of 1: CMT's 0.05 margin and the 50x logits need
+    the similarity matrices in fp32, which the losses compute even inside autocast."""
+    torch.manual_seed(0)
+    image, text = torch.randn(32, 64), torch.randn(32, 64)
+    image = text + 0.05 * image  # near-duplicate pairs: cosines close to 1, where bf16 is coarse
+    pids = torch.arange(16).repeat_interleave(2)
+    terms = {
+        "sdm": lambda: sdm_loss(image, text, pids, 50.0),
+        "cmt": lambda: cmt_loss(image, text, pids, 0.05),
+        "itc": lambda: itc_loss(image, text, 50.0),
+    }
+    for name, loss in terms.items():
+        expected = loss()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = loss()
+        assert inside.dtype == torch.float32, name
+        assert float(inside) == pytest.approx(float(expected), abs=1e-5), name
+        # what a bf16 similarity would have given: visibly different, so the test can fail
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            coarse = F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T
+        assert coarse.dtype == torch.bfloat16

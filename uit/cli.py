@@ -26,6 +26,8 @@ from uit.errors import UitError
 app = typer.Typer(help="Text-to-image person retrieval with UIT.", no_args_is_help=True)
 data_app = typer.Typer(help="Prepare and inspect benchmarks.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+weights_app = typer.Typer(help="Pretrained and released weights files.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -398,22 +400,17 @@ def search(
     batch_size: int = 256,
 ) -> None:
     """Rank the images of a gallery for a sentence (the gallery is encoded once, then cached)."""
-    from uit.device import autocast_dtype, resolve_device
-    from uit.evaluate import EvalOptions, encode_texts
-    from uit.model.build import build_tokenizer, load_encoder
+    from uit.evaluate import encode_texts
+    from uit.runs import load_for_inference
     from uit.search import EmbeddingCache, checkpoint_digest, gallery_embeddings, list_gallery, rank
 
     paths = list_gallery(_gallery_source(gallery), split)
-    encoder, model_cfg = load_encoder(checkpoint)
-    torch_device = resolve_device(device)
-    options = EvalOptions(device=torch_device, dtype=autocast_dtype(torch_device, "auto"),
-                          batch_size=batch_size)  # fmt: skip
-    encoder = encoder.to(torch_device).eval()
+    encoder, tokenizer, options = load_for_inference(checkpoint, device, batch_size)
     cache = None if no_cache else EmbeddingCache(cache_dir, checkpoint_digest(checkpoint))
     with progress_bars() as progress:
         bar = adder(progress)("encoding the gallery", len(paths))
         feats, encoded = gallery_embeddings(encoder, paths, options, cache, bar)
-    text = encode_texts(encoder, [query], build_tokenizer(model_cfg), options)[0]
+    text = encode_texts(encoder, [query], tokenizer, options)[0]
     hits = rank(text, feats, paths, top_k)
     if sheet:
         _search_sheet(query, hits, sheet)
@@ -457,6 +454,42 @@ def export(
     kept, dropped = export_encoder(checkpoint, out)
     console.print(f"wrote {out}: {kept} tensors of the dual encoder ({dropped} training-only "
                   "tensors left out); `uit search` and `uit evaluate` accept it")  # fmt: skip
+
+
+@weights_app.command("convert")
+@friendly_errors
+def weights_convert(
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="OpenAI's .pt, open_clip's .bin or .safetensors, or a released best.pth."
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="OUT.safetensors, or a folder for a best.pth.")],
+    model: Annotated[str, typer.Option(help="The architecture of a released best.pth.")] = (
+        "ViT-B-16"
+    ),
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT file.")] = False,
+) -> None:
+    """Convert weights once, offline, without running any code from the file.
+
+    Pretrained CLIP weights (OpenAI's TorchScript ViT-B-16.pt included) become one open_clip
+    safetensors file for model.pretrained, recording the activation they need (QuickGELU for
+    OpenAI's). A released fine-tuned checkpoint (IRRA's or the UIT authors' best.pth) becomes an
+    exported model folder that `uit evaluate` and `uit search` take directly.
+    """
+    from uit.model.weights import RELEASED, convert_weights, detect_format, released_to_export
+
+    if detect_format(src) == RELEASED:
+        info = released_to_export(src, out, model)
+        console.print(f"wrote {out}: the dual encoder of {src} as {model}, QuickGELU "
+                      f"({info.dropped} training-only entries left out). Score it with `uit "
+                      f"evaluate {out} data/prepared/cuhk-pedes --out evals/released`")  # fmt: skip
+        return
+    info = convert_weights(src, out, overwrite=overwrite)
+    activation = {True: "QuickGELU", False: "GELU", None: "unknown (set model.quick_gelu)"}
+    console.print(f"wrote {out} ({info.format}; activation {activation[info.quick_gelu]}). "
+                  f"Train from it with `--set model.pretrained={out}`")  # fmt: skip
 
 
 @app.command()

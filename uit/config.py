@@ -63,6 +63,12 @@ class AugmentConfig(Section):
     """Training-time text augmentation (DESIGN 4)."""
 
     keep_attributes_p: float = Field(0.2, ge=0.0, le=1.0)
+    # The released code's in-place caption token masking (BERT-style): off here, on in the paper
+    # profile. Attribute tokens (nouns, adjectives) are masked with one rate, other words with
+    # another; docs/differences.md says how it maps onto open_clip's tokenizer.
+    mask_tokens: bool = False
+    mask_attribute_p: float = Field(0.3, ge=0.0, le=1.0)
+    mask_other_p: float = Field(0.05, ge=0.0, le=1.0)
 
 
 class ModelConfig(Section):
@@ -73,6 +79,9 @@ class ModelConfig(Section):
     image_height: int = Field(384, ge=8)
     image_width: int = Field(128, ge=8)
     context_length: int = Field(77, ge=8)
+    # QuickGELU (OpenAI's activation) or GELU. auto: what the pretrained tag says, or what a
+    # weights file written by `uit weights convert` records; GELU for random init and other files.
+    quick_gelu: Literal["auto"] | bool = "auto"
     cache_dir: str = ""  # where open_clip keeps downloaded weights ("" = its default)
 
 
@@ -116,6 +125,9 @@ class TrainConfig(Section):
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(128, ge=2)
     instances_per_id: int = Field(2, ge=1)
+    # The released sampler: each identity brings 1 to instances_per_id captions per epoch, drawn
+    # at random (85 to 115 identities per batch of 128), instead of always instances_per_id.
+    random_instances: bool = False
     warmup_epochs: float = Field(5.0, ge=0.0)
     warmup_factor: float = Field(0.1, gt=0.0, le=1.0)
     grad_clip: float = Field(0.0, ge=0.0)  # 0: no clipping
@@ -127,6 +139,7 @@ class TrainConfig(Section):
     holdout_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # train ids held out where no val split
     eval_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(256, ge=1)
+    max_steps_per_epoch: int = Field(0, ge=0)  # 0: every batch; else a cap (smoke runs)
     compile: bool = False  # torch.compile the objective (about 1.7x faster steps on an H200)
 
 

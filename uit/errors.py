@@ -15,3 +15,7 @@ class ConfigError(UitError, ValueError):
 
 class DataError(UitError, ValueError):
     """A dataset on disk is missing, malformed or inconsistent."""
+
+
+class WeightsError(UitError, ValueError):
+    """A pretrained-weights file is missing, unreadable, unsafe or not the CLIP that was asked."""

@@ -117,15 +117,14 @@ def restore(
 def load_objective(checkpoint_dir: str | Path) -> Objective:
     """The whole training model of a checkpoint (encoder and heads), for TIR pictures."""
     from uit.checkpoint import load_checkpoint
-    from uit.config import ModelConfig
-    from uit.model.build import build_model
+    from uit.model.build import build_model, inference_config
 
     checkpoint = load_checkpoint(checkpoint_dir)
     cfg, classes = checkpoint.state.get("config", {}), checkpoint.state.get("num_classes")
     if not {"model", "loss", "tir"} <= set(cfg) or classes is None:
         raise UitError(f"{checkpoint_dir}: not a training checkpoint (an exported model has no "
                        "heads)")  # fmt: skip
-    model_cfg = ModelConfig.model_validate({**cfg["model"], "pretrained": ""})
+    model_cfg = inference_config(checkpoint.state, checkpoint_dir)
     objective = Objective(build_model(model_cfg), classes, LossConfig.model_validate(cfg["loss"]),
                           TIRConfig.model_validate(cfg["tir"]))  # fmt: skip
     objective.load_state_dict(checkpoint.weights)

@@ -239,14 +239,14 @@ def random_query_strips(top_k_file: Path, test: Manifests, cfg: ReportConfig) ->
 def chosen_query_strips(checkpoint: Path, test: Manifests, cfg: ReportConfig) -> list[Strip]:
     """``report.queries``, free sentences, searched in the test gallery (no ground truth)."""
     from uit.contact_sheet import Tile
-    from uit.evaluate import EvalOptions, encode_texts
-    from uit.model.build import build_tokenizer, load_encoder
+    from uit.evaluate import encode_texts
+    from uit.runs import load_for_inference
     from uit.search import gallery_embeddings, rank
 
-    encoder, model_cfg = load_encoder(checkpoint)
+    encoder, tokenizer, options = load_for_inference(checkpoint)
     paths = test.paths()
-    feats, _ = gallery_embeddings(encoder.eval(), paths, EvalOptions())
-    texts = encode_texts(encoder, list(cfg.queries), build_tokenizer(model_cfg), EvalOptions())
+    feats, _ = gallery_embeddings(encoder, paths, options)
+    texts = encode_texts(encoder, list(cfg.queries), tokenizer, options)
     strips = []
     for sentence, text in zip(cfg.queries, texts, strict=True):
         hits = rank(text, feats, paths, cfg.top_k)
@@ -316,9 +316,9 @@ def _first_caption(test: Manifests, image_id: int) -> str:
 
 def _model_config(checkpoint: Path) -> Any:
     from uit.checkpoint import read_state
-    from uit.config import ModelConfig
+    from uit.model.build import inference_config
 
-    return ModelConfig.model_validate(read_state(checkpoint)["config"]["model"])
+    return inference_config(read_state(checkpoint), checkpoint)
 
 
 def _restoration_grid(columns: list[Any], mean: Sequence[float], std: Sequence[float]) -> Any:

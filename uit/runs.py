@@ -12,13 +12,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from uit.checkpoint import read_state
 from uit.config import Config
 from uit.data.dataset import Manifests, read_manifests
 from uit.device import autocast_dtype, resolve_device
 from uit.errors import DataError
 from uit.evaluate import EvalOptions, Tokenizer, evaluate
 from uit.io import atomic_write_bytes, atomic_write_json
-from uit.model.build import build_tokenizer, load_encoder
+from uit.model.build import build_tokenizer, inference_precision, load_encoder
 from uit.model.encoder import DualEncoder
 
 METRICS, TOP_K = "metrics.json", "top_k.parquet"
@@ -38,8 +39,9 @@ def train_benchmark(
     reporter: Reporter | None = None,
     restart: bool = False,
 ) -> FitResult:
-    """Fit on a prepared benchmark; attribute words (for the augmentation) come from
-    ``parsed_dir`` when ``augment.keep_attributes_p`` is above 0.
+    """Fit on a prepared benchmark; attribute words (for the augmentation) and tagged words (for
+    the token masking) come from ``parsed_dir`` when ``augment.keep_attributes_p`` is above 0 or
+    ``augment.mask_tokens`` is on.
 
     ``restart``: start afresh unless ``out_dir`` holds an interrupted run of this configuration
     (what a pipeline stage wants: its output folder persists so that a killed run resumes, but a
@@ -47,24 +49,29 @@ def train_benchmark(
     """
     # Imported here so that evaluation does not import (and depend on) the training code.
     from uit.text.augment import build_augment
-    from uit.text.parsed import read_attribute_words
+    from uit.text.parsed import read_attribute_words, read_tagged_words
     from uit.train import clear_run, fit, is_interrupted
 
-    words, augment = None, None
-    if cfg.augment.keep_attributes_p > 0:
-        if parsed_dir is None:
-            raise DataError(
-                "augment.keep_attributes_p > 0 needs the parsed captions: pass the folder written "
-                "by `uit data parse` (or set augment.keep_attributes_p=0)"
-            )
-        words, augment = read_attribute_words(parsed_dir), build_augment(cfg.augment)
+    augmenting, masking = cfg.augment.keep_attributes_p > 0, cfg.augment.mask_tokens
+    words, augment, tagged = None, None, None
+    if parsed_dir is not None:
+        if augmenting:
+            words, augment = read_attribute_words(parsed_dir), build_augment(cfg.augment)
+        if masking:
+            tagged = read_tagged_words(parsed_dir)
+    elif augmenting or masking:
+        keys = [key for key, on in (("augment.keep_attributes_p > 0", augmenting),
+                                    ("augment.mask_tokens", masking)) if on]  # fmt: skip
+        raise DataError(
+            f"{' and '.join(keys)} needs the parsed captions: pass the folder written by "
+            "`uit data parse` (or set augment.keep_attributes_p=0 and augment.mask_tokens=false)"
+        )
     if restart and not is_interrupted(out_dir, cfg):
         if (Path(out_dir) / "checkpoints").exists():
             log.info("%s holds a finished run or another configuration: starting afresh", out_dir)
         clear_run(out_dir)
-    return fit(
-        cfg, prepared_dir, out_dir, attribute_words=words, augment=augment, reporter=reporter
-    )
+    return fit(cfg, prepared_dir, out_dir, attribute_words=words, augment=augment,
+               tagged_words=tagged, reporter=reporter)  # fmt: skip
 
 
 def evaluate_checkpoint(
@@ -80,19 +87,22 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint on a split of any prepared benchmark (in- or cross-domain); write
     ``metrics.json`` and each query's top 10 (``top_k.parquet``) to ``out_dir``."""
     manifests = _split_manifests(prepared_dir, split)
-    encoder, tokenizer, options = _load_for_evaluation(checkpoint_dir, device, batch_size)
+    encoder, tokenizer, options = load_for_inference(checkpoint_dir, device, batch_size)
     return _evaluate_into(encoder, tokenizer, manifests, split, options, Path(out_dir),
                           str(checkpoint_dir), progress)  # fmt: skip
 
 
-def _load_for_evaluation(
-    checkpoint_dir: str | Path, device: str, batch_size: int
+def load_for_inference(
+    checkpoint_dir: str | Path, device: str = "auto", batch_size: int = 256
 ) -> tuple[DualEncoder, Tokenizer, EvalOptions]:
+    """A checkpoint's (or export's) encoder on ``device`` in eval mode, its tokenizer, and
+    options in the precision it was trained in (the one its selection scores were computed in)."""
     encoder, model_cfg = load_encoder(checkpoint_dir)
     torch_device = resolve_device(device)
-    options = EvalOptions(device=torch_device, dtype=autocast_dtype(torch_device, "auto"),
+    precision = inference_precision(read_state(checkpoint_dir))
+    options = EvalOptions(device=torch_device, dtype=autocast_dtype(torch_device, precision),
                           batch_size=batch_size)  # fmt: skip
-    return encoder.to(torch_device), build_tokenizer(model_cfg), options
+    return encoder.to(torch_device).eval(), build_tokenizer(model_cfg), options
 
 
 def evaluate_across(
@@ -112,7 +122,7 @@ def evaluate_across(
     ``metrics_file`` with every benchmark's text-to-image and image-to-text metrics.
     """
     every = {name: _split_manifests(path, split) for name, path in prepared_dirs.items()}
-    encoder, tokenizer, options = _load_for_evaluation(checkpoint_dir, device, batch_size)
+    encoder, tokenizer, options = load_for_inference(checkpoint_dir, device, batch_size)
     out_dir = Path(out_dir)
     combined = {}
     for name, manifests in every.items():

@@ -60,12 +60,18 @@ def file_digest(path: Path) -> str:
 
 
 def checkpoint_digest(checkpoint_dir: str | Path) -> str:
-    """A checkpoint's weights and config, hashed: a retrained or other model gets a new cache."""
+    """A checkpoint's weights and architecture, hashed: a retrained or other model gets a new
+    cache (the training state changes per epoch; the architecture it rebuilds as does not)."""
+    from uit.checkpoint import read_state
+    from uit.model.build import inference_config, inference_precision
+
     digest = hashlib.blake2b(digest_size=16)
     for name in ("weights.safetensors", "state.json"):
         path = Path(checkpoint_dir) / name
-        if name == "state.json":  # the training state changes per epoch; the model config not
-            digest.update(json.dumps(json.loads(path.read_text())["config"]["model"]).encode())
+        if name == "state.json":
+            state = read_state(checkpoint_dir)
+            model = inference_config(state, checkpoint_dir).model_dump(mode="json")
+            digest.update(json.dumps([model, inference_precision(state)]).encode())
             continue
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 24), b""):

@@ -39,6 +39,8 @@ from uit.evaluate import EvalOptions, evaluate
 from uit.io import atomic_write_json, atomic_write_text
 from uit.model.build import build_model, build_tokenizer
 from uit.objective import Objective, build_optimizer
+from uit.text.masking import build_token_masker
+from uit.text.parsed import TaggedWords
 
 log = logging.getLogger(__name__)
 LAST, BEST = "checkpoints/last", "checkpoints/best"
@@ -152,15 +154,20 @@ class _Run:
 def _build_run(
     cfg: Config, train: Manifests, attribute_words: Mapping[int, Sequence[str]] | None,
     augment: Callable[[str, Sequence[str], random.Random], str] | None,
+    tagged_words: Mapping[int, TaggedWords] | None,
 ) -> _Run:  # fmt: skip
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     encoder = build_model(cfg.model)
     transform = build_train_transform(encoder.image_size, encoder.image_mean, encoder.image_std)
-    dataset = TrainDataset(train, transform, build_tokenizer(cfg.model), seed=cfg.train.seed,
-                           attribute_words=attribute_words, augment=augment)  # fmt: skip
+    tokenizer = build_tokenizer(cfg.model)
+    dataset = TrainDataset(train, transform, tokenizer, seed=cfg.train.seed,
+                           attribute_words=attribute_words, augment=augment,
+                           tagged_words=tagged_words,
+                           mask_tokens=build_token_masker(cfg.augment, tokenizer))  # fmt: skip
     sampler = IdentityBatchSampler(dataset.labels, cfg.train.batch_size, cfg.train.instances_per_id,
-                                   seed=cfg.train.seed)  # fmt: skip
+                                   seed=cfg.train.seed,
+                                   random_instances=cfg.train.random_instances)  # fmt: skip
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.train.num_workers,
                         pin_memory=device.type == "cuda")  # fmt: skip
     objective = Objective(encoder, dataset.num_classes, cfg.loss, cfg.tir).to(device)
@@ -199,9 +206,11 @@ def _train_epoch(run: _Run, cfg: Config, reporter: Reporter) -> dict[str, float]
     run.dataset.set_epoch(run.epoch)
     run.sampler.set_epoch(run.epoch)
     steps = len(run.sampler)
+    if cfg.train.max_steps_per_epoch:
+        steps = min(steps, cfg.train.max_steps_per_epoch)
     reporter.start_epoch(run.epoch, steps)
     sums: dict[str, float] = {}
-    for index, batch in enumerate(run.loader):
+    for index, batch in zip(range(steps), run.loader, strict=False):
         losses = _train_step(run, batch, cfg, run.epoch + index / max(steps, 1))
         for name, value in losses.items():
             sums[name] = sums.get(name, 0.0) + value
@@ -232,6 +241,7 @@ def _select(run: _Run, cfg: Config, selection: Selection, record: dict[str, floa
 def _state(run: _Run, cfg: Config, selection: Selection) -> dict[str, Any]:
     return {
         "config": training_config(cfg),
+        "architecture": {"quick_gelu": run.objective.encoder.quick_gelu},
         "epoch": run.epoch,
         "step": run.step,
         "num_classes": run.dataset.num_classes,
@@ -320,6 +330,7 @@ def fit(
     *,
     attribute_words: Mapping[int, Sequence[str]] | None = None,
     augment: Callable[[str, Sequence[str], random.Random], str] | None = None,
+    tagged_words: Mapping[int, TaggedWords] | None = None,
     reporter: Reporter | None = None,
     resume: bool = True,
     stop_after_epochs: int | None = None,
@@ -330,7 +341,7 @@ def fit(
     """
     out_dir = Path(out_dir)
     train, selection = choose_selection(read_manifests(prepared_dir), cfg.train)
-    run = _build_run(cfg, train, attribute_words, augment)
+    run = _build_run(cfg, train, attribute_words, augment, tagged_words)
     if resume:
         _resume(run, cfg, out_dir)
     reporter = reporter or LogReporter()

@@ -1,8 +1,8 @@
 """Torch datasets over prepared manifests: training samples, gallery images, queries.
 
 Training uses one sample per caption with pids relabelled to 0..N-1 over the training identities
-(DESIGN 3.2). A sample's augmentation depends only on (seed, epoch, index), so results do not
-depend on the number of workers or on resuming.
+(DESIGN 3.2). A sample's augmentation (image, attribute-keeping, token masking) depends only on
+(seed, epoch, index), so results do not depend on the number of workers or on resuming.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import torch
@@ -22,8 +22,13 @@ from uit.data.prepare import CAPTIONS_FILE, IMAGES_FILE, read_stats
 from uit.data.transforms import Transform, sample_seed, seeded
 from uit.errors import DataError
 
+if TYPE_CHECKING:
+    from uit.text.parsed import TaggedWords
+
 Tokenizer = Callable[[list[str]], torch.Tensor]
 Augment = Callable[[str, Sequence[str], random.Random], str]
+# (tokens, words, tags, rng) -> masked tokens: uit.text.masking.TokenMasker
+MaskTokens = Callable[[torch.Tensor, Sequence[str], Sequence[str], random.Random], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -80,13 +85,19 @@ def hold_out_identities(
             inside = pl.col("pid").is_in(sorted(held))
             return frame.filter(~inside if keep else inside)
 
-        return Manifests(chosen(train.images), chosen(train.captions), train.imgs_dir, train.benchmark)
+        return Manifests(
+            chosen(train.images), chosen(train.captions), train.imgs_dir, train.benchmark
+        )
 
     return part(True), part(False)
 
 
 class TrainDataset(Dataset[dict[str, Any]]):
-    """One sample per caption: (augmented image, tokenized, maybe augmented caption, label)."""
+    """One sample per caption: (augmented image, tokenized, maybe augmented caption, label).
+
+    ``augment`` may reduce a caption to its attribute words; ``mask_tokens`` then masks its
+    tokens, as the released code orders them; it needs each caption's parsed ``tagged_words``.
+    """
 
     def __init__(
         self,
@@ -97,10 +108,14 @@ class TrainDataset(Dataset[dict[str, Any]]):
         seed: int = 0,
         attribute_words: Mapping[int, Sequence[str]] | None = None,
         augment: Augment | None = None,
+        tagged_words: Mapping[int, TaggedWords] | None = None,
+        mask_tokens: MaskTokens | None = None,
     ) -> None:
         pids = sorted(train.images["pid"].unique().to_list())
         self.label_of = {pid: label for label, pid in enumerate(pids)}
-        paths = dict(zip(train.images["image_id"].to_list(), train.images["path"].to_list(), strict=True))
+        paths = dict(
+            zip(train.images["image_id"].to_list(), train.images["path"].to_list(), strict=True)
+        )
         rows = train.captions.sort("caption_id")
         self.caption_ids: list[int] = rows["caption_id"].to_list()
         self.texts: list[str] = rows["text"].to_list()
@@ -110,6 +125,10 @@ class TrainDataset(Dataset[dict[str, Any]]):
         self.seed, self.epoch = seed, 0
         self.attribute_words = attribute_words or {}
         self.augment = augment
+        self.tagged_words = tagged_words or {}
+        self.mask_tokens = mask_tokens
+        if mask_tokens is not None:
+            _check_tagged(self.caption_ids, self.tagged_words, train.benchmark)
 
     @property
     def num_classes(self) -> int:
@@ -127,14 +146,40 @@ class TrainDataset(Dataset[dict[str, Any]]):
         if self.augment is None:
             return text
         words = self.attribute_words.get(self.caption_ids[index], ())
-        return self.augment(text, words, random.Random(sample_seed(self.seed, self.epoch, index, 1)))
+        return self.augment(
+            text, words, random.Random(sample_seed(self.seed, self.epoch, index, 1))
+        )
+
+    def text_tokens(self, index: int) -> torch.Tensor:
+        """The caption's token ids as training sees them this epoch (augmented, maybe masked)."""
+        text = self.caption(index)
+        tokens = self.tokenizer([text])[0]
+        if self.mask_tokens is None:
+            return tokens
+        tagged = self.tagged_words[self.caption_ids[index]]
+        if text != self.texts[index]:  # the augmentation kept only the attribute words
+            tagged = tagged.attributes_only()
+        rng = random.Random(sample_seed(self.seed, self.epoch, index, 2))
+        return self.mask_tokens(tokens, tagged.words, tagged.tags, rng)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         with Image.open(self.paths[index]) as image:
             rgb = image.convert("RGB")
         pixels = seeded(sample_seed(self.seed, self.epoch, index), self.transform, rgb)
-        text = self.tokenizer([self.caption(index)])[0]
+        text = self.text_tokens(index)
         return {"images": pixels, "text": text, "pids": self.labels[index], "index": index}
+
+
+def _check_tagged(
+    caption_ids: Sequence[int], tagged: Mapping[int, TaggedWords], benchmark: str
+) -> None:
+    missing = [cid for cid in caption_ids if cid not in tagged]
+    if missing:
+        raise DataError(
+            f"{benchmark}: augment.mask_tokens needs the parsed words of every training caption, "
+            f"but {len(missing)} have none (caption_id {missing[0]} first): parse this prepared "
+            "benchmark again with `uit data parse`"
+        )
 
 
 class ImageDataset(Dataset[torch.Tensor]):

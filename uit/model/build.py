@@ -49,6 +49,7 @@ def _weights_file(cfg: ModelConfig, tag: dict[str, Any]) -> str | None:
     if not tag:
         if not Path(cfg.pretrained).is_file():
             raise ConfigError(f"model.pretrained: weights file {cfg.pretrained} not found")
+        _check_loadable(cfg.pretrained)
         return cfg.pretrained
     try:
         path: str = open_clip.download_pretrained(tag, cache_dir=cfg.cache_dir or None)
@@ -65,6 +66,25 @@ def _weights_file(cfg: ModelConfig, tag: dict[str, Any]) -> str | None:
             f"open_clip has no download for the {cfg.pretrained!r} weights of {cfg.name}"
         )
     return path
+
+
+def _check_loadable(path: str) -> None:
+    """Refuse, with the way forward, weights files that open_clip cannot load as they are."""
+    from uit.model.weights import RELEASED, TORCHSCRIPT, detect_format
+
+    found = detect_format(path)  # a pickle that asks for code is refused here, never run
+    if found == TORCHSCRIPT:
+        raise UitError(
+            f"model.pretrained: {path} is OpenAI's TorchScript archive, which uit does not "
+            f"execute. Convert it once: `uit weights convert {path} {Path(path).stem}"
+            f".safetensors`, then point model.pretrained at the .safetensors file"
+        )
+    if found == RELEASED:
+        raise UitError(
+            f"model.pretrained: {path} is a released fine-tuned checkpoint (best.pth), not "
+            f"pretrained weights. To score it: `uit weights convert {path} models/released`, "
+            "then `uit evaluate models/released data/prepared/BENCHMARK --out evals/released`"
+        )
 
 
 def _check_size(cfg: ModelConfig, patch: int) -> None:
@@ -99,13 +119,14 @@ def build_model(cfg: ModelConfig) -> DualEncoder:
     _check_size(cfg, int(architecture["vision_cfg"].get("patch_size", 16)))
     tag = _pretrained_tag(cfg)
     weights = _weights_file(cfg, tag)  # before building: a bad file or tag fails fast
+    quick_gelu = resolve_quick_gelu(cfg, architecture, tag, weights)
     with _quiet_random_init_warning():  # weights, if any, are loaded below
         clip = open_clip.create_model(
             cfg.name,
             pretrained=None,
             force_image_size=(cfg.image_height, cfg.image_width),
             force_context_length=cfg.context_length,
-            force_quick_gelu=bool(tag.get("quick_gelu", False)),
+            force_quick_gelu=quick_gelu,
         )
     if not isinstance(clip, CLIP):
         raise ConfigError(
@@ -119,7 +140,65 @@ def build_model(cfg: ModelConfig) -> DualEncoder:
         name=cfg.name,
         image_mean=tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)),
         image_std=tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD)),
+        quick_gelu=quick_gelu,
     )
+
+
+def resolve_quick_gelu(
+    cfg: ModelConfig,
+    architecture: dict[str, Any],
+    tag: dict[str, Any],
+    weights: str | None,
+) -> bool:
+    """Whether the network uses QuickGELU (OpenAI's activation) rather than GELU.
+
+    ``model.quick_gelu`` decides when it is true or false; ``auto`` follows the architecture's
+    own config (``*-quickgelu`` names), then the pretrained tag (OpenAI's weights need QuickGELU),
+    then the marker that ``uit weights convert`` writes into a weights file; otherwise GELU.
+    """
+    named = bool(architecture.get("quick_gelu", False))
+    if cfg.quick_gelu is False and named:
+        raise ConfigError(
+            f"model.quick_gelu: false contradicts {cfg.name}, whose architecture uses QuickGELU; "
+            "use the model name without -quickgelu or set model.quick_gelu: auto"
+        )
+    if isinstance(cfg.quick_gelu, bool):
+        return cfg.quick_gelu or named
+    if named or tag.get("quick_gelu", False):
+        return True
+    if weights is not None and not tag:
+        from uit.model.weights import read_quick_gelu
+
+        return bool(read_quick_gelu(weights))
+    return False
+
+
+def inference_config(state: dict[str, Any], source: str | Path) -> ModelConfig:
+    """The architecture a checkpoint or export was trained as, ready to rebuild without fetching
+    weights: ``pretrained`` empty and ``quick_gelu`` resolved to what training used.
+
+    Checkpoints record the resolved activation (``state["architecture"]``); older ones are
+    resolved from their saved config as training resolved it (tag, or the weights file's marker
+    where the file is still there).
+    """
+    try:
+        cfg = ModelConfig.model_validate(state["config"]["model"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise UitError(f"{source}: its state.json holds no valid model config ({error})") from None
+    recorded = state.get("architecture", {}).get("quick_gelu")
+    if isinstance(recorded, bool):
+        quick_gelu = recorded
+    elif isinstance(cfg.quick_gelu, bool):
+        quick_gelu = cfg.quick_gelu
+    else:
+        register_configs()
+        architecture = open_clip.get_model_config(cfg.name) or {}
+        tag = _pretrained_tag(cfg)
+        weights = cfg.pretrained if cfg.pretrained and not tag else None
+        if weights is not None and not Path(weights).is_file():
+            weights = None  # trained from a file that is gone: its marker cannot be read
+        quick_gelu = resolve_quick_gelu(cfg, architecture, tag, weights)
+    return cfg.model_copy(update={"pretrained": "", "quick_gelu": quick_gelu})
 
 
 def _load_weights(clip: CLIP, path: str) -> None:
@@ -147,6 +226,16 @@ def build_tokenizer(cfg: ModelConfig) -> Callable[[list[str]], torch.Tensor]:
     return tokenizer
 
 
+def inference_precision(state: dict[str, Any]) -> str:
+    """The precision a checkpoint was trained (and selected) in: ``train.precision`` of a
+    training checkpoint, the recorded one of an export, ``auto`` where neither says."""
+    config = state.get("config", {})
+    precision = state.get("precision") or config.get("train", {}).get("precision") or "auto"
+    if precision not in ("auto", "fp32", "bf16"):
+        raise UitError(f"checkpoint precision {precision!r} is not one of auto, fp32, bf16")
+    return str(precision)
+
+
 def load_encoder(checkpoint_dir: str | Path) -> tuple[DualEncoder, ModelConfig]:
     """The dual encoder of a training checkpoint or an exported model, without training heads.
 
@@ -155,13 +244,8 @@ def load_encoder(checkpoint_dir: str | Path) -> tuple[DualEncoder, ModelConfig]:
     from uit.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(checkpoint_dir)
-    try:
-        cfg = ModelConfig.model_validate(checkpoint.state["config"]["model"])
-    except (KeyError, ValueError) as error:
-        raise UitError(
-            f"{checkpoint_dir}: its state.json holds no valid model config ({error})"
-        ) from None
-    encoder = build_model(cfg.model_copy(update={"pretrained": ""}))
+    cfg = inference_config(checkpoint.state, checkpoint_dir)
+    encoder = build_model(cfg)
     heads = ("id_head.", "tir_decoder.")  # training-only parts of a training checkpoint
     weights = {
         k.removeprefix("encoder."): v
@@ -183,7 +267,9 @@ def export_encoder(checkpoint_dir: str | Path, out_dir: str | Path) -> tuple[int
     encoder, cfg = load_encoder(checkpoint_dir)  # checks that the weights fit the architecture
     source = load_checkpoint(checkpoint_dir)
     weights, total = encoder.state_dict(), len(source.weights)
+    precision = source.state.get("config", {}).get("train", {}).get("precision", "auto")
     state = {"kind": "dual-encoder", "config": {"model": cfg.model_dump(mode="json")},
+             "architecture": {"quick_gelu": encoder.quick_gelu}, "precision": precision,
              "exported_from": str(checkpoint_dir), "epoch": source.state.get("epoch")}  # fmt: skip
     save_checkpoint(out_dir, weights, state)
     return len(weights), total - len(weights)

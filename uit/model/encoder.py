@@ -53,6 +53,7 @@ class DualEncoder(nn.Module):
         name: str,
         image_mean: tuple[float, ...],
         image_std: tuple[float, ...],
+        quick_gelu: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(clip.visual, VisionTransformer):
@@ -63,6 +64,7 @@ class DualEncoder(nn.Module):
         self.name = name
         self.image_mean = image_mean
         self.image_std = image_std
+        self.quick_gelu = quick_gelu  # the activation it was built with; checkpoints record it
         clip.logit_scale.requires_grad_(False)  # UIT uses a fixed logit scale
 
     @property

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from uit.errors import DataError
+from uit.text.lexicon import is_attribute_tag
 
 PARSED_FILE = "attributes.parquet"
 INFO_FILE = "parse.json"
 _WORDS = pl.List(pl.String())
 SCHEMA = pl.Schema({"caption_id": pl.Int64(), "tokens": _WORDS, "tags": _WORDS,
                     "attribute_words": _WORDS, "attribute_phrases": _WORDS})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TaggedWords:
+    """A caption's words and their Penn Treebank tags, as ``uit data parse`` wrote them."""
+
+    words: tuple[str, ...]
+    tags: tuple[str, ...]
+
+    def attributes_only(self) -> TaggedWords:
+        """The words the attribute-keeping augmentation keeps (PRP*, NN*, JJ*), with their tags."""
+        kept = [(w, t) for w, t in zip(self.words, self.tags, strict=True) if is_attribute_tag(t)]
+        return TaggedWords(tuple(w for w, _ in kept), tuple(t for _, t in kept))
 
 
 def read_table(path: Path, what: str, command: str) -> pl.DataFrame:
@@ -39,3 +54,11 @@ def read_attribute_words(parsed_dir: str | Path) -> dict[int, list[str]]:
     parsed = read_parsed(parsed_dir)
     ids, words = parsed["caption_id"].to_list(), parsed["attribute_words"].to_list()
     return dict(zip(ids, words, strict=True))
+
+
+def read_tagged_words(parsed_dir: str | Path) -> dict[int, TaggedWords]:
+    """caption_id -> its words and tags, as the training dataset's token masking takes them."""
+    parsed = read_parsed(parsed_dir)
+    rows = zip(parsed["caption_id"].to_list(), parsed["tokens"].to_list(),
+               parsed["tags"].to_list(), strict=True)  # fmt: skip
+    return {cid: TaggedWords(tuple(words), tuple(tags)) for cid, words, tags in rows}

@@ -1,0 +1,798 @@
+"""Pretrained CLIP weights in every format a user is likely to hold, read without running code.
+
+``detect_format`` names the format of a file:
+
+- ``openai-torchscript``: OpenAI's own files (``ViT-B-16.pt`` as OpenAI distributes it, the file
+  IRRA and SEN start from). These are TorchScript archives; uit reads their tensors with a
+  restricted unpickler that knows only tensors and inert records of TorchScript modules, so
+  neither the archive's pickle nor its code is ever executed.
+- ``state-dict``: a torch file holding a plain state dict (open_clip's
+  ``open_clip_pytorch_model.bin``, OpenAI-style state dicts), read with
+  ``torch.load(weights_only=True)``.
+- ``safetensors``: open_clip's ``open_clip_model.safetensors``, or a file written by
+  ``convert_weights``.
+- ``released-checkpoint``: the ``best.pth`` of the authors' fine-tuned models (IRRA, SEN): a
+  torch file of a dict whose ``model`` entry holds the CLIP as ``base_model.*`` (OpenAI's names)
+  beside the training heads, and maybe ``optimizer``, ``scheduler`` and ``epoch`` entries. Read
+  with ``torch.load(weights_only=True)``; only ``base_model.*`` is kept.
+
+``read_state_dict`` turns any of them into the state dict of open_clip's ``CLIP`` (the same names
+as OpenAI's), and ``convert_weights`` writes that as one safetensors file that
+``model.pretrained`` takes. ``released_to_export`` turns a released checkpoint into a uit export
+folder that ``uit evaluate`` scores directly.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import math
+import pickle
+import re
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, ClassVar
+
+import open_clip
+import torch
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
+from torch import Tensor
+
+from uit.checkpoint import save_checkpoint
+from uit.config import ModelConfig
+from uit.errors import WeightsError
+from uit.io import atomic_write_bytes
+from uit.model.build import build_model, register_configs
+
+log = logging.getLogger(__name__)
+
+TORCHSCRIPT = "openai-torchscript"
+STATE_DICT = "state-dict"
+SAFETENSORS = "safetensors"
+RELEASED = "released-checkpoint"
+FORMATS = (TORCHSCRIPT, STATE_DICT, SAFETENSORS, RELEASED)
+
+NON_WEIGHTS = ("input_resolution", "context_length", "vocab_size")  # in OpenAI's files only
+RELEASED_PREFIX = "base_model."
+# The released code keeps the logit scale fixed (1 / temperature 0.02) and does not store it;
+# open_clip's CLIP needs one. uit never reads it (loss.logit_scale is its own setting).
+RELEASED_LOGIT_SCALE = math.log(1 / 0.02)
+REQUIRED = (
+    "positional_embedding",
+    "text_projection",
+    "logit_scale",
+    "token_embedding.weight",
+    "ln_final.weight",
+    "visual.conv1.weight",
+    "visual.positional_embedding",
+    "visual.proj",
+)
+KNOWN_FILES = (
+    "OpenAI's ViT-B-16.pt, open_clip's open_clip_pytorch_model.bin or open_clip_model.safetensors, "
+    "or a released best.pth"
+)
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What a weights file holds, read from its tensors (and its marker, for safetensors)."""
+
+    source: str  # the file read
+    format: str  # one of FORMATS
+    quick_gelu: bool | None  # the activation the weights were trained with; None: unknown
+    embed_dim: int
+    vision_width: int
+    vision_layers: int
+    patch_size: int
+    num_patches: int  # positions in visual.positional_embedding, less the class token
+    image_grid: tuple[int, int] | None  # (rows, columns); None when num_patches is not a square
+    context_length: int  # text positions
+    text_width: int
+    text_layers: int
+    vocab_size: int
+    dropped: int = 0  # entries that are not CLIP weights: training heads, OpenAI's scalars
+    filled: tuple[str, ...] = ()  # entries added because the file lacks them (logit_scale)
+
+
+# --- Public API -----------------------------------------------------------------------------
+
+
+def detect_format(path: str | Path) -> str:
+    """The format of a weights file: ``openai-torchscript``, ``state-dict``, ``safetensors`` or
+    ``released-checkpoint`` (see the module docstring).
+
+    A torch file is opened with ``weights_only=True`` (memory-mapped, so this is cheap) to tell a
+    state dict from a released checkpoint; a TorchScript archive is recognised from its listing
+    alone (``read_state_dict`` checks its pickle). Raises ``WeightsError``, naming the file and
+    what was found, for anything else: a missing, truncated or foreign file, a pickle that asks
+    for code.
+    """
+    path = _existing(path)
+    container = _container(path)
+    if container == "torch":
+        return _torch_weights(path, _torch_load(path))[0]
+    return TORCHSCRIPT if container == "torchscript" else SAFETENSORS
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], WeightsInfo]:
+    """The CLIP weights in a file of any supported format, named as open_clip's ``CLIP`` names
+    them (``visual.*``, ``transformer.*``, ``token_embedding.weight``, ``positional_embedding``,
+    ``ln_final.*``, ``text_projection``, ``logit_scale``), ready for ``load_state_dict``.
+
+    Tensors keep the file's dtype (OpenAI's are mostly float16). Dropped on the way: OpenAI's
+    ``input_resolution``, ``context_length`` and ``vocab_size`` entries, a ``module.`` prefix, and
+    a released checkpoint's training heads; a released checkpoint's missing ``logit_scale`` is
+    filled with its fixed value (counts in ``WeightsInfo.dropped`` and ``filled``).
+
+    ``WeightsInfo.quick_gelu`` is True for OpenAI's files, OpenAI-style state dicts and released
+    checkpoints (all OpenAI's QuickGELU CLIP), the recorded value for a file written by
+    ``convert_weights``, and None (unknown) otherwise.
+    """
+    path = _existing(path)
+    container = _container(path)
+    if container == "torchscript":
+        fmt, state, dropped = TORCHSCRIPT, _read_torchscript(path), 0
+    elif container == "safetensors":
+        fmt, state, dropped = SAFETENSORS, _read_safetensors(path), 0
+    else:
+        fmt, state, dropped = _torch_weights(path, _torch_load(path))
+    openai_style = any(key in state for key in NON_WEIGHTS)
+    dropped += sum(key in state for key in NON_WEIGHTS)
+    state = {k: v for k, v in state.items() if k not in NON_WEIGHTS}
+    filled: tuple[str, ...] = ()
+    if fmt == RELEASED and "logit_scale" not in state:
+        state["logit_scale"] = torch.tensor(RELEASED_LOGIT_SCALE)
+        filled = ("logit_scale",)
+    _check_clip_keys(path, state)
+    quick_gelu = _quick_gelu(path, fmt, openai_style)
+    info = _describe(path, fmt, state, quick_gelu, dropped, filled)
+    return state, info
+
+
+def convert_weights(
+    src: str | Path, out_file: str | Path, *, overwrite: bool = False
+) -> WeightsInfo:
+    """Write the CLIP weights of ``src`` (any supported format) as one safetensors file that
+    open_clip and ``model.pretrained`` load directly, e.g. OpenAI's ``ViT-B-16.pt`` offline:
+
+        uit weights convert ViT-B-16.pt vit-b-16-openai.safetensors
+        uit train --set model.pretrained=vit-b-16-openai.safetensors
+
+    The file records ``{"format": "open_clip", "source_format": ..., "quick_gelu": "true" |
+    "false" | ""}`` in its metadata, so that ``model.quick_gelu: auto`` builds the activation the
+    weights were trained with. The file appears whole or not at all; an existing ``out_file`` is
+    refused unless ``overwrite`` is set. Returns what was read.
+    """
+    out = Path(out_file)
+    if out.is_dir() or (out.exists() and not overwrite):
+        raise WeightsError(
+            f"{out} already exists; choose another file name for the converted weights, or "
+            "ask for it to be replaced (overwrite)"
+        )
+    state, info = read_state_dict(src)
+    marker = {True: "true", False: "false", None: ""}[info.quick_gelu]
+    metadata = {"format": "open_clip", "source_format": info.format, "quick_gelu": marker}
+    atomic_write_bytes(out, save(_independent(state), metadata=metadata))
+    log.info("wrote %d tensors of %s (%s) to %s", len(state), src, info.format, out)
+    return info
+
+
+def read_quick_gelu(path: str | Path) -> bool | None:
+    """The activation recorded in a file written by ``convert_weights``: True for QuickGELU,
+    False for GELU, None when unknown or for any other file. Reads only the file's header."""
+    path = Path(path)
+    if not path.is_file() or not _looks_like_safetensors(path):
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (OSError, SafetensorError):
+        return None
+    if metadata.get("format") != "open_clip":
+        return None
+    return {"true": True, "false": False}.get(metadata.get("quick_gelu", ""))
+
+
+def released_to_export(
+    src: str | Path,
+    out_dir: str | Path,
+    model_name: str = "ViT-B-16",
+    *,
+    image_size: tuple[int, int] | None = None,
+) -> WeightsInfo:
+    """Turn a released fine-tuned checkpoint (IRRA's or SEN's ``best.pth``) into a uit export
+    folder that ``uit evaluate`` scores directly, e.g. written to ``exports/irra-cuhk``:
+
+        uit evaluate exports/irra-cuhk data/prepared/cuhk-pedes --out runs/irra-cuhk
+
+    The folder holds ``weights.safetensors`` (the dual encoder, no training heads) and
+    ``state.json`` (the model config: ``model_name`` with QuickGELU, the image size and the text
+    context the weights were trained at, and where they came from). The image size is read from
+    the position embeddings: a square grid, else the 3:1 grid of re-identification images (384 x
+    128 for ViT-B-16, as released); give ``image_size`` (height, width) for any other. Overlapping
+    patches (the released code's ``stride_size`` below the patch size) are not supported.
+
+    ``model_name`` must be the open_clip architecture the checkpoint was trained from; a
+    mismatch is refused with the names that would fit. ``out_dir`` must be new or empty.
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise WeightsError(
+            f"{out} already exists and is not empty; give a new folder for the export (an export "
+            "is written whole, never merged into another folder)"
+        )
+    state, info = read_state_dict(src)
+    if info.format != RELEASED:
+        raise WeightsError(
+            f"{src} is a {info.format} file, not a released checkpoint (a dict whose 'model' entry "
+            "holds base_model.* weights). Pretrained weights need no export: convert them with "
+            f"`uit weights convert {src} OUT.safetensors` and set model.pretrained to that file."
+        )
+    check_architecture(info, model_name)
+    height, width = _image_size(info, image_size)
+    cfg = ModelConfig(
+        name=model_name,
+        pretrained="",
+        image_height=height,
+        image_width=width,
+        context_length=info.context_length,
+        quick_gelu=True,
+    )
+    encoder = build_model(cfg)
+    try:
+        encoder.clip.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise WeightsError(
+            f"{src}: its weights do not fit {model_name} at {height}x{width}: {error}. Pass the "
+            "model name and image size the checkpoint was trained with."
+        ) from None
+    source = {"file": str(src), "format": info.format, "dropped": info.dropped,
+              "filled": list(info.filled)}  # fmt: skip
+    state_json = {"kind": "dual-encoder", "config": {"model": cfg.model_dump(mode="json")},
+                  "architecture": {"quick_gelu": True}, "source": source}  # fmt: skip
+    save_checkpoint(out, encoder.state_dict(), state_json)
+    log.info("exported %s (%s, %dx%d) to %s", src, model_name, height, width, out)
+    return info
+
+
+def check_architecture(info: WeightsInfo, model_name: str) -> None:
+    """Raise ``WeightsError`` unless the weights described by ``info`` have the widths, depths,
+    patch size, embedding size and vocabulary of open_clip's ``model_name``; the message names
+    the models that do fit."""
+    register_configs()
+    config = open_clip.get_model_config(model_name)
+    if config is None:
+        raise WeightsError(
+            f"unknown model {model_name!r} for {info.source}; use an open_clip name such as "
+            "ViT-B-16 (see open_clip.list_models()) or uit-tiny"
+        )
+    differences = [
+        f"{label} {found} in the file, {expected} in {model_name}"
+        for label, found, expected in _compare(info, config)
+        if found != expected
+    ]
+    if not differences:
+        return
+    fitting = [name for name in open_clip.list_models() if _fits(info, name)]
+    hint = (
+        f"models of this architecture: {', '.join(fitting[:6])}; pass one of them as the model name"
+        if fitting
+        else "no registered open_clip model has this architecture"
+    )
+    raise WeightsError(
+        f"{info.source} does not hold a {model_name} ({'; '.join(differences)}): {hint}."
+    )
+
+
+# --- Files and containers -------------------------------------------------------------------
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(
+            f"{path}: no such file. Give the path of a weights file ({KNOWN_FILES}); without "
+            "network access, download it where there is one and copy it here."
+        )
+    return path
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file starts with the length of its JSON header (at most 100 MB), then the
+    header; a file cut short still looks like one, and fails when read."""
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") < 10**8
+
+
+def _container(path: Path) -> str:
+    """``torchscript``, ``torch`` (a torch.save file, zip or legacy) or ``safetensors``."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if head.startswith(b"PK"):
+        return "torchscript" if _torchscript_root(_zip_names(path)) else "torch"
+    if _looks_like_safetensors(path):
+        return "safetensors"
+    if head[:1] == b"\x80":  # a pickle: torch.save's legacy (non-zip) format
+        return "torch"
+    raise WeightsError(
+        f"{path} is not a weights file: it is neither a zip archive (torch or TorchScript), nor "
+        f"safetensors, nor a torch pickle (it starts with {head!r}). Give {KNOWN_FILES}."
+    )
+
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise WeightsError(
+            f"{path} starts like a zip archive (a torch or TorchScript file) but cannot be read "
+            f"as one ({error}): it is probably truncated; download or copy it again."
+        ) from None
+
+
+def _torchscript_root(names: Iterable[str]) -> str | None:
+    """The archive's top folder when it is TorchScript (``data.pkl`` beside ``code/`` or
+    ``constants.pkl``); torch.save archives have neither."""
+    names = list(names)
+    roots = sorted(
+        {n.split("/")[0] for n in names if n.count("/") == 1 and n.endswith("/data.pkl")}
+    )
+    for root in roots:
+        if f"{root}/constants.pkl" in names or any(n.startswith(f"{root}/code/") for n in names):
+            return root
+    return None
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as error:
+        raise WeightsError(
+            f"{path} cannot be read as safetensors ({error}): it is probably truncated; "
+            "download or copy it again."
+        ) from None
+
+
+def _torch_load(path: Path) -> Any:
+    """A torch file read with ``weights_only=True``: tensors and plain containers, no code."""
+    is_zip = zipfile.is_zipfile(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as error:
+        asked = re.search(r"GLOBAL (\S+)", str(error))
+        what = f"the Python object {asked.group(1)}" if asked else "Python objects"
+        raise WeightsError(
+            f"{path}: refused to load it: its pickle asks for {what}, not only tensors and plain "
+            "containers, and loading it could run code. If the file comes from a source you "
+            "trust, load it with its own code and save the model's state_dict() (torch.save or "
+            "safetensors), then give that file."
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        raise WeightsError(
+            f"{path} cannot be read as a torch file ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no detail'}): it is probably "
+            "truncated or damaged; download or copy it again."
+        ) from None
+
+
+# --- State dicts and released checkpoints ----------------------------------------------------
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+    )
+
+
+def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """Drop ``prefix`` when every key has it (``module.``: saved from DistributedDataParallel)."""
+    if all(k.startswith(prefix) for k in state):
+        return {k.removeprefix(prefix): v for k, v in state.items()}
+    return dict(state)
+
+
+def _torch_weights(path: Path, obj: Any) -> tuple[str, dict[str, Tensor], int]:
+    """The format of a torch file's object, its CLIP tensors, and how many entries were dropped."""
+    if isinstance(obj, dict) and "model" in obj:
+        state, dropped = _released(path, obj)
+        return RELEASED, state, dropped
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # open_clip's own training checkpoints
+    if _is_state_dict(obj):
+        return STATE_DICT, _strip(obj, "module."), 0
+    found = (
+        f"a dict with the keys {_some(obj)} (no 'model' entry, and not only tensors)"
+        if isinstance(obj, dict)
+        else f"a {type(obj).__name__}"
+    )
+    raise WeightsError(
+        f"{path} holds {found}: it is neither a state dict nor a released checkpoint (a dict "
+        "whose 'model' entry holds base_model.* weights, as IRRA's and SEN's best.pth). Give the "
+        "checkpoint as the training code saved it, or a state dict of the CLIP model."
+    )
+
+
+def _released(path: Path, checkpoint: dict[str, Any]) -> tuple[dict[str, Tensor], int]:
+    """``base_model.*`` of a released checkpoint, prefix stripped; the rest is dropped."""
+    model = checkpoint["model"]
+    if not _is_state_dict(model):
+        raise WeightsError(
+            f"{path}: its 'model' entry is not a state dict (a {type(model).__name__}); a "
+            "released checkpoint holds the model's state_dict() there. Re-save it that way."
+        )
+    model = _strip(model, "module.")
+    state = {
+        k.removeprefix(RELEASED_PREFIX): v
+        for k, v in model.items()
+        if k.startswith(RELEASED_PREFIX)
+    }
+    if not state:
+        raise WeightsError(
+            f"{path}: its 'model' entry holds no base_model.* weights (keys such as "
+            f"{_some(model)}), so it is not a checkpoint of the released IRRA/SEN code; give a "
+            "released best.pth or a state dict of the CLIP model."
+        )
+    dropped = len(model) - len(state)
+    others = sorted(str(k) for k in checkpoint if k != "model")
+    log.info(
+        "%s: kept %d CLIP tensors, dropped %d of the training heads and the entries %s",
+        path, len(state), dropped, others,
+    )  # fmt: skip
+    return state, dropped
+
+
+def _some(keys: Iterable[Any], limit: int = 5) -> str:
+    keys = [str(k) for k in keys]
+    return ", ".join(keys[:limit]) + (", ..." if len(keys) > limit else "")
+
+
+def _check_clip_keys(path: Path, state: dict[str, Tensor]) -> None:
+    missing = [k for k in REQUIRED if k not in state]
+    if not missing:
+        return
+    if any(k.startswith("visual.layer1.") for k in state):
+        raise WeightsError(
+            f"{path} holds a CLIP with a ResNet image tower; uit needs a ViT CLIP (ViT-B-16 in "
+            "the paper). Give the weights of a ViT model."
+        )
+    raise WeightsError(
+        f"{path} does not hold CLIP ViT weights under OpenAI's / open_clip's names: it lacks "
+        f"{_some(missing)} (it holds {_some(state)}). Give {KNOWN_FILES}."
+    )
+
+
+def _quick_gelu(path: Path, fmt: str, openai_style: bool) -> bool | None:
+    if fmt in (TORCHSCRIPT, RELEASED) or openai_style:
+        return True
+    return read_quick_gelu(path) if fmt == SAFETENSORS else None
+
+
+def _count_layers(state: dict[str, Tensor], prefix: str) -> int:
+    return len({k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix)})
+
+
+def _describe(
+    path: Path,
+    fmt: str,
+    state: dict[str, Tensor],
+    quick_gelu: bool | None,
+    dropped: int,
+    filled: tuple[str, ...],
+) -> WeightsInfo:
+    conv = state["visual.conv1.weight"]  # (width, 3, patch, patch)
+    patches = state["visual.positional_embedding"].shape[0] - 1
+    side = math.isqrt(patches)
+    return WeightsInfo(
+        source=str(path),
+        format=fmt,
+        quick_gelu=quick_gelu,
+        embed_dim=int(state["text_projection"].shape[1]),
+        vision_width=int(conv.shape[0]),
+        vision_layers=_count_layers(state, "visual.transformer.resblocks."),
+        patch_size=int(conv.shape[-1]),
+        num_patches=int(patches),
+        image_grid=(side, side) if side * side == patches else None,
+        context_length=int(state["positional_embedding"].shape[0]),
+        text_width=int(state["ln_final.weight"].shape[0]),
+        text_layers=_count_layers(state, "transformer.resblocks."),
+        vocab_size=int(state["token_embedding.weight"].shape[0]),
+        dropped=dropped,
+        filled=filled,
+    )
+
+
+def _independent(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Contiguous tensors sharing no memory (safetensors refuses tensors that share it)."""
+    seen: set[int] = set()
+    out = {}
+    for key, value in state.items():
+        value = value.detach().contiguous()
+        pointer = value.untyped_storage().data_ptr()
+        if value.numel() and pointer in seen:
+            value = value.clone()
+        seen.add(value.untyped_storage().data_ptr())
+        out[key] = value
+    return out
+
+
+# --- Architecture ----------------------------------------------------------------------------
+
+
+def _compare(info: WeightsInfo, config: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(what, in the weights, in the open_clip config) for each size the weights determine."""
+    vision, text = config.get("vision_cfg", {}), config.get("text_cfg", {})
+    return [
+        ("embedding size", info.embed_dim, config.get("embed_dim")),
+        ("image width", info.vision_width, vision.get("width", CLIPVisionCfg.width)),
+        ("image layers", info.vision_layers, vision.get("layers", CLIPVisionCfg.layers)),
+        ("patch size", info.patch_size, vision.get("patch_size", CLIPVisionCfg.patch_size)),
+        ("text width", info.text_width, text.get("width", CLIPTextCfg.width)),
+        ("text layers", info.text_layers, text.get("layers", CLIPTextCfg.layers)),
+        ("vocabulary", info.vocab_size, text.get("vocab_size", CLIPTextCfg.vocab_size)),
+    ]
+
+
+def _fits(info: WeightsInfo, model_name: str) -> bool:
+    config = open_clip.get_model_config(model_name) or {}
+    return all(found == expected for _, found, expected in _compare(info, config))
+
+
+def _image_size(info: WeightsInfo, image_size: tuple[int, int] | None) -> tuple[int, int]:
+    """(height, width) in pixels that gives the weights' number of patch positions."""
+    patch = info.patch_size
+    if image_size is not None:
+        height, width = image_size
+        if (
+            height % patch
+            or width % patch
+            or (height // patch) * (width // patch) != info.num_patches
+        ):
+            raise WeightsError(
+                f"{info.source}: an image of {height}x{width} at patch {patch} does not give the "
+                f"{info.num_patches} patch positions the weights hold; give the image size the "
+                "checkpoint was trained at (overlapping patches, a stride below the patch size, "
+                "are not supported)."
+            )
+        return height, width
+    grid = info.image_grid or _reid_grid(info.num_patches)
+    if grid is None:
+        raise WeightsError(
+            f"{info.source}: its {info.num_patches} patch positions form neither a square nor a "
+            "3:1 grid, so the image size cannot be read from the weights; give the (height, "
+            "width) the checkpoint was trained at (image_size)."
+        )
+    return grid[0] * patch, grid[1] * patch
+
+
+def _reid_grid(patches: int) -> tuple[int, int] | None:
+    """The 3:1 grid of re-identification images (384 x 128 at patch 16: 24 x 8), if it fits."""
+    width = math.isqrt(patches // 3)
+    return (3 * width, width) if width and 3 * width * width == patches else None
+
+
+# --- TorchScript archives, read without running them -------------------------------------------
+
+_STORAGE_DTYPES = {
+    f"{name}Storage": dtype
+    for name, dtype in (
+        ("Float", torch.float32),
+        ("Half", torch.float16),
+        ("BFloat16", torch.bfloat16),
+        ("Double", torch.float64),
+        ("Long", torch.int64),
+        ("Int", torch.int32),
+        ("Short", torch.int16),
+        ("Char", torch.int8),
+        ("Byte", torch.uint8),
+        ("Bool", torch.bool),
+    )
+}
+
+
+class _Forbidden(pickle.UnpicklingError):
+    """The pickle asked for a global outside the allow-list."""
+
+
+class _ScriptObject:
+    """Stands in for an instance of a TorchScript class (``__torch__.*``): it records the state
+    the pickle hands it and has no behaviour, so nothing in the archive runs."""
+
+    qualified_name: ClassVar[str] = ""
+    state: Any = None
+
+    def __init__(self, *args: Any) -> None:
+        self.state = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, *_: Any) -> Tensor:
+    """The view torch's ``_rebuild_tensor_v2`` makes, as a copy of its own; requires_grad, hooks
+    and metadata are ignored."""
+    if not isinstance(storage, Tensor):
+        raise pickle.UnpicklingError("a tensor whose storage is not in the archive")
+    view = storage.as_strided(tuple(size), tuple(stride), int(offset))
+    return view.clone(memory_format=torch.contiguous_format)
+
+
+def _same(value: Any, *_: Any) -> Any:
+    return value
+
+
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("collections", "OrderedDict"): OrderedDict,
+    # typed lists and dicts of module attributes: the value is kept, the type tag dropped
+    ("torch.jit._pickle", "build_intlist"): _same,
+    ("torch.jit._pickle", "build_doublelist"): _same,
+    ("torch.jit._pickle", "build_boollist"): _same,
+    ("torch.jit._pickle", "build_tensorlist"): _same,
+    ("torch.jit._pickle", "restore_type_tag"): _same,
+}
+
+
+class _TorchScriptUnpickler(pickle.Unpickler):
+    """Unpickles a TorchScript ``data.pkl``: tensors (storages from the archive), containers and
+    inert ``_ScriptObject`` records; any other global is refused before anything is called."""
+
+    def __init__(self, file: IO[bytes], read_storage: Callable[[str, torch.dtype, int], Tensor]):
+        super().__init__(file)
+        self._read_storage = read_storage
+        self._classes: dict[str, type[_ScriptObject]] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "__torch__" or module.startswith("__torch__."):
+            qualified = f"{module}.{name}"
+            if qualified not in self._classes:
+                attributes = {"qualified_name": qualified}
+                self._classes[qualified] = type(name, (_ScriptObject,), attributes)
+            return self._classes[qualified]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise _Forbidden(f"{module}.{name}")
+        return _ALLOWED_GLOBALS[module, name]
+
+    def persistent_load(self, pid: Any) -> Tensor:
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) == 5
+            and pid[0] == "storage"
+            and isinstance(pid[1], torch.dtype)
+        ):
+            raise pickle.UnpicklingError(f"unexpected persistent id {str(pid)[:80]}")
+        _, dtype, key, _location, numel = pid  # any device: read onto the CPU
+        return self._read_storage(str(key), dtype, int(numel))
+
+
+def _storage_reader(
+    archive: zipfile.ZipFile, root: str
+) -> Callable[[str, torch.dtype, int], Tensor]:
+    """Reads ``root/data/<key>`` as a flat tensor of ``numel`` elements, once per key."""
+    storages: dict[str, Tensor] = {}
+
+    def read(key: str, dtype: torch.dtype, numel: int) -> Tensor:
+        if key not in storages:
+            data = bytearray(archive.read(f"{root}/data/{key}"))
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            if len(data) < numel * itemsize:
+                raise pickle.UnpicklingError(f"storage {key} is shorter than its {numel} elements")
+            storages[key] = (
+                torch.frombuffer(data, dtype=dtype, count=numel)
+                if numel
+                else torch.empty(0, dtype=dtype)
+            )
+        return storages[key]
+
+    return read
+
+
+@dataclass(frozen=True)
+class _ScriptClass:
+    """A TorchScript class as its archived source declares it."""
+
+    is_module: bool
+    tensors: tuple[str, ...]  # __parameters__ then __buffers__: what state_dict() holds
+
+
+def _declared_names(node: ast.ClassDef, name: str) -> tuple[str, ...]:
+    for statement in node.body:
+        if isinstance(statement, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == name for target in statement.targets
+        ):
+            return tuple(str(value) for value in ast.literal_eval(statement.value))
+    return ()
+
+
+def _script_classes(archive: zipfile.ZipFile, root: str) -> dict[str, _ScriptClass]:
+    """Each class in the archive's ``code/`` folder, parsed (never run) for its parameters and
+    buffers; a class that cannot be parsed is left out (all its tensors are then kept)."""
+    classes: dict[str, _ScriptClass] = {}
+    prefix = f"{root}/code/"
+    for name in archive.namelist():
+        if not (name.startswith(prefix) and name.endswith(".py")):
+            continue
+        module = name[len(prefix) : -len(".py")].replace("/", ".")
+        try:
+            tree = ast.parse(archive.read(name).decode("utf-8"))
+            for node in tree.body:
+                if isinstance(node, ast.ClassDef):
+                    bases = {base.id for base in node.bases if isinstance(base, ast.Name)}
+                    tensors = _declared_names(node, "__parameters__")
+                    tensors += _declared_names(node, "__buffers__")
+                    classes[f"{module}.{node.name}"] = _ScriptClass("Module" in bases, tensors)
+        except (SyntaxError, UnicodeDecodeError, ValueError, TypeError, RecursionError) as error:
+            log.warning("%s: could not parse %s (%s)", archive.filename, name, error)
+    return classes
+
+
+def _flatten(
+    obj: _ScriptObject, classes: dict[str, _ScriptClass], prefix: str, out: dict[str, Tensor]
+) -> None:
+    """Add a module's parameters and buffers, then its submodules', as ``state_dict()`` does."""
+    state = obj.state if isinstance(obj.state, dict) else {}
+    declared = classes.get(obj.qualified_name)
+    names = declared.tensors if declared else [k for k, v in state.items() if isinstance(v, Tensor)]
+    for name in names:
+        if isinstance(state.get(name), Tensor):  # a parameter may be None (a Linear without bias)
+            out[prefix + name] = state[name]
+    for name, value in state.items():
+        child = classes.get(value.qualified_name) if isinstance(value, _ScriptObject) else None
+        if isinstance(value, _ScriptObject) and (child is None or child.is_module):
+            _flatten(value, classes, f"{prefix}{name}.", out)
+
+
+# What a cut or damaged archive raises on the way (a bad pickle, a missing storage, bad sizes)
+_DAMAGED = (pickle.UnpicklingError, zipfile.BadZipFile, KeyError, EOFError, OSError, RuntimeError,
+            ValueError, TypeError, IndexError, AttributeError, RecursionError)  # fmt: skip
+
+
+def _unpickle_archive(path: Path) -> tuple[Any, dict[str, _ScriptClass]]:
+    """The object tree of a TorchScript archive's ``data.pkl`` and its declared classes."""
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        root = _torchscript_root(names)
+        assert root is not None  # _container saw it
+        if f"{root}/byteorder" in names and archive.read(f"{root}/byteorder").strip() == b"big":
+            raise pickle.UnpicklingError("tensors stored big-endian")
+        classes = _script_classes(archive, root)
+        with archive.open(f"{root}/data.pkl") as data:
+            return _TorchScriptUnpickler(data, _storage_reader(archive, root)).load(), classes
+
+
+def _read_torchscript(path: Path) -> dict[str, Tensor]:
+    """The state dict of a TorchScript archive, equal to ``torch.jit.load(path).state_dict()``,
+    read without executing or unpickling anything but tensors and module records."""
+    state: dict[str, Tensor] = {}
+    try:
+        top, classes = _unpickle_archive(path)
+        if isinstance(top, _ScriptObject):
+            _flatten(top, classes, "", state)  # a cyclic or absurdly deep tree: RecursionError
+    except _Forbidden as error:
+        raise WeightsError(
+            f"{path}: refused to load it: its data.pkl asks for {error}, which is neither a tensor "
+            "nor a TorchScript module, so the file is not an OpenAI CLIP archive and loading it "
+            "could run code. Use OpenAI's original file, or a state dict saved as safetensors."
+        ) from None
+    except _DAMAGED as error:
+        raise WeightsError(
+            f"{path} is a TorchScript archive whose weights cannot be read ({type(error).__name__}:"
+            f" {error}): it is probably truncated or damaged; download or copy it again."
+        ) from None
+    if not isinstance(top, _ScriptObject):
+        raise WeightsError(
+            f"{path} is a TorchScript archive that holds a {type(top).__name__}, not a module; "
+            "give OpenAI's CLIP file (ViT-B-16.pt) or a state dict."
+        )
+    return state
