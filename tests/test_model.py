@@ -172,3 +172,4 @@ def test_a_tag_without_network_says_where_to_put_the_weights(tmp_path: Path) -> 
     assert result.returncode != 0
     assert "could not fetch the 'openai' weights of ViT-B-16" in result.stderr
     assert "point model.pretrained at it" in result.stderr
+    assert "model.quick_gelu=true" in result.stderr  # OpenAI's weights keep their activation

@@ -55,11 +55,14 @@ def _weights_file(cfg: ModelConfig, tag: dict[str, Any]) -> str | None:
         path: str = open_clip.download_pretrained(tag, cache_dir=cfg.cache_dir or None)
     except Exception as error:  # network, hub or cache errors all mean the same to the user
         source = tag.get("hf_hub") or tag.get("url") or "the open_clip hub"
+        activation = (" --set model.quick_gelu=true` (these weights need QuickGELU)"
+                      if tag.get("quick_gelu") else "`")  # fmt: skip
         raise UitError(
             f"could not fetch the {cfg.pretrained!r} weights of {cfg.name} "
             f"({type(error).__name__}: {error}). Without network access, download them where there "
             f"is one ({source}), copy the file here and point model.pretrained at it, e.g. "
-            "`--set model.pretrained=/path/to/open_clip_model.safetensors`."
+            f"`--set model.pretrained=/path/to/open_clip_model.safetensors{activation}, or copy "
+            "a filled Hugging Face cache and set HF_HUB_OFFLINE=1."
         ) from None
     if not path:
         raise UitError(
