@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from uit.data.images import load_rgb
 from uit.data.prepare import CAPTIONS_FILE, IMAGES_FILE, read_stats
 from uit.data.transforms import Transform, sample_seed, seeded
 from uit.errors import DataError
@@ -163,8 +163,7 @@ class TrainDataset(Dataset[dict[str, Any]]):
         return self.mask_tokens(tokens, tagged.words, tagged.tags, rng)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        with Image.open(self.paths[index]) as image:
-            rgb = image.convert("RGB")
+        rgb = load_rgb(self.paths[index])
         pixels = seeded(sample_seed(self.seed, self.epoch, index), self.transform, rgb)
         text = self.text_tokens(index)
         return {"images": pixels, "text": text, "pids": self.labels[index], "index": index}
@@ -192,6 +191,5 @@ class ImageDataset(Dataset[torch.Tensor]):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        with Image.open(self.paths[index]) as image:
-            result: torch.Tensor = self.transform(image.convert("RGB"))
+        result: torch.Tensor = self.transform(load_rgb(self.paths[index]))
         return result

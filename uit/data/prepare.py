@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from PIL import Image
 
 from uit.config import ImageCheck
+from uit.data.images import load_rgb
 from uit.data.readers import Annotations, ImageRecord, read_benchmark
 from uit.errors import DataError
 from uit.io import atomic_write_json, staged_dir
@@ -77,9 +77,8 @@ def find_image_problems(
             return "missing"
         if mode == "decode":
             try:
-                with Image.open(file) as image:
-                    image.load()
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+                load_rgb(file)
+            except DataError:
                 return "corrupt"
         return None
 
