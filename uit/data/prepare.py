@@ -23,13 +23,14 @@ from uit.config import ImageCheck
 from uit.data.images import load_rgb
 from uit.data.readers import Annotations, ImageRecord, read_benchmark
 from uit.errors import DataError
-from uit.io import atomic_write_json, staged_dir
+from uit.io import atomic_write_json, check_replaceable, replaced_dir
 
 Progress = Callable[[int], None]
 
 IMAGES_FILE = "images.parquet"
 CAPTIONS_FILE = "captions.parquet"
 STATS_FILE = "stats.json"
+OUTPUT_FILES = (IMAGES_FILE, CAPTIONS_FILE, STATS_FILE)
 CONTEXT_TOKENS = 75  # CLIP's 77 minus start and end tokens
 
 # Typographic punctuation that annotators paste in; mapped to the ASCII a tokenizer expects.
@@ -201,8 +202,8 @@ def _stats(
 
 
 def write_manifests(manifests: Manifests, out_dir: str | Path) -> None:
-    """Write the three files so that ``out_dir`` never holds a partial set."""
-    with staged_dir(out_dir) as tmp:
+    """Replace ``out_dir`` with a folder of the three files: readers see all old or all new."""
+    with replaced_dir(out_dir, OUTPUT_FILES) as tmp:
         manifests.images.write_parquet(tmp / IMAGES_FILE)
         manifests.captions.write_parquet(tmp / CAPTIONS_FILE)
         atomic_write_json(tmp / STATS_FILE, manifests.stats)
@@ -222,6 +223,7 @@ def prepare_benchmark(
     ``progress``, when given, is called with the number of images to check and returns a
     callback that is advanced once per image.
     """
+    check_replaceable(out_dir, OUTPUT_FILES)  # before the slow part, not after it
     annotations = read_benchmark(name, root)
     paths = [record.path for record in annotations.records]
     advance = progress(len(paths)) if progress is not None else None
