@@ -72,9 +72,15 @@ def staged_dir(out_dir: str | Path) -> Iterator[Path]:
 _STAGING, _RETIRED = "uit-tmp", "uit-old"
 
 
-def check_replaceable(out_dir: str | Path, owned: Collection[str]) -> None:
-    """Refuse an output folder that holds anything but the ``owned`` file names (or is a file)."""
-    out_dir = Path(out_dir)
+def ready_output_dir(out_dir: str | Path, owned: Collection[str]) -> Path:
+    """Check ``out_dir`` can be replaced, after tidying up after killed runs; return its real path.
+
+    A previous output that a kill caught between the two renames is put back, killed runs'
+    temporary folders are deleted, and a folder holding anything but the ``owned`` file names
+    (or a file) is refused: replacing it would delete what this command did not write."""
+    out_dir = Path(os.path.realpath(out_dir))
+    if out_dir.parent.is_dir():
+        _clean_leftovers(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UitError(f"{out_dir} is a file; give a folder (new or existing) for the output")
     foreign = (
@@ -86,6 +92,7 @@ def check_replaceable(out_dir: str | Path, owned: Collection[str]) -> None:
             f"(e.g. {foreign[0]}), and the whole folder would be replaced: give a new folder, "
             f"or one holding only {', '.join(sorted(owned))}"
         )
+    return out_dir
 
 
 @contextmanager
@@ -97,10 +104,8 @@ def replaced_dir(out_dir: str | Path, owned: Collection[str]) -> Iterator[Path]:
     untouched. A symlinked ``out_dir`` has its target replaced. Leftovers of a killed run are
     deleted on the next run (a previous output caught between the renames is put back first).
     """
-    out_dir = Path(os.path.realpath(out_dir))
-    check_replaceable(out_dir, owned)
+    out_dir = ready_output_dir(out_dir, owned)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _clean_leftovers(out_dir)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=_leftover_name(out_dir, _STAGING)))
     try:
         os.chmod(tmp, 0o777 & ~_umask())

@@ -23,7 +23,7 @@ from uit.config import ImageCheck
 from uit.data.images import load_rgb
 from uit.data.readers import Annotations, ImageRecord, read_benchmark
 from uit.errors import DataError
-from uit.io import atomic_write_json, check_replaceable, replaced_dir
+from uit.io import atomic_write_json, ready_output_dir, replaced_dir
 
 Progress = Callable[[int], None]
 
@@ -223,7 +223,7 @@ def prepare_benchmark(
     ``progress``, when given, is called with the number of images to check and returns a
     callback that is advanced once per image.
     """
-    check_replaceable(out_dir, OUTPUT_FILES)  # before the slow part, not after it
+    ready_output_dir(out_dir, OUTPUT_FILES)  # before the slow part, not after it
     annotations = read_benchmark(name, root)
     paths = [record.path for record in annotations.records]
     advance = progress(len(paths)) if progress is not None else None
