@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import unicodedata
 from collections import Counter
@@ -32,13 +33,23 @@ CAPTIONS_FILE = "captions.parquet"
 STATS_FILE = "stats.json"
 OUTPUT_FILES = (IMAGES_FILE, CAPTIONS_FILE, STATS_FILE)
 CONTEXT_TOKENS = 75  # CLIP's 77 minus start and end tokens
+# Real captions are a few hundred characters; a longer one is broken or hostile (and would make
+# tagging slow): it is dropped and counted as "oversized_caption" in stats.json.
+MAX_CAPTION_CHARS = 2000
+# stats.json's "imgs_dir" is relative to the prepared folder when this key says so (older
+# prepared folders recorded it relative to the working directory of `uit data prepare`).
+IMGS_DIR_BASE = "imgs_dir_relative_to"
 
 # Typographic punctuation that annotators paste in; mapped to the ASCII a tokenizer expects.
 _ASCII_PUNCTUATION = str.maketrans(
     {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-",
-     "\u2026": "...", "\u00a0": " "}
+     "\u2026": "...", "\u00a0": " ", "\u200b": " "}
 )  # fmt: skip
 _WHITESPACE = re.compile(r"\s+")
+# Invisible characters that str.isprintable() does not catch: Hangul fillers, Braille blank,
+# combining grapheme joiner. Everything of category Cc, Cf, Cs, Co or Cn is removed as well.
+_INVISIBLE = re.compile("[\u115f\u1160\u3164\uffa0\u2800\u034f]")
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
@@ -48,6 +59,7 @@ class ImageProblems:
 
     missing: tuple[str, ...] = ()
     corrupt: tuple[str, ...] = ()
+    outside: tuple[str, ...] = ()  # inside imgs/ as written, elsewhere through a symlink
 
 
 @dataclass
@@ -58,9 +70,19 @@ class Manifests:
 
 
 def clean_caption(text: str) -> str:
-    """NFKC-normalise, map typographic punctuation to ASCII and collapse whitespace."""
-    text = unicodedata.normalize("NFKC", text).translate(_ASCII_PUNCTUATION)
-    return _WHITESPACE.sub(" ", text).strip()
+    """NFKC-normalise, map typographic punctuation to ASCII, drop invisible characters (zero-width
+    spaces and joiners, soft hyphens, byte-order marks, controls) and collapse whitespace."""
+    text = _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text).translate(_ASCII_PUNCTUATION))
+    if not text.isprintable():  # the fast path for ordinary captions
+        text = "".join(c for c in text if unicodedata.category(c) not in _INVISIBLE_CATEGORIES)
+    return _WHITESPACE.sub(" ", _INVISIBLE.sub("", text)).strip()
+
+
+def resolve_inside(imgs_dir: Path, path: str) -> Path | None:
+    """Where ``imgs_dir / path`` really is (symlinks followed), or None when that is outside
+    ``imgs_dir`` (itself resolved: an imgs/ that links to a dataset store elsewhere is fine)."""
+    real = Path(os.path.realpath(imgs_dir / path))
+    return real if real.is_relative_to(os.path.realpath(imgs_dir)) else None
 
 
 def find_image_problems(
@@ -73,7 +95,9 @@ def find_image_problems(
     """Check that each image exists and, with ``mode="decode"``, that it fully decodes."""
 
     def check(path: str) -> str | None:
-        file = imgs_dir / path
+        file = resolve_inside(imgs_dir, path)
+        if file is None:
+            return "outside"
         if not file.is_file():
             return "missing"
         if mode == "decode":
@@ -83,21 +107,29 @@ def find_image_problems(
                 return "corrupt"
         return None
 
-    missing: list[str] = []
-    corrupt: list[str] = []
+    found: dict[str, list[str]] = {"missing": [], "corrupt": [], "outside": []}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for path, verdict in zip(paths, pool.map(check, paths, chunksize=64), strict=True):
-            if verdict == "missing":
-                missing.append(path)
-            elif verdict == "corrupt":
-                corrupt.append(path)
+            if verdict is not None:
+                found[verdict].append(path)
             if progress is not None:
                 progress(1)
-    return ImageProblems(missing=tuple(missing), corrupt=tuple(corrupt))
+    return ImageProblems(**{kind: tuple(paths) for kind, paths in found.items()})
 
 
 def check_image_problems(annotations: Annotations, problems: ImageProblems, drop: bool) -> None:
-    """Raise a ``DataError`` for missing or corrupt images unless the user allows dropping them."""
+    """Raise a ``DataError`` for missing or corrupt images unless the user allows dropping them.
+
+    An image that leaves imgs/ through a symlink is an error either way: it is never read."""
+    if problems.outside:
+        paths = problems.outside
+        target = os.path.realpath(annotations.imgs_dir / paths[0])
+        raise DataError(
+            f"{annotations.spec.title}: {len(paths)} image path(s) listed in "
+            f"{annotations.annotation_file} lead outside {annotations.imgs_dir} through a "
+            f"symbolic link (e.g. {paths[0]} -> {target}). Replace the links with the image "
+            "files, or link the whole imgs/ folder instead."
+        )
     if drop:
         return
     for kind, paths in (("missing", problems.missing), ("unreadable or corrupt", problems.corrupt)):
@@ -111,8 +143,14 @@ def check_image_problems(annotations: Annotations, problems: ImageProblems, drop
             )
 
 
-def build_manifests(annotations: Annotations, problems: ImageProblems) -> Manifests:
-    """Turn validated records into the two manifest tables and their statistics."""
+def build_manifests(
+    annotations: Annotations, problems: ImageProblems, out_dir: str | Path
+) -> Manifests:
+    """Turn validated records into the two manifest tables and their statistics.
+
+    Refuses a result without images, captions or training captions: an empty benchmark must not
+    replace a good one. ``out_dir`` is where stats.json will be: ``imgs_dir`` is recorded
+    relative to it, so the prepared folder works from any working directory."""
     bad = set(problems.missing) | set(problems.corrupt)
     kept = [record for record in annotations.records if record.path not in bad]
     dropped: Counter[str] = Counter(
@@ -129,8 +167,37 @@ def build_manifests(annotations: Annotations, problems: ImageProblems) -> Manife
         )
     notes: Counter[str] = Counter()
     images, captions = _tables(kept, dropped, notes)
+    _check_not_empty(annotations, captions, dropped)
     stats = _stats(annotations, images, captions, dropped, notes)
+    stats = {**stats, **record_imgs_dir(annotations.imgs_dir, out_dir)}
     return Manifests(images=images, captions=captions, stats=stats)
+
+
+def _check_not_empty(
+    annotations: Annotations, captions: pl.DataFrame, dropped: Counter[str]
+) -> None:
+    where = f"{annotations.annotation_file} ({len(annotations.records)} records)"
+    why = ", ".join(f"{key.replace('_', ' ')} {n}" for key, n in dropped.items() if n)
+    if captions.height == 0:
+        raise DataError(
+            f"{where}: no image with a usable caption is left{f' (dropped: {why})' if why else ''};"
+            " nothing was written and the previous output is kept. Check that this is the "
+            "benchmark's full annotation file."
+        )
+    if captions.filter(pl.col("split") == "train").height == 0:
+        raise DataError(
+            f"{where}: no captions in the train split; nothing was written and the previous "
+            "output is kept. Check the records' 'split' fields."
+        )
+
+
+def record_imgs_dir(imgs_dir: Path, out_dir: str | Path) -> dict[str, str]:
+    """The stats.json entries that locate imgs/: a POSIX path relative to the prepared folder."""
+    try:
+        relative = os.path.relpath(os.path.abspath(imgs_dir), os.path.abspath(out_dir))
+    except ValueError:  # another drive (Windows): only an absolute path works
+        return {"imgs_dir": Path(imgs_dir).absolute().as_posix(), IMGS_DIR_BASE: "prepared_dir"}
+    return {"imgs_dir": Path(relative).as_posix(), IMGS_DIR_BASE: "prepared_dir"}
 
 
 def _tables(
@@ -141,11 +208,13 @@ def _tables(
         "caption_id": [], "image_id": [], "pid": [], "split": [], "text": []
     }  # fmt: skip
     for image_id, record in enumerate(records):
-        for key, value in zip(image_rows, (image_id, record.pid, record.split, record.path)):
+        for key, value in zip(
+            image_rows, (image_id, record.pid, record.split, record.path), strict=True
+        ):
             image_rows[key].append(value)
         for text in _clean_captions(record.captions, dropped, notes):
             row = (len(caption_rows["text"]), image_id, record.pid, record.split, text)
-            for key, value in zip(caption_rows, row):
+            for key, value in zip(caption_rows, row, strict=True):
                 caption_rows[key].append(value)
     schema = {"image_id": pl.Int64, "pid": pl.Int64, "split": pl.String}
     images = pl.DataFrame(image_rows, schema={**schema, "path": pl.String})
@@ -163,6 +232,8 @@ def _clean_captions(
         text = clean_caption(raw)
         if not text:
             dropped["empty_caption"] += 1
+        elif len(text) > MAX_CAPTION_CHARS:
+            dropped["oversized_caption"] += 1
         elif text in kept:
             dropped["duplicate_caption"] += 1
         else:
@@ -187,11 +258,11 @@ def _stats(
             "images": split_images.height,
             "captions": captions.filter(pl.col("split") == split).height,
         }
-    reasons = ("empty_caption", "duplicate_caption", "missing_image", "corrupt_image")
+    reasons = ("empty_caption", "oversized_caption", "duplicate_caption", "missing_image",
+               "corrupt_image")  # fmt: skip
     return {
         "benchmark": annotations.spec.name,
         "annotation_file": str(annotations.annotation_file),
-        "imgs_dir": str(annotations.imgs_dir),
         "splits": splits,
         "dropped": {key: dropped[key] for key in (*reasons, "captions_of_dropped_images")},
         "notes": {
@@ -229,7 +300,7 @@ def prepare_benchmark(
     advance = progress(len(paths)) if progress is not None else None
     problems = find_image_problems(annotations.imgs_dir, paths, check_images, progress=advance)
     check_image_problems(annotations, problems, drop_missing)
-    manifests = build_manifests(annotations, problems)
+    manifests = build_manifests(annotations, problems, out_dir)
     write_manifests(manifests, out_dir)
     return manifests.stats
 

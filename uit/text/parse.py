@@ -18,7 +18,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 
 from uit.config import ParseConfig
-from uit.data.prepare import CAPTIONS_FILE
+from uit.data.prepare import CAPTIONS_FILE, MAX_CAPTION_CHARS
 from uit.errors import DataError
 from uit.io import atomic_write_json, replaced_dir
 from uit.text.lexicon import is_attribute_tag
@@ -110,6 +110,13 @@ def read_captions(prepared_dir: str | Path) -> pl.DataFrame:
     missing = captions.filter(pl.col("text").is_null())
     if missing.height:
         raise DataError(f"{path}: caption_id {missing['caption_id'][0]} has no text")
+    long = captions.filter(pl.col("text").str.len_chars() > MAX_CAPTION_CHARS)
+    if long.height:
+        raise DataError(
+            f"{path}: {long.height} caption(s) longer than {MAX_CAPTION_CHARS:,} characters "
+            f"(caption_id {long['caption_id'][0]} first); prepare drops those: re-run "
+            f"`{command}`"
+        )
     return captions.select("caption_id", "text")
 
 
