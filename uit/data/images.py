@@ -67,7 +67,7 @@ def _decode(path: Path) -> Image.Image:
             f"{path}: refused as a possible decompression bomb ({error}); replace it with an "
             "image of a sensible size, or drop it with `uit data prepare ... --drop-missing`"
         ) from None
-    except Exception as error:  # noqa: BLE001 - a decoder fed hostile bytes can raise anything
+    except Exception as error:  # a decoder fed hostile bytes can raise anything
         raise ImageError(
             f"{path}: not a readable image ({type(error).__name__}: {error}); replace the file, "
             "or drop it with `uit data prepare ... --drop-missing`"
