@@ -110,8 +110,7 @@ def check_images_present(imgs_dir: Path, paths: Sequence[str], prepared_dir: Pat
     """Refuse image paths that lead outside ``imgs_dir`` or name no file any more."""
     outside: list[str] = []
     missing: list[str] = []
-    for path in paths:
-        real = resolve_inside(imgs_dir, path)
+    for path, real in zip(paths, resolve_inside(imgs_dir, paths), strict=True):
         if real is None:
             outside.append(path)
         elif not real.is_file():

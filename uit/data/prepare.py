@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -78,11 +79,21 @@ def clean_caption(text: str) -> str:
     return _WHITESPACE.sub(" ", _INVISIBLE.sub("", text)).strip()
 
 
-def resolve_inside(imgs_dir: Path, path: str) -> Path | None:
-    """Where ``imgs_dir / path`` really is (symlinks followed), or None when that is outside
-    ``imgs_dir`` (itself resolved: an imgs/ that links to a dataset store elsewhere is fine)."""
-    real = Path(os.path.realpath(imgs_dir / path))
-    return real if real.is_relative_to(os.path.realpath(imgs_dir)) else None
+def resolve_inside(imgs_dir: Path, paths: Sequence[str]) -> list[Path | None]:
+    """Where each ``imgs_dir / path`` really is (symlinks followed), or None when that is outside
+    ``imgs_dir`` (itself resolved: an imgs/ that links to a dataset store elsewhere is fine).
+
+    Folders are resolved once each, so 40,000 images cost about one ``lstat`` each."""
+    root = os.path.join(os.path.realpath(imgs_dir), "")  # with a trailing separator
+    real_folder = functools.lru_cache(maxsize=None)(os.path.realpath)
+    resolved: list[Path | None] = []
+    for path in paths:
+        folder, name = os.path.split(os.path.join(imgs_dir, path))
+        real = os.path.join(real_folder(folder), name)
+        if name in ("", ".", "..") or os.path.islink(real):
+            real = os.path.realpath(real)
+        resolved.append(Path(real) if real.startswith(root) else None)
+    return resolved
 
 
 def find_image_problems(
@@ -94,8 +105,7 @@ def find_image_problems(
 ) -> ImageProblems:
     """Check that each image exists and, with ``mode="decode"``, that it fully decodes."""
 
-    def check(path: str) -> str | None:
-        file = resolve_inside(imgs_dir, path)
+    def check(path: str, file: Path | None) -> str | None:
         if file is None:
             return "outside"
         if not file.is_file():
@@ -109,7 +119,8 @@ def find_image_problems(
 
     found: dict[str, list[str]] = {"missing": [], "corrupt": [], "outside": []}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for path, verdict in zip(paths, pool.map(check, paths, chunksize=64), strict=True):
+        verdicts = pool.map(check, paths, resolve_inside(imgs_dir, paths), chunksize=64)
+        for path, verdict in zip(paths, verdicts, strict=True):
             if verdict is not None:
                 found[verdict].append(path)
             if progress is not None:
