@@ -8,6 +8,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from uit.data.images import load_rgb
+
 RGB = tuple[int, int, int]
 
 
@@ -50,8 +52,7 @@ def build_contact_sheet(
         draw.text((pad, pad), title, fill="black", font=ImageFont.load_default(size=font_size + 4))
     for i, tile in enumerate(tiles):
         x, y = (i % columns) * cell_w + pad, top + (i // columns) * cell_h + pad
-        with Image.open(tile.image) as image:
-            thumb = image.convert("RGB").resize(thumb_size, Image.Resampling.BICUBIC)
+        thumb = load_rgb(tile.image).resize(thumb_size, Image.Resampling.BICUBIC)
         x_img = x + (cell_w - 2 * pad - thumb_size[0]) // 2
         sheet.paste(thumb, (x_img, y))
         if tile.outline:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,7 @@ from uit.errors import UitError
 
 def _file_mode() -> int:
     """The mode an ordinary ``open()`` would give a new file (mkstemp makes them private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~_umask()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -66,3 +65,107 @@ def staged_dir(out_dir: str | Path) -> Iterator[Path]:
                 os.replace(item, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Folders that replaced_dir leaves beside its output only when killed: ".NAME.uit-tmp-PID-TOKEN"
+# (being written) and ".NAME.uit-old-PID-TOKEN" (the previous output, between two renames).
+_STAGING, _RETIRED = "uit-tmp", "uit-old"
+
+
+def ready_output_dir(out_dir: str | Path, owned: Collection[str]) -> Path:
+    """Check ``out_dir`` can be replaced, after tidying up after killed runs; return its real path.
+
+    A previous output that a kill caught between the two renames is put back, killed runs'
+    temporary folders are deleted, and a folder holding anything but the ``owned`` file names
+    (or a file) is refused: replacing it would delete what this command did not write."""
+    out_dir = Path(os.path.realpath(out_dir))
+    if out_dir.parent.is_dir():
+        _clean_leftovers(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UitError(f"{out_dir} is a file; give a folder (new or existing) for the output")
+    foreign = (
+        sorted(p.name for p in out_dir.iterdir() if p.name not in owned) if out_dir.is_dir() else []
+    )
+    if foreign:
+        raise UitError(
+            f"{out_dir} holds {len(foreign)} file(s) or folder(s) that this command did not write "
+            f"(e.g. {foreign[0]}), and the whole folder would be replaced: give a new folder, "
+            f"or one holding only {', '.join(sorted(owned))}"
+        )
+    return out_dir
+
+
+@contextmanager
+def replaced_dir(out_dir: str | Path, owned: Collection[str]) -> Iterator[Path]:
+    """Yield an empty folder beside ``out_dir``; on success it replaces ``out_dir`` as a whole.
+
+    Publishing is two renames (``out_dir`` aside, the new folder in) and then deleting the old
+    one, so a reader finds the old folder or the new one, never a mix; on failure ``out_dir`` is
+    untouched. A symlinked ``out_dir`` has its target replaced. Leftovers of a killed run are
+    deleted on the next run (a previous output caught between the renames is put back first).
+    """
+    out_dir = ready_output_dir(out_dir, owned)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=_leftover_name(out_dir, _STAGING)))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        _publish(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _leftover_name(out_dir: Path, kind: str) -> str:
+    return f".{out_dir.name}.{kind}-{os.getpid()}-"
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=_leftover_name(out_dir, _RETIRED)))
+    os.rename(out_dir, old)  # replaces the empty placeholder folder
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _clean_leftovers(out_dir: Path) -> None:
+    """Delete what killed runs left beside ``out_dir``; live runs' folders are left alone."""
+    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.({_STAGING}|{_RETIRED})-(\d+)-\w+")
+    found = [(p, m) for p in out_dir.parent.iterdir() if (m := pattern.fullmatch(p.name))]
+    for path, match in sorted(found, key=lambda item: -_mtime(item[0])):
+        if not path.is_dir() or path.is_symlink() or _alive(int(match[2])):
+            continue
+        if match[1] == _RETIRED and not out_dir.exists():
+            os.rename(path, out_dir)  # killed between the two renames: the old output comes back
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:  # deleted meanwhile by another run
+        return 0.0
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

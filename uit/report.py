@@ -291,10 +291,9 @@ def restoration_section(
     rows = [test.images.row(i, named=True) for i in sorted(chosen)]
     captions = [_first_caption(test, row["image_id"]) for row in rows]
     transform = build_eval_transform(encoder.image_size, encoder.image_mean, encoder.image_std)
-    from PIL import Image
+    from uit.data.images import load_rgb
 
-    images = torch.stack([transform(Image.open(test.imgs_dir / row["path"]).convert("RGB"))
-                          for row in rows])  # fmt: skip
+    images = torch.stack([transform(load_rgb(test.imgs_dir / row["path"])) for row in rows])
     text = build_tokenizer(_model_config(checkpoint))(captions)
     generator = torch.Generator().manual_seed(cfg.seed)
     shown, restored = restore(objective, images, text, generator)

@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
 import unicodedata
 from collections import Counter
@@ -18,26 +20,37 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from PIL import Image
 
 from uit.config import ImageCheck
+from uit.data.images import load_rgb
 from uit.data.readers import Annotations, ImageRecord, read_benchmark
 from uit.errors import DataError
-from uit.io import atomic_write_json, staged_dir
+from uit.io import atomic_write_json, ready_output_dir, replaced_dir
 
 Progress = Callable[[int], None]
 
 IMAGES_FILE = "images.parquet"
 CAPTIONS_FILE = "captions.parquet"
 STATS_FILE = "stats.json"
+OUTPUT_FILES = (IMAGES_FILE, CAPTIONS_FILE, STATS_FILE)
 CONTEXT_TOKENS = 75  # CLIP's 77 minus start and end tokens
+# Real captions are a few hundred characters; a longer one is broken or hostile (and would make
+# tagging slow): it is dropped and counted as "oversized_caption" in stats.json.
+MAX_CAPTION_CHARS = 2000
+# stats.json's "imgs_dir" is relative to the prepared folder when this key says so (older
+# prepared folders recorded it relative to the working directory of `uit data prepare`).
+IMGS_DIR_BASE = "imgs_dir_relative_to"
 
 # Typographic punctuation that annotators paste in; mapped to the ASCII a tokenizer expects.
 _ASCII_PUNCTUATION = str.maketrans(
     {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-",
-     "\u2026": "...", "\u00a0": " "}
+     "\u2026": "...", "\u00a0": " ", "\u200b": " "}
 )  # fmt: skip
 _WHITESPACE = re.compile(r"\s+")
+# Invisible characters that str.isprintable() does not catch: Hangul fillers, Braille blank,
+# combining grapheme joiner. Everything of category Cc, Cf, Cs, Co or Cn is removed as well.
+_INVISIBLE = re.compile("[\u115f\u1160\u3164\uffa0\u2800\u034f]")
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
@@ -47,6 +60,7 @@ class ImageProblems:
 
     missing: tuple[str, ...] = ()
     corrupt: tuple[str, ...] = ()
+    outside: tuple[str, ...] = ()  # inside imgs/ as written, elsewhere through a symlink
 
 
 @dataclass
@@ -57,9 +71,29 @@ class Manifests:
 
 
 def clean_caption(text: str) -> str:
-    """NFKC-normalise, map typographic punctuation to ASCII and collapse whitespace."""
-    text = unicodedata.normalize("NFKC", text).translate(_ASCII_PUNCTUATION)
-    return _WHITESPACE.sub(" ", text).strip()
+    """NFKC-normalise, map typographic punctuation to ASCII, drop invisible characters (zero-width
+    spaces and joiners, soft hyphens, byte-order marks, controls) and collapse whitespace."""
+    text = _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text).translate(_ASCII_PUNCTUATION))
+    if not text.isprintable():  # the fast path for ordinary captions
+        text = "".join(c for c in text if unicodedata.category(c) not in _INVISIBLE_CATEGORIES)
+    return _WHITESPACE.sub(" ", _INVISIBLE.sub("", text)).strip()
+
+
+def resolve_inside(imgs_dir: Path, paths: Sequence[str]) -> list[Path | None]:
+    """Where each ``imgs_dir / path`` really is (symlinks followed), or None when that is outside
+    ``imgs_dir`` (itself resolved: an imgs/ that links to a dataset store elsewhere is fine).
+
+    Folders are resolved once each, so 40,000 images cost about one ``lstat`` each."""
+    root = os.path.join(os.path.realpath(imgs_dir), "")  # with a trailing separator
+    real_folder = functools.lru_cache(maxsize=None)(os.path.realpath)
+    resolved: list[Path | None] = []
+    for path in paths:
+        folder, name = os.path.split(os.path.join(imgs_dir, path))
+        real = os.path.join(real_folder(folder), name)
+        if name in ("", ".", "..") or os.path.islink(real):
+            real = os.path.realpath(real)
+        resolved.append(Path(real) if real.startswith(root) else None)
+    return resolved
 
 
 def find_image_problems(
@@ -71,33 +105,42 @@ def find_image_problems(
 ) -> ImageProblems:
     """Check that each image exists and, with ``mode="decode"``, that it fully decodes."""
 
-    def check(path: str) -> str | None:
-        file = imgs_dir / path
+    def check(path: str, file: Path | None) -> str | None:
+        if file is None:
+            return "outside"
         if not file.is_file():
             return "missing"
         if mode == "decode":
             try:
-                with Image.open(file) as image:
-                    image.load()
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+                load_rgb(file)
+            except DataError:
                 return "corrupt"
         return None
 
-    missing: list[str] = []
-    corrupt: list[str] = []
+    found: dict[str, list[str]] = {"missing": [], "corrupt": [], "outside": []}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for path, verdict in zip(paths, pool.map(check, paths, chunksize=64), strict=True):
-            if verdict == "missing":
-                missing.append(path)
-            elif verdict == "corrupt":
-                corrupt.append(path)
+        verdicts = pool.map(check, paths, resolve_inside(imgs_dir, paths), chunksize=64)
+        for path, verdict in zip(paths, verdicts, strict=True):
+            if verdict is not None:
+                found[verdict].append(path)
             if progress is not None:
                 progress(1)
-    return ImageProblems(missing=tuple(missing), corrupt=tuple(corrupt))
+    return ImageProblems(**{kind: tuple(paths) for kind, paths in found.items()})
 
 
 def check_image_problems(annotations: Annotations, problems: ImageProblems, drop: bool) -> None:
-    """Raise a ``DataError`` for missing or corrupt images unless the user allows dropping them."""
+    """Raise a ``DataError`` for missing or corrupt images unless the user allows dropping them.
+
+    An image that leaves imgs/ through a symlink is an error either way: it is never read."""
+    if problems.outside:
+        paths = problems.outside
+        target = os.path.realpath(annotations.imgs_dir / paths[0])
+        raise DataError(
+            f"{annotations.spec.title}: {len(paths)} image path(s) listed in "
+            f"{annotations.annotation_file} lead outside {annotations.imgs_dir} through a "
+            f"symbolic link (e.g. {paths[0]} -> {target}). Replace the links with the image "
+            "files, or link the whole imgs/ folder instead."
+        )
     if drop:
         return
     for kind, paths in (("missing", problems.missing), ("unreadable or corrupt", problems.corrupt)):
@@ -111,8 +154,14 @@ def check_image_problems(annotations: Annotations, problems: ImageProblems, drop
             )
 
 
-def build_manifests(annotations: Annotations, problems: ImageProblems) -> Manifests:
-    """Turn validated records into the two manifest tables and their statistics."""
+def build_manifests(
+    annotations: Annotations, problems: ImageProblems, out_dir: str | Path
+) -> Manifests:
+    """Turn validated records into the two manifest tables and their statistics.
+
+    Refuses a result without images, captions or training captions: an empty benchmark must not
+    replace a good one. ``out_dir`` is where stats.json will be: ``imgs_dir`` is recorded
+    relative to it, so the prepared folder works from any working directory."""
     bad = set(problems.missing) | set(problems.corrupt)
     kept = [record for record in annotations.records if record.path not in bad]
     dropped: Counter[str] = Counter(
@@ -129,8 +178,37 @@ def build_manifests(annotations: Annotations, problems: ImageProblems) -> Manife
         )
     notes: Counter[str] = Counter()
     images, captions = _tables(kept, dropped, notes)
+    _check_not_empty(annotations, captions, dropped)
     stats = _stats(annotations, images, captions, dropped, notes)
+    stats = {**stats, **record_imgs_dir(annotations.imgs_dir, out_dir)}
     return Manifests(images=images, captions=captions, stats=stats)
+
+
+def _check_not_empty(
+    annotations: Annotations, captions: pl.DataFrame, dropped: Counter[str]
+) -> None:
+    where = f"{annotations.annotation_file} ({len(annotations.records)} records)"
+    why = ", ".join(f"{key.replace('_', ' ')} {n}" for key, n in dropped.items() if n)
+    if captions.height == 0:
+        raise DataError(
+            f"{where}: no image with a usable caption is left{f' (dropped: {why})' if why else ''};"
+            " nothing was written and the previous output is kept. Check that this is the "
+            "benchmark's full annotation file."
+        )
+    if captions.filter(pl.col("split") == "train").height == 0:
+        raise DataError(
+            f"{where}: no captions in the train split; nothing was written and the previous "
+            "output is kept. Check the records' 'split' fields."
+        )
+
+
+def record_imgs_dir(imgs_dir: Path, out_dir: str | Path) -> dict[str, str]:
+    """The stats.json entries that locate imgs/: a POSIX path relative to the prepared folder."""
+    try:
+        relative = os.path.relpath(os.path.abspath(imgs_dir), os.path.abspath(out_dir))
+    except ValueError:  # another drive (Windows): only an absolute path works
+        return {"imgs_dir": Path(imgs_dir).absolute().as_posix(), IMGS_DIR_BASE: "prepared_dir"}
+    return {"imgs_dir": Path(relative).as_posix(), IMGS_DIR_BASE: "prepared_dir"}
 
 
 def _tables(
@@ -141,11 +219,13 @@ def _tables(
         "caption_id": [], "image_id": [], "pid": [], "split": [], "text": []
     }  # fmt: skip
     for image_id, record in enumerate(records):
-        for key, value in zip(image_rows, (image_id, record.pid, record.split, record.path)):
+        for key, value in zip(
+            image_rows, (image_id, record.pid, record.split, record.path), strict=True
+        ):
             image_rows[key].append(value)
         for text in _clean_captions(record.captions, dropped, notes):
             row = (len(caption_rows["text"]), image_id, record.pid, record.split, text)
-            for key, value in zip(caption_rows, row):
+            for key, value in zip(caption_rows, row, strict=True):
                 caption_rows[key].append(value)
     schema = {"image_id": pl.Int64, "pid": pl.Int64, "split": pl.String}
     images = pl.DataFrame(image_rows, schema={**schema, "path": pl.String})
@@ -163,6 +243,8 @@ def _clean_captions(
         text = clean_caption(raw)
         if not text:
             dropped["empty_caption"] += 1
+        elif len(text) > MAX_CAPTION_CHARS:
+            dropped["oversized_caption"] += 1
         elif text in kept:
             dropped["duplicate_caption"] += 1
         else:
@@ -187,11 +269,11 @@ def _stats(
             "images": split_images.height,
             "captions": captions.filter(pl.col("split") == split).height,
         }
-    reasons = ("empty_caption", "duplicate_caption", "missing_image", "corrupt_image")
+    reasons = ("empty_caption", "oversized_caption", "duplicate_caption", "missing_image",
+               "corrupt_image")  # fmt: skip
     return {
         "benchmark": annotations.spec.name,
         "annotation_file": str(annotations.annotation_file),
-        "imgs_dir": str(annotations.imgs_dir),
         "splits": splits,
         "dropped": {key: dropped[key] for key in (*reasons, "captions_of_dropped_images")},
         "notes": {
@@ -202,8 +284,8 @@ def _stats(
 
 
 def write_manifests(manifests: Manifests, out_dir: str | Path) -> None:
-    """Write the three files so that ``out_dir`` never holds a partial set."""
-    with staged_dir(out_dir) as tmp:
+    """Replace ``out_dir`` with a folder of the three files: readers see all old or all new."""
+    with replaced_dir(out_dir, OUTPUT_FILES) as tmp:
         manifests.images.write_parquet(tmp / IMAGES_FILE)
         manifests.captions.write_parquet(tmp / CAPTIONS_FILE)
         atomic_write_json(tmp / STATS_FILE, manifests.stats)
@@ -223,12 +305,13 @@ def prepare_benchmark(
     ``progress``, when given, is called with the number of images to check and returns a
     callback that is advanced once per image.
     """
+    ready_output_dir(out_dir, OUTPUT_FILES)  # before the slow part, not after it
     annotations = read_benchmark(name, root)
     paths = [record.path for record in annotations.records]
     advance = progress(len(paths)) if progress is not None else None
     problems = find_image_problems(annotations.imgs_dir, paths, check_images, progress=advance)
     check_image_problems(annotations, problems, drop_missing)
-    manifests = build_manifests(annotations, problems)
+    manifests = build_manifests(annotations, problems, out_dir)
     write_manifests(manifests, out_dir)
     return manifests.stats
 

@@ -7,12 +7,15 @@ Every problem is a ``DataError`` naming the file, the record's index and the fie
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from uit.data.formats import SPECS, BenchmarkSpec, get_spec
 from uit.errors import DataError
+
+INT64 = (-(2**63), 2**63 - 1)  # what the manifests' pid column holds
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,16 @@ def _read(spec: BenchmarkSpec, root: str | Path) -> Annotations:
     path = spec.annotation_file(root)
     if not path.is_file():
         names = " or ".join(spec.annotation_files)
-        raise DataError(f"{spec.title}: annotation file {names} not found in {folder}. {spec.obtain}.")
+        raise DataError(
+            f"{spec.title}: annotation file {names} not found in {folder}. {spec.obtain}."
+        )
     raw = _load_json(path)
     if not isinstance(raw, list):
         raise DataError(f"{path}: expected a JSON list of image records, got {type(raw).__name__}")
     records = tuple(_parse_record(spec, path, index, item) for index, item in enumerate(raw))
-    return Annotations(spec=spec, annotation_file=path, imgs_dir=spec.imgs_dir(root), records=records)
+    return Annotations(
+        spec=spec, annotation_file=path, imgs_dir=spec.imgs_dir(root), records=records
+    )
 
 
 def _load_json(path: Path) -> Any:
@@ -83,12 +90,21 @@ def _load_json(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 text (byte {error.start}): {error.reason}") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the annotation file ({error.strerror})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise DataError(
             f"{path}: malformed JSON at line {error.lineno}, column {error.colno} "
             f"(character {error.pos}): {error.msg}"
+        ) from None
+    except ValueError as error:  # e.g. an integer of more than 4,300 digits
+        raise DataError(f"{path}: unreadable JSON ({error})") from None
+    except RecursionError:
+        raise DataError(
+            f"{path}: JSON nested too deeply to read; an annotation file is a list of flat "
+            "image records: restore the file the dataset came with"
         ) from None
 
 
@@ -101,7 +117,9 @@ def _parse_record(spec: BenchmarkSpec, path: Path, index: int, item: Any) -> Ima
             raise DataError(f"{where}: missing field {key!r}")
     pid = item["id"]
     if isinstance(pid, bool) or not isinstance(pid, int):
-        raise DataError(f"{where}: field 'id' must be an integer, got {pid!r}")
+        raise DataError(f"{where}: field 'id' must be an integer, got {_short(pid)}")
+    if not INT64[0] <= pid <= INT64[1]:
+        raise DataError(f"{where}: field 'id' is {_short(pid)}, outside the 64-bit integer range")
     split = item["split"]
     if split not in spec.splits:
         raise DataError(f"{where}: field 'split' is {split!r}; {spec.title} has {spec.splits}")
@@ -117,21 +135,38 @@ def _parse_record(spec: BenchmarkSpec, path: Path, index: int, item: Any) -> Ima
 def _check_path(where: str, key: str, value: Any) -> str:
     """Return a clean relative POSIX path, or refuse one that could leave ``imgs/``."""
     if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
+        raise DataError(f"{where}: field {key!r} must be a non-empty string, got {_short(value)}")
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
+        raise DataError(
+            f"{where}: field {key!r} ({_short(value)}) holds a control character "
+            "(NUL, newline, ...) or an unpaired surrogate; no image file is named so"
+        )
     posix = PurePosixPath(value.replace("\\", "/"))
     if posix.is_absolute() or PureWindowsPath(value).drive:
-        raise DataError(f"{where}: field {key!r} is an absolute path ({value!r}); paths must be "
-                        "relative to the benchmark's imgs/ folder")
+        raise DataError(
+            f"{where}: field {key!r} is an absolute path ({value!r}); paths must be "
+            "relative to the benchmark's imgs/ folder"
+        )
     if ".." in posix.parts:
-        raise DataError(f"{where}: field {key!r} ({value!r}) escapes the imgs/ folder; "
-                        "paths must stay inside it")
+        raise DataError(
+            f"{where}: field {key!r} ({value!r}) escapes the imgs/ folder; "
+            "paths must stay inside it"
+        )
     return posix.as_posix()
 
 
 def _check_captions(where: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise DataError(f"{where}: field 'captions' must be a list of strings, got {value!r}")
+        raise DataError(f"{where}: field 'captions' must be a list of strings, got {_short(value)}")
     for position, caption in enumerate(value):
         if not isinstance(caption, str):
-            raise DataError(f"{where}: field 'captions[{position}]' must be a string, got {caption!r}")
+            raise DataError(
+                f"{where}: field 'captions[{position}]' must be a string, got {_short(caption)}"
+            )
     return tuple(value)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters: a hostile value must not flood the message."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else "a huge integer"
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-1]}"

@@ -18,9 +18,9 @@ from spacy.language import Language
 from spacy.tokens import Doc
 
 from uit.config import ParseConfig
-from uit.data.prepare import CAPTIONS_FILE
+from uit.data.prepare import CAPTIONS_FILE, MAX_CAPTION_CHARS
 from uit.errors import DataError
-from uit.io import atomic_write_json, staged_dir
+from uit.io import atomic_write_json, replaced_dir
 from uit.text.lexicon import is_attribute_tag
 from uit.text.parsed import INFO_FILE, PARSED_FILE, SCHEMA, read_table
 from uit.text.pipeline import Backend, build_pipeline
@@ -110,6 +110,13 @@ def read_captions(prepared_dir: str | Path) -> pl.DataFrame:
     missing = captions.filter(pl.col("text").is_null())
     if missing.height:
         raise DataError(f"{path}: caption_id {missing['caption_id'][0]} has no text")
+    long = captions.filter(pl.col("text").str.len_chars() > MAX_CAPTION_CHARS)
+    if long.height:
+        raise DataError(
+            f"{path}: {long.height} caption(s) longer than {MAX_CAPTION_CHARS:,} characters "
+            f"(caption_id {long['caption_id'][0]} first); prepare drops those: re-run "
+            f"`{command}`"
+        )
     return captions.select("caption_id", "text")
 
 
@@ -144,8 +151,8 @@ def describe(parsed: pl.DataFrame, backend: Backend, source: str) -> dict[str, A
 
 
 def write_parsed(parsed: pl.DataFrame, info: dict[str, Any], out_dir: str | Path) -> None:
-    """Write both files so that ``out_dir`` never holds one without the other."""
-    with staged_dir(out_dir) as tmp:
+    """Replace ``out_dir`` with a folder of both files: readers see both old or both new."""
+    with replaced_dir(out_dir, (PARSED_FILE, INFO_FILE)) as tmp:
         parsed.write_parquet(tmp / PARSED_FILE)
         atomic_write_json(tmp / INFO_FILE, info)
 
