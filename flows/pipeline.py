@@ -82,10 +82,18 @@ def dvc(args: Sequence[str], project: str) -> str:
                 logger.info(line)
         code = process.wait()
     if code != 0:
-        tail = "\n".join(lines[-30:])
-        raise DvcError(f"dvc {' '.join(args)} failed (exit {code}) in {project}:\n{tail}")
+        raise DvcError(stage_failure(args, code, project, lines))
     logger.info("dvc %s done in %.1f s", " ".join(args), time.perf_counter() - start)
     return "\n".join(lines)
+
+
+def stage_failure(args: Sequence[str], code: int, project: str, lines: Sequence[str]) -> str:
+    """What a failed DVC command tells the user: the stage's own one-line ``error:`` message
+    first (the stages' error boundary prints one), then the end of the output for context."""
+    errors = [line for line in lines if line.startswith("error:")]
+    tail = "\n".join(lines[-30:])
+    lead = f"{errors[-1].removeprefix('error:').strip()}\n" if errors else ""
+    return f"{lead}dvc {' '.join(args)} failed (exit {code}) in {project}:\n{tail}"
 
 
 @task

@@ -7,19 +7,21 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from uit.console import adder, err_console, progress_bars
-from uit.errors import UitError
+from uit.boundary import report_failure
+from uit.console import adder, progress_bars
 
 
 def run(main: Callable[[], None]) -> None:
-    """Run a stage; a user error becomes a message and exit code 1, not a traceback. The
+    """Run a stage behind the error boundary (``uit.boundary``): bad input becomes a message
+    and exit code 1, Ctrl-C exit code 130, not a traceback. The
     library's log messages (``resumed ... at epoch 3``) show on stderr."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         main()
-    except UitError as error:
-        err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    except SystemExit:
+        raise
+    except BaseException as error:  # the boundary: every failure ends here
+        sys.exit(report_failure(error))
 
 
 @contextmanager

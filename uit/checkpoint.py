@@ -3,7 +3,10 @@
 A checkpoint folder holds ``weights.safetensors`` (the objective: encoder and training heads),
 ``state.json`` (the whole config, epoch, step, best metric, optimizer hyper-parameters, RNG
 states) and, for ``last``, ``optimizer.safetensors`` (Adam's moments). Folders are written beside
-their final place and renamed in, so a reader sees a whole checkpoint or the previous one.
+their final place and renamed in, so a reader sees a whole checkpoint or the previous one. A
+folder is only ever replaced when it holds nothing but a checkpoint's own files.
+
+A missing, truncated or damaged file is a ``CheckpointError`` naming the file and the way out.
 """
 
 from __future__ import annotations
@@ -21,11 +24,16 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from uit.errors import UitError
+from uit.errors import CheckpointError
 
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
+OWNED = frozenset({WEIGHTS, OPTIMIZER, STATE})  # what save_checkpoint may replace
+DAMAGED = (
+    "it is truncated or damaged: copy it again, or use another checkpoint (checkpoints/last "
+    "beside checkpoints/best), or retrain"
+)
 
 
 @dataclass
@@ -94,8 +102,10 @@ def save_checkpoint(
     state: dict[str, Any],
     optimizer_state: dict[str, Any] | None = None,
 ) -> None:
-    """Write a checkpoint folder atomically, replacing any previous one."""
+    """Write a checkpoint folder atomically, replacing any previous checkpoint there. A folder
+    that holds anything else is refused, never deleted."""
     directory = Path(directory)
+    check_replaceable(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
     try:
@@ -118,31 +128,103 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_state(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / STATE
-    if not path.is_file():
-        raise UitError(f"{directory} is not a uit checkpoint: {STATE} is missing")
+def check_replaceable(directory: Path) -> None:
+    """Refuse a target that is a file, or a folder holding more than a checkpoint's files."""
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory} is a file; give a folder (new, or a checkpoint)")
+    if directory.is_dir():
+        foreign = sorted(p.name for p in directory.iterdir() if p.name not in OWNED)
+        if foreign:
+            raise CheckpointError(
+                f"{directory} holds files that are not part of a checkpoint "
+                f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); refusing to "
+                "replace it. Give a new or empty folder, or move those files away."
+            )
+
+
+EXPORT_KIND = "dual-encoder"  # state.json "kind" of an exported model
+
+
+def check_export_target(out_dir: Path, source: Path) -> None:
+    """An export goes into a new or empty folder, or replaces a previous export (its
+    ``state.json`` says ``kind: dual-encoder`` and it holds nothing else). A run folder, a
+    training checkpoint or a folder holding ``source`` is refused: nothing is ever deleted."""
+    if source.resolve().is_relative_to(out_dir.resolve()):
+        raise CheckpointError(
+            f"{out_dir} holds the checkpoint being exported ({source}): exporting there would "
+            "replace it. Give a new folder, e.g. models/NAME"
+        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"{out_dir} is a file; give a folder (new or empty) for the export")
+    entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if entries and not (set(entries) <= {WEIGHTS, STATE} and _is_export(out_dir)):
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise CheckpointError(
+            f"{out_dir} is not empty and not a previous export (it holds {shown}); `uit export` "
+            "writes into a new or empty folder, or replaces an earlier export, and deletes "
+            "nothing else. Give another folder, e.g. models/NAME"
+        )
+
+
+def _is_export(directory: Path) -> bool:
     try:
-        state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise UitError(f"{path}: not valid JSON ({error})") from None
+        state = json.loads((directory / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("kind") == EXPORT_KIND
+
+
+def _checkpoint_dir(directory: str | Path) -> Path:
+    directory = Path(directory)
+    if not directory.exists():
+        raise CheckpointError(
+            f"checkpoint {directory} not found: give a checkpoint folder (runs/BENCHMARK/"
+            "checkpoints/best) or an exported model folder"
+        )
+    if not directory.is_dir():
+        raise CheckpointError(
+            f"{directory} is a file, not a checkpoint: give the folder that holds {STATE} and "
+            f"{WEIGHTS}"
+        )
+    return directory
+
+
+def read_state(directory: str | Path) -> dict[str, Any]:
+    path = _checkpoint_dir(directory) / STATE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a uit checkpoint: {STATE} is missing")
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error}); {DAMAGED}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{path}: not a checkpoint state (no config section); {DAMAGED}")
     return state
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file of a checkpoint, or a ``CheckpointError`` naming it."""
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent} is not a uit checkpoint: {path.name} is missing")
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises its own type, or OSError, for a bad file
+        if type(error).__name__ != "SafetensorError" and not isinstance(error, OSError):
+            raise
+        raise CheckpointError(f"{path}: cannot be read ({error}); {DAMAGED}") from None
 
 
 def load_checkpoint(directory: str | Path, *, with_optimizer: bool = False) -> Checkpoint:
     """Read a checkpoint folder (tensors with safetensors, the rest as JSON)."""
     directory = Path(directory)
     state = read_state(directory)
-    weights_path = directory / WEIGHTS
-    if not weights_path.is_file():
-        raise UitError(f"{directory} is not a uit checkpoint: {WEIGHTS} is missing")
-    weights = load_file(str(weights_path))
+    weights = read_tensors(directory / WEIGHTS)
     optimizer = None
     if with_optimizer:
         meta = state.get("optimizer")
         if meta is None or not (directory / OPTIMIZER).is_file():
-            raise UitError(
+            raise CheckpointError(
                 f"{directory} holds no optimizer state; resume from the 'last' checkpoint"
             )
-        optimizer = _unflatten_optimizer(load_file(str(directory / OPTIMIZER)), meta)
+        optimizer = _unflatten_optimizer(read_tensors(directory / OPTIMIZER), meta)
     return Checkpoint(weights=weights, state=state, optimizer=optimizer)

@@ -1,7 +1,8 @@
 """The ``uit`` command line: the front door to data, training, evaluation and search.
 
-Every command turns a library ``UitError`` into a one-paragraph message and exit code 1; no
-traceback reaches the user for bad input.
+Every command goes through one error boundary (``uit.boundary``): bad input of any kind (a
+``UitError``, a damaged file, a bad path) becomes a one-paragraph message and exit code 1, Ctrl-C
+exit code 130; only a bug shows a traceback, behind a line that says it is one.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
+import click
 import typer
 from rich.table import Table
 
+from uit.boundary import report_failure
 from uit.config import BENCHMARKS, BenchmarkName, ImageCheck, SynthSize
 from uit.console import ProgressReporter, adder, console, err_console, progress_bars
 from uit.errors import UitError
@@ -40,15 +43,16 @@ class Benchmark(StrEnum):
 
 
 def friendly_errors(command: F) -> F:
-    """Print a ``UitError`` as a message and exit 1 instead of showing a traceback."""
+    """Run ``command`` behind the error boundary: a message and an exit code, not a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except UitError as error:
-            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort, SystemExit):
+            raise
+        except BaseException as error:  # the boundary: every failure ends here
+            raise typer.Exit(report_failure(error)) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -77,7 +81,7 @@ def synth(
     ] = None,
     image_height: int = 128,
     image_width: int = 64,
-    workers: Annotated[int, typer.Option(help="Processes drawing images.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Processes drawing images.")] = 1,
     contact_sheet: Annotated[
         Path | None, typer.Option(help="Also save a PNG of samples here.")
     ] = None,
@@ -164,13 +168,14 @@ def data_stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print stats.json as is.")] = False,
 ) -> None:
     """Identities, images and captions per split of a prepared benchmark."""
+    from uit.boundary import PREPARED, reading
     from uit.data.prepare import read_stats
 
-    stats = read_stats(prepared)
+    with reading(prepared, *PREPARED):
+        stats = read_stats(prepared)
+        _print_stats(stats)  # reads its keys: a stats.json of the wrong shape fails here
     if as_json:
         sys.stdout.write(json.dumps(stats, indent=2) + "\n")
-    else:
-        _print_stats(stats)
 
 
 @data_app.command("parse")
@@ -255,7 +260,7 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Folder for metrics.json and top_k.parquet.")],
     split: Annotated[str, typer.Option(help="train | val | test")] = "test",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    batch_size: int = 256,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images or captions per batch.")] = 256,
 ) -> None:
     """Text-to-image (and image-to-text) retrieval metrics of a checkpoint on a split."""
     from uit.runs import evaluate_checkpoint
@@ -397,9 +402,11 @@ def search(
         bool, typer.Option(help="Encode the gallery afresh, cache nothing.")
     ] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    batch_size: int = 256,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images or captions per batch.")] = 256,
 ) -> None:
     """Rank the images of a gallery for a sentence (the gallery is encoded once, then cached)."""
+    if not query.strip():
+        raise UitError('the query is empty: give a sentence, e.g. "a woman in a red coat"')
     from uit.evaluate import encode_texts
     from uit.runs import load_for_inference
     from uit.search import EmbeddingCache, checkpoint_digest, gallery_embeddings, list_gallery, rank

@@ -8,6 +8,7 @@ and then coerced by pydantic, so ``-S train.lr=3e-05`` (a string on arrival) bec
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from uit.errors import ConfigError
+from uit.errors import ConfigError, bounded
+
+MAX_PARAMS_BYTES = 1_000_000  # a params file is a few KB; anything this big is the wrong file
+MAX_INPUT_REPR = 200  # characters of a bad value shown in an error message
 
 BenchmarkName = Literal["cuhk-pedes", "icfg-pedes", "rstpreid"]
 BENCHMARKS: tuple[BenchmarkName, ...] = ("cuhk-pedes", "icfg-pedes", "rstpreid")
@@ -142,6 +146,17 @@ class TrainConfig(Section):
     max_steps_per_epoch: int = Field(0, ge=0)  # 0: every batch; else a cap (smoke runs)
     compile: bool = False  # torch.compile the objective (about 1.7x faster steps on an H200)
 
+    @model_validator(mode="after")
+    def _whole_identities_per_batch(self) -> TrainConfig:
+        if self.batch_size % self.instances_per_id:
+            lower = self.batch_size - self.batch_size % self.instances_per_id
+            raise ValueError(
+                f"train.batch_size {self.batch_size} is not a multiple of train.instances_per_id "
+                f"{self.instances_per_id} (each identity brings that many captions to a batch): "
+                f"use {max(lower, self.instances_per_id)} or {lower + self.instances_per_id}"
+            )
+        return self
+
 
 class ReportConfig(Section):
     """What the report shows besides the metrics (DESIGN 6)."""
@@ -204,8 +219,25 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
             if not isinstance(child, dict):
                 raise ConfigError(f"override {override!r}: {part!r} is a value, not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+        if not all(part.strip() for part in parts):
+            raise ConfigError(f"override {override!r}: {key!r} has an empty part; use section.key")
+        node[parts[-1]] = _override_value(override, text)
     return result
+
+
+def _override_value(override: str, text: str) -> Any:
+    """An override's value parsed as YAML (``""`` for nothing); no aliases, no tags."""
+    if not text.strip():
+        return ""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader without aliases
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            bounded(
+                f"override {override!r}: the value is not valid YAML ({_first_line(error)}); "
+                "quote a string that holds brackets or colons, e.g. --set 'report.title=\"a: b\"'"
+            )
+        ) from None
 
 
 def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -224,26 +256,78 @@ def _describe(error: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid configuration"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"])
-        if not key:  # a rule across sections
+        if not key or item["type"] == "value_error":  # a rule across keys names them itself
             lines.append(f"  {item['msg'].removeprefix('Value error, ')}")
         elif item["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (check its spelling; see params.yaml)")
         else:
-            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
-    return "\n".join(lines)
+            lines.append(f"  {key}: {item['msg']} (got {_short_repr(item.get('input'))})")
+    return bounded("\n".join(lines))
+
+
+_REPR = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 2, 4, 4, 4
+_REPR.maxstring, _REPR.maxother = 80, 80
+
+
+def _short_repr(value: Any) -> str:
+    """A bounded repr: a config value may be huge (a YAML alias bomb expands to gigabytes)."""
+    return bounded(_REPR.repr(value), MAX_INPUT_REPR)
+
+
+def _first_line(error: yaml.YAMLError) -> str:
+    """What went wrong and where, on one line."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        return f"{error.problem} at character {error.problem_mark.column + 1}"
+    return " ".join(str(error).split())
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing aliases (``*name``): a params file needs none, and a few
+    nested aliases expand into gigabytes (the "billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"found the alias *{event.anchor}; params files take no YAML aliases, "
+                "write the value out", event.start_mark,
+            )  # fmt: skip
+        return super().compose_node(parent, index)
+
+
+def read_params_text(path: Path) -> str:
+    """The text of a params file, refused (naming the file and the fix) when it is missing, a
+    folder, too big or not UTF-8."""
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found; give --params PATH of a params file")
+    if not path.is_file():
+        raise ConfigError(f"{path} is a folder, not a params file; give the path of a YAML file")
+    if path.stat().st_size > MAX_PARAMS_BYTES:
+        raise ConfigError(
+            f"{path}: {path.stat().st_size:,} bytes; a params file is at most "
+            f"{MAX_PARAMS_BYTES:,} bytes. Is it the right file?"
+        )
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8 YAML"
+        ) from None
 
 
 def load_config(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Config:
     """Load ``params.yaml`` (or another file) and apply dotted overrides."""
     path = Path(path)
+    text = read_params_text(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    try:
-        raw = yaml.safe_load(text) or {}
+        raw = yaml.load(text, Loader=_NoAliasLoader) or {}  # a SafeLoader without aliases
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        message = str(error).replace('"<unicode string>"', str(path))
+        raise ConfigError(bounded(f"{path}: not valid YAML: {message}")) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        raise ConfigError(
+            f"{path}: expected a mapping of sections (data:, train:, ...) at the top level, "
+            f"found a {type(raw).__name__}"
+        )
     return parse_config(apply_overrides(raw, overrides), source=str(path))

@@ -4,6 +4,15 @@ Every error a user can cause with bad input (config, data, paths) is a ``UitErro
 names the file, record or key and says how to fix it. The CLI prints these without a traceback.
 """
 
+MAX_MESSAGE = 4000  # characters: no error message may render unbounded data
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE) -> str:
+    """``message`` cut to ``limit`` characters, saying how much was cut."""
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}... ({len(message) - limit:,} more characters cut)"
+
 
 class UitError(Exception):
     """Base class for errors caused by the user's input, not by a bug."""
@@ -19,3 +28,7 @@ class DataError(UitError, ValueError):
 
 class WeightsError(UitError, ValueError):
     """A pretrained-weights file is missing, unreadable, unsafe or not the CLIP that was asked."""
+
+
+class CheckpointError(UitError, ValueError):
+    """A checkpoint or exported model folder is missing, damaged or does not fit its config."""

@@ -181,9 +181,11 @@ def build_report(
 
 
 def _test_split(prepared: Path) -> Manifests:
+    from uit.boundary import PREPARED, reading
     from uit.data.dataset import read_manifests
 
-    return read_manifests(prepared).split("test")
+    with reading(prepared, *PREPARED):
+        return read_manifests(prepared).split("test")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from uit.boundary import PREPARED, reading
 from uit.checkpoint import read_state
 from uit.config import Config
 from uit.data.dataset import Manifests, read_manifests
@@ -134,7 +135,8 @@ def evaluate_across(
 
 
 def _split_manifests(prepared_dir: str | Path, split: str) -> Manifests:
-    manifests = read_manifests(prepared_dir)
+    with reading(prepared_dir, *PREPARED):
+        manifests = read_manifests(prepared_dir)
     if not manifests.has_split(split):
         raise DataError(
             f"{prepared_dir}: the {manifests.benchmark} manifests have no {split!r} split"

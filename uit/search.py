@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
+from uit.boundary import PREPARED, reading
 from uit.data.dataset import read_manifests
 from uit.errors import DataError
 from uit.evaluate import EvalOptions, encode_images
@@ -36,7 +37,8 @@ def list_gallery(source: str | Path, split: str = "test") -> list[Path]:
     """The images of a folder (recursively, sorted), or of a prepared benchmark's split."""
     source = Path(source)
     if (source / "images.parquet").is_file():
-        manifests = read_manifests(source)
+        with reading(source, *PREPARED):
+            manifests = read_manifests(source)
         if not manifests.has_split(split):
             raise DataError(f"{source}: the prepared {manifests.benchmark} has no {split!r} split")
         return manifests.split(split).paths()
@@ -80,18 +82,37 @@ def checkpoint_digest(checkpoint_dir: str | Path) -> str:
 
 
 class EmbeddingCache:
-    """Image embeddings of one checkpoint, by image digest, in one safetensors file."""
+    """Image embeddings of one checkpoint, by image digest, in one safetensors file.
+
+    The file holds the (N, D) features and, in its metadata, the N digests and a checksum of
+    both; it is written under a unique temporary name and renamed into place, so processes that
+    search at once each publish a whole, consistent file (the last one wins). A file that is
+    damaged, truncated or inconsistent is ignored (with a warning) and rebuilt.
+    """
+
+    FORMAT = "uit-embeddings-1"
 
     def __init__(self, cache_dir: str | Path, checkpoint_key: str) -> None:
         self.path = Path(cache_dir) / f"{checkpoint_key}.safetensors"
         self.rows: dict[str, torch.Tensor] = {}
         if self.path.is_file():
             try:
-                tensors = load_file(str(self.path))
-                digests = json.loads(self.path.with_suffix(".json").read_text())
-                self.rows = dict(zip(digests, tensors["feats"], strict=True))
-            except (OSError, ValueError, KeyError) as error:  # a damaged cache is rebuilt
-                log.warning("ignoring the embedding cache %s (%s)", self.path, error)
+                self.rows = self._read()
+            except Exception as error:  # any damage means the same: rebuild the entry
+                log.warning("ignoring the damaged embedding cache %s (%s)", self.path, error)
+
+    def _read(self) -> dict[str, torch.Tensor]:
+        data = self.path.read_bytes()
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        metadata = header.get("__metadata__") or {}
+        if metadata.get("format") != self.FORMAT:
+            raise ValueError(f"not a {self.FORMAT} file")
+        digests, feats = json.loads(metadata["digests"]), load(data)["feats"]
+        if feats.dim() != 2 or feats.shape[0] != len(digests) or len(set(digests)) != len(digests):
+            raise ValueError(f"{len(digests)} digests for features of shape {tuple(feats.shape)}")
+        if metadata.get("checksum") != _checksum(digests, feats):
+            raise ValueError("checksum mismatch")
+        return dict(zip(digests, feats, strict=True))
 
     def missing(self, digests: Sequence[str]) -> list[int]:
         return [i for i, d in enumerate(digests) if d not in self.rows]
@@ -105,11 +126,18 @@ class EmbeddingCache:
 
     def save(self) -> None:
         digests = list(self.rows)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        save_file({"feats": torch.stack([self.rows[d] for d in digests]).contiguous()}, str(tmp))
-        atomic_write_bytes(self.path.with_suffix(".json"), json.dumps(digests).encode())
-        tmp.replace(self.path)
+        feats = torch.stack([self.rows[d] for d in digests]).contiguous()  # (N, D)
+        metadata = {"format": self.FORMAT, "digests": json.dumps(digests),
+                    "checksum": _checksum(digests, feats)}  # fmt: skip
+        atomic_write_bytes(self.path, save({"feats": feats}, metadata=metadata))
+
+
+def _checksum(digests: Sequence[str], feats: torch.Tensor) -> str:
+    """What ties the digests to the features: a file pairing one with another's fails it."""
+    digest = hashlib.blake2b(json.dumps(list(digests)).encode(), digest_size=16)
+    digest.update(str(tuple(feats.shape)).encode())
+    digest.update(feats.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def gallery_embeddings(

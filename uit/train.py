@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from uit.boundary import PREPARED, reading
 from uit.checkpoint import (
     load_checkpoint,
     read_state,
@@ -34,7 +35,7 @@ from uit.data.dataset import Manifests, TrainDataset, hold_out_identities, read_
 from uit.data.sampler import IdentityBatchSampler
 from uit.data.transforms import build_train_transform, sample_seed
 from uit.device import autocast, autocast_dtype, resolve_device
-from uit.errors import UitError
+from uit.errors import ConfigError, UitError
 from uit.evaluate import EvalOptions, evaluate
 from uit.io import atomic_write_json, atomic_write_text
 from uit.model.build import build_model, build_tokenizer
@@ -121,6 +122,20 @@ def choose_selection(manifests: Manifests, cfg: TrainConfig) -> tuple[Manifests,
         return train, Selection("val", manifests.split("val"))
     train, held = hold_out_identities(train, cfg.holdout_fraction, cfg.seed)
     return train, Selection("heldout", held)
+
+
+def check_batch_size(cfg: TrainConfig, train: Manifests, prepared_dir: str | Path) -> None:
+    """Refuse, before anything is built, a batch that needs more identities than ``train``
+    has (``train.batch_size / train.instances_per_id`` of them per batch)."""
+    needed, found = cfg.batch_size // cfg.instances_per_id, train.captions["pid"].n_unique()
+    if found < needed:
+        fitting = found * cfg.instances_per_id
+        raise ConfigError(
+            f"train.batch_size {cfg.batch_size} needs {needed} identities per batch "
+            f"(train.instances_per_id {cfg.instances_per_id}), but the training split of "
+            f"{prepared_dir} has {found}: set train.batch_size to {fitting} or less "
+            "(a multiple of train.instances_per_id)"
+        )
 
 
 def check_finite(losses: Mapping[str, torch.Tensor], step: int, epoch: int) -> None:
@@ -340,7 +355,10 @@ def fit(
     ``stop_after_epochs`` ends the call early (as an interruption would) for resume tests.
     """
     out_dir = Path(out_dir)
-    train, selection = choose_selection(read_manifests(prepared_dir), cfg.train)
+    with reading(prepared_dir, *PREPARED):
+        manifests = read_manifests(prepared_dir)
+    train, selection = choose_selection(manifests, cfg.train)
+    check_batch_size(cfg.train, train, prepared_dir)
     run = _build_run(cfg, train, attribute_words, augment, tagged_words)
     if resume:
         _resume(run, cfg, out_dir)

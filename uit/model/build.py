@@ -15,7 +15,7 @@ import torch
 from open_clip.model import CLIP
 
 from uit.config import ModelConfig
-from uit.errors import ConfigError, UitError
+from uit.errors import CheckpointError, ConfigError, UitError, WeightsError, bounded
 from uit.model.encoder import DualEncoder
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,14 @@ def _check_loadable(path: str) -> None:
         )
 
 
+def _check_vit(name: str, architecture: dict[str, Any]) -> None:
+    if isinstance(architecture.get("vision_cfg", {}).get("layers"), list | tuple):
+        raise ConfigError(
+            f"model.name: {name} has a ResNet image tower; uit builds ViT models only "
+            "(e.g. ViT-B-16, ViT-B-32, uit-tiny)"
+        )
+
+
 def _check_size(cfg: ModelConfig, patch: int) -> None:
     for key, value in (("image_height", cfg.image_height), ("image_width", cfg.image_width)):
         if value % patch:
@@ -119,6 +127,7 @@ def build_model(cfg: ModelConfig) -> DualEncoder:
             f"model.name: unknown model {cfg.name!r}; use an open_clip name such as ViT-B-16 "
             "(see open_clip.list_models()) or uit-tiny"
         )
+    _check_vit(cfg.name, architecture)
     _check_size(cfg, int(architecture["vision_cfg"].get("patch_size", 16)))
     tag = _pretrained_tag(cfg)
     weights = _weights_file(cfg, tag)  # before building: a bad file or tag fails fast
@@ -248,25 +257,53 @@ def load_encoder(checkpoint_dir: str | Path) -> tuple[DualEncoder, ModelConfig]:
 
     checkpoint = load_checkpoint(checkpoint_dir)
     cfg = inference_config(checkpoint.state, checkpoint_dir)
-    encoder = build_model(cfg)
     heads = ("id_head.", "tir_decoder.")  # training-only parts of a training checkpoint
     weights = {
         k.removeprefix("encoder."): v
         for k, v in checkpoint.weights.items()
         if not k.startswith(heads)
     }
+    check_weights_fit(weights, cfg, Path(checkpoint_dir))  # before building: ViT-L is slow
+    encoder = build_model(cfg)
     try:
         encoder.load_state_dict(weights, strict=True)
     except RuntimeError as error:
-        raise UitError(f"{checkpoint_dir}: weights do not fit {cfg.name}: {error}") from None
+        raise CheckpointError(
+            bounded(f"{checkpoint_dir}: weights do not fit {cfg.name}: {error}")
+        ) from None
     return encoder, cfg
+
+
+def check_weights_fit(weights: dict[str, torch.Tensor], cfg: ModelConfig, source: Path) -> None:
+    """Refuse a checkpoint whose ``state.json`` names an architecture (``model.name``) that its
+    ``weights.safetensors`` (dual-encoder names, ``clip.*``) do not have."""
+    from uit.checkpoint import STATE, WEIGHTS
+    from uit.model.weights import check_architecture, describe_state_dict
+
+    register_configs()
+    architecture = open_clip.get_model_config(cfg.name)
+    if architecture is None:
+        return  # build_model names the unknown model
+    clip = {k.removeprefix("clip."): v for k, v in weights.items() if k.startswith("clip.")}
+    try:
+        _check_vit(cfg.name, architecture)
+        check_architecture(describe_state_dict(source / WEIGHTS, clip), cfg.name)
+    except (ConfigError, WeightsError) as error:
+        raise CheckpointError(
+            f"{source}: its {STATE} says model.name {cfg.name}, but its weights do not fit: "
+            f"{str(error).rstrip('.')}. Fix model.name in {source / STATE}, or use the "
+            "checkpoint it came with."
+        ) from None
 
 
 def export_encoder(checkpoint_dir: str | Path, out_dir: str | Path) -> tuple[int, int]:
     """Write the dual encoder of a checkpoint (no training heads) with its model config to
-    ``out_dir``; returns how many tensors were kept and how many training-only ones dropped."""
-    from uit.checkpoint import load_checkpoint, save_checkpoint
+    ``out_dir``; returns how many tensors were kept and how many training-only ones dropped.
 
+    ``out_dir`` must be new, empty or a previous export; anything else is refused, not deleted."""
+    from uit.checkpoint import check_export_target, load_checkpoint, save_checkpoint
+
+    check_export_target(Path(out_dir), Path(checkpoint_dir))  # before the slow part
     encoder, cfg = load_encoder(checkpoint_dir)  # checks that the weights fit the architecture
     source = load_checkpoint(checkpoint_dir)
     weights, total = encoder.state_dict(), len(source.weights)

@@ -260,6 +260,18 @@ def released_to_export(
     return info
 
 
+def describe_state_dict(source: str | Path, state: dict[str, Tensor]) -> WeightsInfo:
+    """The sizes of CLIP weights named as open_clip names them (``visual.conv1.weight``, ...),
+    e.g. a checkpoint's, for ``check_architecture``; a ``WeightsError`` where they are not a
+    ViT CLIP's."""
+    try:
+        return _describe(Path(source), SAFETENSORS, state, None, 0, ())
+    except (KeyError, IndexError) as error:
+        raise WeightsError(
+            f"{source} holds no ViT CLIP weights ({error} is missing or malformed)"
+        ) from None
+
+
 def check_architecture(info: WeightsInfo, model_name: str) -> None:
     """Raise ``WeightsError`` unless the weights described by ``info`` have the widths, depths,
     patch size, embedding size and vocabulary of open_clip's ``model_name``; the message names
