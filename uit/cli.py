@@ -173,9 +173,10 @@ def data_stats(
 
     with reading(prepared, *PREPARED):
         stats = read_stats(prepared)
+        if as_json:
+            sys.stdout.write(json.dumps(stats, indent=2) + "\n")
+            return
         _print_stats(stats)  # reads its keys: a stats.json of the wrong shape fails here
-    if as_json:
-        sys.stdout.write(json.dumps(stats, indent=2) + "\n")
 
 
 @data_app.command("parse")
