@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
+import polars as pl
 import pytest
 import torch
 
 from uit.config import AugmentConfig
+from uit.data.dataset import Manifests, TrainDataset
 from uit.text.augment import augment_caption, build_augment
 
 TEXT = "A woman with long black hair wears a red backpack."
@@ -64,3 +67,29 @@ def test_build_augment_binds_the_configured_p() -> None:
     never = build_augment(AugmentConfig(keep_attributes_p=0.0))
     assert always(TEXT, WORDS, random.Random(0)) == REDUCED
     assert never(TEXT, WORDS, random.Random(0)) == TEXT
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_the_training_dataset_reduces_a_share_p_of_captions(tmp_path: Path, p: float) -> None:
+    """Over (epoch, index) draws, ``TrainDataset`` replaces a share of its captions by their
+    attribute words that is ``keep_attributes_p`` within 4 binomial standard deviations, and a
+    different subset each epoch."""
+    captions, epochs = 500, 20
+    ids = list(range(captions))
+    common = {"image_id": ids, "pid": [i // 2 for i in ids], "split": ["train"] * captions}
+    images = pl.DataFrame({**common, "path": [f"{i}.jpg" for i in ids]})
+    texts = pl.DataFrame({**common, "caption_id": ids, "text": [f"{TEXT} ({i})" for i in ids]})
+    dataset = TrainDataset(
+        Manifests(images, texts, tmp_path, "rstpreid"), transform=lambda image: image,
+        tokenizer=lambda batch: torch.zeros(len(batch), 8), seed=11,
+        attribute_words={i: WORDS for i in ids},
+        augment=build_augment(AugmentConfig(keep_attributes_p=p)),
+    )  # fmt: skip
+    reduced = []
+    for epoch in range(epochs):
+        dataset.set_epoch(epoch)
+        reduced.append({i for i in ids if dataset.caption(i) == REDUCED})
+    draws = captions * epochs
+    share = sum(map(len, reduced)) / draws
+    assert abs(share - p) <= 4 * (p * (1 - p) / draws) ** 0.5, share
+    assert len({frozenset(chosen) for chosen in reduced}) == epochs  # new draws each epoch
