@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import open_clip
 import pytest
 import torch
 
+import uit.objective
 from uit.config import LossConfig, ModelConfig, OptimConfig, TIRConfig
 from uit.model import build_model
 from uit.objective import Objective, build_optimizer, param_groups
@@ -129,3 +132,41 @@ def test_cmt_ramps_up_over_its_warmup_epochs(tiny_encoder) -> None:
         full["cmt"].item()
     )
     assert ramped(images, text, pids, epoch_progress=0.0)["cmt"].item() == 0.0
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.9])  # not the default 0.7: it must come from cfg
+def test_tir_masks_the_configured_share_and_scores_only_the_masked_patches(
+    tiny_encoder, monkeypatch: pytest.MonkeyPatch, ratio: float
+) -> None:
+    """``tir.mask_ratio`` reaches the masked image pass, which keeps ``int(N * (1 - r))`` of the
+    N patches; the TIR term averages the squared error over exactly the masked ones."""
+    objective = Objective(tiny_encoder, 3, LossConfig(), TIRConfig(decoder_layers=1,
+                                                                   mask_ratio=ratio))  # fmt: skip
+    seen: dict[str, Any] = {}
+    encode = objective.encoder.encode_masked_image
+    score = uit.objective.tir_loss
+
+    def spy_encode(images: torch.Tensor, mask_ratio: float, *args: Any, **kwargs: Any) -> Any:
+        seen["ratio"], seen["masked"] = mask_ratio, encode(images, mask_ratio, *args, **kwargs)
+        return seen["masked"]
+
+    def spy_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        seen["scored"] = (pred, target, mask)
+        return score(pred, target, mask)
+
+    monkeypatch.setattr(objective.encoder, "encode_masked_image", spy_encode)
+    monkeypatch.setattr(uit.objective, "tir_loss", spy_loss)
+    losses = objective(*batch(tiny_encoder), generator=torch.Generator().manual_seed(0))
+    height, width = tiny_encoder.image_size
+    patches = (height // tiny_encoder.patch_size) * (width // tiny_encoder.patch_size)
+    keep = int(patches * (1 - ratio))
+    masked = seen["masked"]
+    assert seen["ratio"] == ratio
+    assert masked.tokens.shape[:2] == (4, 1 + keep)  # CLS and the kept patches
+    assert masked.mask.shape == (4, patches)
+    assert masked.mask.sum(dim=1).tolist() == [patches - keep] * 4
+    pred, target, mask = seen["scored"]
+    assert torch.equal(mask, masked.mask)  # the pass's own mask, not its complement
+    per_patch = ((pred - target) ** 2).mean(dim=-1)  # (B, N)
+    expected = TIRConfig().weight * per_patch[mask.bool()].mean()
+    assert losses["tir"].item() == pytest.approx(expected.item(), rel=1e-5)
