@@ -203,7 +203,8 @@ def test_recall_on_the_tiny_synthetic_benchmark(
 ) -> None:
     scores = [evaluate_parser(nlp, name, tiny_synth[0]) for name in BENCHMARKS]
     overall = scores[0] + scores[1] + scores[2]
-    assert all(score.recall >= 0.95 for score in scores), [s.to_dict() for s in scores]
+    # README: 99.98% on the synthetic demo benchmark; the tiny one has fewer, not harder, words
+    assert all(score.recall >= 0.999 for score in scores), [s.to_dict() for s in scores]
     assert overall.attribute_words > 1000 and overall.skipped == 3  # one empty caption each
     assert 0.0 < overall.filler_share < 0.6  # nouns of fillers ("street") are kept, verbs not
 

@@ -127,7 +127,12 @@ def test_cpu_training_writes_checkpoints_curves_and_selection(prepared, tmp_path
         assert all(math.isfinite(float(r[column])) for r in rows), column
     selection = json.loads((tmp_path / "selection.json").read_text())
     assert selection["protocol"] == "val" and not selection["optimistic"]
-    assert selection["best_epoch"] in (1, 2)
+    scores = [(float(r["R1"]), float(r["mAP"])) for r in rows]
+    best = scores.index(max(scores))  # the first epoch with the highest (R1, mAP)
+    assert selection["best_epoch"] == best + 1
+    assert (selection["R1"], selection["mAP"]) == pytest.approx(scores[best])
+    best_state = json.loads((tmp_path / "checkpoints/best/state.json").read_text())
+    assert best_state["epoch"] == best  # 0-based: best/ holds that epoch's weights
     for kind in ("last", "best"):
         state = json.loads((tmp_path / "checkpoints" / kind / "state.json").read_text())
         assert state["config"]["model"]["name"] == "uit-tiny"
