@@ -36,13 +36,15 @@ typecheck: install
 	$(BIN)/mypy
 
 # The report's browser test drives Debian's chromium through chromedriver: install both when
-# this machine lets us (root or password-less sudo); otherwise that one test is skipped.
+# this machine lets us (root or password-less sudo); otherwise that one test is skipped, or
+# fails where UIT_REQUIRE_BROWSER=1 (as .ci/run sets it).
 APT_INSTALL = apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver
 browser:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	elif ($(APT_INSTALL) || sudo -n sh -c '$(APT_INSTALL)') >/dev/null 2>&1; then \
 	  echo "installed chromium and chromium-driver for the report's browser test"; \
-	else echo "note: could not install chromium; the report's browser test will be skipped"; fi
+	else echo "note: could not install chromium; the report's browser test will be skipped" \
+	  "(or fail, with UIT_REQUIRE_BROWSER=1)"; fi
 
 pytest: install browser
 	$(BIN)/pytest

@@ -17,6 +17,7 @@ BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 TINY: dict[str, dict[str, Any]] = {
     "synth": {"size": "tiny", "seed": 3},
     "data": {"check_images": "exists"},
+    "parse": {"backend": "builtin"},  # as in CI, even where a trained spaCy pipeline is installed
     "model": {"name": "uit-tiny", "image_height": 64, "image_width": 32, "context_length": 32},
     "tir": {"decoder_layers": 1},
     "train": {"epochs": 1, "batch_size": 16, "num_workers": 0, "eval_batch_size": 64},

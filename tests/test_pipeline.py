@@ -144,7 +144,10 @@ def test_report_renders_offline_in_headless_chromium(pipeline: tuple[Path, Path]
         assert part in html, part
     assert "<script" not in html and "http://" not in html and "https://" not in html
     if not browser_available():
-        pytest.skip("headless Chromium is not installed (apt-get install chromium chromium-driver)")
+        missing = "headless Chromium is not installed (apt-get install chromium chromium-driver)"
+        if os.environ.get("UIT_REQUIRE_BROWSER") == "1":  # CI (.ci/run): no silent green skip
+            pytest.fail(f"{missing}, and UIT_REQUIRE_BROWSER=1 requires it")
+        pytest.skip(missing)
     shot = repo / "report.png"
     check = check_page(repo / "reports/pipeline/report.html", shot)
     assert check.console_errors == [] and check.remote_resources == []
