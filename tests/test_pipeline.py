@@ -16,13 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from tests.pipeline_repo import BIN, ROOT, make_repo, sh
 from uit.browser import browser_available, check_page
+from uit.cli import app
 from uit.config import Config, SynthConfig
+from uit.data.formats import SPECS
 from uit.data.synth import synthesize
 from uit.evaluate import EvalOptions, encode_images, encode_texts
 from uit.model.build import build_tokenizer, load_encoder
@@ -96,6 +100,66 @@ def test_repro_builds_everything_and_dvc_reports_it(pipeline: tuple[Path, Path])
                        r"(selection\.json|curves\.csv))")  # fmt: skip
     for line in untracked.splitlines():  # checkpoints, data and reports are DVC's, not git's
         assert small.fullmatch(line[3:]), f"git would take {line[3:]}"
+
+
+def test_each_cross_domain_cell_is_what_uit_evaluate_gives(
+    pipeline: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """All 9 (trained, tested) pairs: the evaluate stage's metrics file against the CLI's
+    ``uit evaluate`` of the same checkpoint on the same prepared benchmark, run on its own."""
+    repo, _ = pipeline
+    for trained in BENCHMARKS:
+        stage = json.loads((repo / f"metrics/{trained}.json").read_text())
+        for tested in BENCHMARKS:
+            out = tmp_path / f"{trained}-on-{tested}"
+            args = ["evaluate", str(repo / f"runs/{trained}/checkpoints/best"),
+                    str(repo / f"data/prepared/{tested}"), "--out", str(out)]  # fmt: skip
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 0, result.output
+            alone = json.loads((out / "metrics.json").read_text())
+            for direction in ("t2i", "i2t"):
+                cell, expected = stage[tested][direction], alone[direction]
+                assert cell.keys() == expected.keys(), (trained, tested, direction)
+                for metric, value in expected.items():
+                    assert cell[metric] == pytest.approx(value, abs=1e-9), (trained, tested, metric)
+
+
+def markdown_tables(text: str) -> dict[str, list[list[str]]]:
+    """``## heading`` -> the cells of the first Markdown table under it (header row first)."""
+    tables: dict[str, list[list[str]]] = {}
+    heading = ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading = line[3:].strip()
+        elif line.startswith("|") and not re.fullmatch(r"\|(-+\|)+", line):
+            tables.setdefault(heading, []).append([c.strip() for c in line.strip("|").split("|")])
+    return tables
+
+
+def test_report_tables_show_the_metrics_files(pipeline: tuple[Path, Path]) -> None:
+    """Every in-domain and cross-domain cell of report.md against metrics/*.json and
+    runs/*/selection.json, formatted as the report formats them (one decimal)."""
+    repo, _ = pipeline
+    tables = markdown_tables((repo / "reports/pipeline/report.md").read_text())
+    metrics = {n: json.loads((repo / f"metrics/{n}.json").read_text()) for n in BENCHMARKS}
+    name = {SPECS[n].folder: n for n in BENCHMARKS}  # the report's names for the benchmarks
+    header, *rows = tables["In-domain test metrics (text-to-image, %)"]
+    assert header == ["trained on", "R1", "R5", "R10", "mAP", "mINP", "selection", "epoch"]
+    assert sorted(name[row[0]] for row in rows) == sorted(BENCHMARKS)
+    for row in rows:
+        trained = name[row[0]]
+        t2i = metrics[trained][trained]["t2i"]
+        assert row[1:6] == [f"{t2i[m]:.1f}" for m in header[1:6]], trained
+        selection = json.loads((repo / f"runs/{trained}/selection.json").read_text())
+        assert row[6].split()[0] == selection["protocol"]
+        assert row[7] == str(selection["best_epoch"])
+    header, *rows = tables["Cross-domain R@1 (%)"]
+    tested = [name[cell] for cell in header[1:]]
+    assert sorted(tested) == sorted(BENCHMARKS) and len(rows) == len(BENCHMARKS)
+    for row in rows:
+        trained = name[row[0]]
+        expected = [f"{metrics[trained][t]['t2i']['R1']:.1f}" for t in tested]
+        assert row[1:] == expected, trained
 
 
 def test_every_stage_declares_exactly_the_params_it_reads(pipeline: tuple[Path, Path]) -> None:
@@ -259,3 +323,11 @@ def test_a_killed_training_resumes_from_its_last_epoch(tmp_path: Path) -> None:
     assert "epoch 1:" not in output  # no finished epoch is trained twice
     assert json.loads(state.read_text())["epoch"] == 3
     assert json.loads(sh("dvc", "status", "--json", "train@rstpreid", cwd=repo).stdout) == {}
+    weights = repo / "runs/rstpreid/checkpoints/last/weights.safetensors"
+    resumed = load_file(str(weights))
+    fresh = sh("dvc", "repro", "--force", "--single-item", "train@rstpreid", cwd=repo)
+    assert "resumed" not in fresh.stdout + fresh.stderr  # finished runs start afresh
+    straight = load_file(str(weights))
+    assert resumed.keys() == straight.keys()
+    for key in straight:  # a power cut costs time, never a different model
+        assert torch.equal(resumed[key], straight[key]), key
