@@ -1,27 +1,53 @@
-"""Training-step throughput of full UIT (SDM + ID + CMT + TIR) on synthetic tensors.
+"""Throughput of the real training step (``uit.train.train_step``) of full UIT (SDM + ID + CMT +
+TIR) on synthetic tensors.
 
-Default: ViT-B-16 at 384x128, batch 128, on CUDA, side by side in fp32 (TF32 matmuls) and with
-bf16 autocast (what ``train.precision: auto`` picks). Prints samples/s, seconds per
-CUHK-PEDES-sized epoch (68,126 pairs), model FLOPs per step (counted by torch's FLOP counter)
-and the model FLOPs utilisation against the card's dense bf16 peak. On a CPU it runs with a
-small batch so that the script itself is exercised: ``--device cpu --batch-size 2``.
+Each step is the one ``uit train`` runs: learning-rate update, the batch copied from pinned host
+memory to the device, TIR's mask noise drawn from (seed, step), the forward under autocast, a
+finiteness check per loss term, backward, Adam, and ``float()`` of every loss term (the per-step
+host syncs are part of the step). Default: ViT-B-16 at 384x128, batch 128, on CUDA; rows side by
+side in one run: fp32 (TF32 matmuls) with PyTorch's default (foreach) Adam, bf16 autocast (what
+``train.precision: auto`` picks), + fused Adam (what ``uit train`` builds on CUDA), + compile
+(``train.compile: true``, with ``--compile``). Seconds per step are the median over ``--windows``
+windows of ``--steps`` steps, with the fastest and slowest window. Seconds per CUHK-PEDES-sized
+epoch (68,126 pairs) are compute only: no image decoding or data loading (see
+``benchmarks/loader.py`` for that side). Model FLOPs per step are counted by torch's FLOP
+counter, MFU against the card's dense bf16 peak. On a CPU it runs the fp32 row with a small batch
+so that the script itself is exercised: ``--device cpu --batch-size 4 --model uit-tiny``.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from uit.config import LossConfig, ModelConfig, OptimConfig, TIRConfig
-from uit.device import autocast
+from uit.config import Config, parse_config
 from uit.model import build_model
-from uit.objective import Objective, build_optimizer, param_groups
+from uit.objective import Objective, param_groups
+from uit.train import StepState, build_step_state, train_step
 
 CUHK_TRAIN_PAIRS = 68_126
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    precision: str  # train.precision
+    fused: bool  # uit's optimiser (fused on CUDA) or PyTorch's default Adam
+    compile: bool  # train.compile
+
+
+VARIANTS = (
+    Variant("fp32 (tf32)", "fp32", False, False),
+    Variant("bf16 autocast", "bf16", False, False),
+    Variant("bf16 + fused Adam", "bf16", True, False),
+    Variant("bf16 + fused + compile", "bf16", True, True),
+)
 
 
 def peak_tflops(device: torch.device, override: float | None) -> float | None:
@@ -33,102 +59,127 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
-def make_batch(encoder, batch_size: int, device: torch.device):
-    height, width = encoder.image_size
-    images = torch.randn(batch_size, 3, height, width, device=device)
-    text = torch.randint(1, 49_000, (batch_size, encoder.context_length), device=device)
-    text[:, 40] = 49_407  # end of text
-    pids = torch.arange(batch_size, device=device) // 2  # two samples per identity, as sampled
-    return images, text, pids
+def make_config(args: argparse.Namespace, variant: Variant) -> Config:
+    height, width = (int(v) for v in args.size.split("x"))
+    return parse_config({
+        "model": {"name": args.model, "image_height": height, "image_width": width},
+        "train": {"batch_size": args.batch_size, "device": args.device,
+                  "precision": variant.precision, "compile": variant.compile},
+    })  # fmt: skip
 
 
-def step_fn(objective, optimizer, batch, device, dtype):
-    def step() -> None:
-        with autocast(device, dtype):
-            losses = objective(*batch)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
+def make_batch(cfg: Config, context_length: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch as the loader hands it over: on the host, pinned when training on CUDA."""
+    size = cfg.train.batch_size
+    text = torch.randint(1, 49_000, (size, context_length))
+    text[:, 40 % context_length] = 49_407  # end of text
+    batch = {
+        "images": torch.randn(size, 3, cfg.model.image_height, cfg.model.image_width),
+        "text": text,
+        "pids": torch.arange(size) // cfg.train.instances_per_id,
+    }
+    if device.type == "cuda":
+        batch = {key: value.pin_memory() for key, value in batch.items()}
+    return batch
 
-    return step
+
+def build_state(cfg: Config, variant: Variant, num_classes: int) -> StepState:
+    torch.manual_seed(0)
+    device = torch.device(cfg.train.device)
+    objective = Objective(build_model(cfg.model), num_classes, cfg.loss, cfg.tir).to(device)
+    optimizer = None  # uit's: fused Adam on CUDA
+    if not variant.fused:  # the baseline rows: PyTorch's default (foreach) Adam
+        optimizer = torch.optim.Adam(
+            param_groups(objective, cfg.optim), lr=cfg.optim.lr, eps=cfg.optim.eps
+        )
+    return build_step_state(objective, cfg, device, optimizer)
 
 
-def count_flops(step) -> float:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_steps(state: StepState, batch: dict[str, torch.Tensor], cfg: Config, count: int) -> None:
+    steps_per_epoch = CUHK_TRAIN_PAIRS // cfg.train.batch_size
+    for _ in range(count):
+        train_step(state, batch, cfg, state.step / steps_per_epoch)
+
+
+def count_flops(state: StepState, batch: dict[str, torch.Tensor], cfg: Config) -> float:
     with FlopCounterMode(display=False) as counter:
-        step()
+        run_steps(state, batch, cfg, 1)
     return float(counter.get_total_flops())
 
 
-def time_steps(step, device: torch.device, warmup: int, steps: int) -> float:
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+def time_windows(
+    state: StepState, batch: dict[str, torch.Tensor], cfg: Config, args: argparse.Namespace
+) -> list[float]:
+    """Seconds per step of each window, after ``args.warmup`` untimed steps."""
+    run_steps(state, batch, cfg, args.warmup)
+    seconds = []
+    for _ in range(args.windows):
+        sync(state.device)
+        start = time.perf_counter()
+        run_steps(state, batch, cfg, args.steps)
+        sync(state.device)
+        seconds.append((time.perf_counter() - start) / args.steps)
+    return seconds
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="ViT-B-16")
     parser.add_argument("--size", default="384x128")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed window")
+    parser.add_argument("--windows", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compile: >= 2)")
     parser.add_argument("--num-classes", type=int, default=11_003)
     parser.add_argument("--peak-tflops", type=float, default=None)
-    parser.add_argument("--compile", action="store_true", help="add a torch.compile row")
-    args = parser.parse_args()
+    parser.add_argument("--compile", action="store_true", help="add the torch.compile row")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     device = torch.device(args.device)
-    height, width = (int(v) for v in args.size.split("x"))
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     peak = peak_tflops(device, args.peak_tflops)
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
-        f"{args.model} {height}x{width}, batch {args.batch_size}, full UIT, on {label}; "
-        f"torch {torch.__version__}; mean of {args.steps} steps after {args.warmup}"
+        f"{args.model} {args.size}, batch {args.batch_size}, full UIT, uit.train.train_step on "
+        f"{label}; torch {torch.__version__}; s/step: median (min-max) of {args.windows} windows "
+        f"of {args.steps} steps after {args.warmup}; s/epoch: compute only (synthetic tensors, "
+        "no data loading)"
     )
     print(
-        f"{'precision':<16}{'s/step':>9}{'samples/s':>11}{'s/epoch':>9}{'TFLOP/step':>12}{'MFU':>7}"
+        f"{'variant':<24}{'s/step':>8}{'(min-max)':>16}{'samples/s':>11}{'s/epoch':>9}"
+        f"{'TFLOP/step':>12}{'MFU':>7}"
     )
-    variants = [
-        ("fp32 (tf32)", None, False, False),
-        ("bf16 autocast", torch.bfloat16, False, False),
-        ("bf16 + fused Adam", torch.bfloat16, True, False),
-        ("bf16 + fused + compile", torch.bfloat16, True, True),
-    ]
     flops = 0.0
-    for name, dtype, fused, compiled in variants:
-        if (dtype is not None or fused) and device.type == "cpu":
+    for variant in VARIANTS:
+        if device.type == "cpu" and (variant.precision != "fp32" or variant.fused):
             continue  # the CPU path trains in fp32 with the plain optimiser
-        if compiled and not args.compile:
+        if variant.compile and not args.compile:
             continue
-        torch.manual_seed(0)
-        encoder = build_model(ModelConfig(name=args.model, image_height=height, image_width=width))
-        objective = Objective(encoder, args.num_classes, LossConfig(), TIRConfig()).to(device)
-        if fused:
-            optimizer = build_optimizer(objective, OptimConfig())
-        else:  # the baseline rows: PyTorch's default (foreach) Adam
-            optimizer = torch.optim.Adam(param_groups(objective, OptimConfig()), eps=1e-3)
-        model = torch.compile(objective) if compiled else objective
-        batch = make_batch(encoder, args.batch_size, device)
-        step = step_fn(model, optimizer, batch, device, dtype)
-        if not compiled:  # the compiled model does the same FLOPs
-            flops = count_flops(step)
-        seconds = time_steps(step, device, args.warmup, args.steps)
-        rate = args.batch_size / seconds
-        mfu = f"{100 * flops / seconds / (peak * 1e12):.1f}%" if peak else "-"
+        cfg = make_config(args, variant)
+        state = build_state(cfg, variant, args.num_classes)
+        batch = make_batch(cfg, state.objective.encoder.context_length, device)
+        if not variant.compile:  # the compiled step does the same FLOPs
+            flops = count_flops(state, batch, cfg)
+        seconds = time_windows(state, batch, cfg, args)
+        median = statistics.median(seconds)
+        rate = args.batch_size / median
+        spread = f"({min(seconds):.3f}-{max(seconds):.3f})"
+        mfu = f"{100 * flops / median / (peak * 1e12):.1f}%" if peak else "-"
         print(
-            f"{name:<16}{seconds:>9.3f}{rate:>11.0f}{CUHK_TRAIN_PAIRS / rate:>9.1f}"
-            f"{flops / 1e12:>12.2f}{mfu:>7}"
+            f"{variant.name:<24}{median:>8.3f}{spread:>16}{rate:>11.0f}"
+            f"{CUHK_TRAIN_PAIRS / rate:>9.1f}{flops / 1e12:>12.2f}{mfu:>7}"
         )
-        del objective, optimizer, encoder
+        del state, batch
         if device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from uit.config import ModelConfig
 from uit.errors import ConfigError, UitError
 from uit.model import TIRDecoder, build_model, patchify, weighted_grayscale
-from uit.model.encoder import random_masking
+from uit.model.encoder import mask_noise, random_masking
 from uit.model.tir import sincos_2d
 
 TINY = ModelConfig(name="uit-tiny", image_height=64, image_width=32)
@@ -64,7 +64,9 @@ def test_any_size_divisible_by_the_patch(tiny) -> None:
 
 def test_random_masking_keeps_the_right_share_and_restores_order() -> None:
     x = torch.arange(2 * 10, dtype=torch.float32).view(2, 10, 1)
-    kept, mask, restore = random_masking(x, 0.7, torch.Generator().manual_seed(0))
+    kept, mask, restore = random_masking(
+        x, 0.7, mask_noise(2, 10, torch.Generator().manual_seed(0))
+    )
     assert kept.shape == (2, 3, 1)
     assert mask.sum(1).tolist() == [7.0, 7.0]
     for b in range(2):
@@ -74,18 +76,22 @@ def test_random_masking_keeps_the_right_share_and_restores_order() -> None:
     shuffled = torch.cat([kept, torch.full((2, 7, 1), -1.0)], dim=1)
     restored = shuffled.gather(1, restore.unsqueeze(-1))
     assert torch.equal(restored[mask == 0], x[mask == 0])
-    again = random_masking(x, 0.7, torch.Generator().manual_seed(0))[1]
+    again = random_masking(x, 0.7, mask_noise(2, 10, torch.Generator().manual_seed(0)))[1]
     assert torch.equal(mask, again)  # deterministic under a seeded generator
 
 
 def test_masked_pass_runs_the_same_tower_on_kept_tokens_only(tiny) -> None:
     images = torch.randn(2, 3, 64, 32)
-    masked = tiny.encode_masked_image(images, 0.75, torch.Generator().manual_seed(1))
+    masked = tiny.encode_masked_image(
+        images, 0.75, mask_noise(2, 32, torch.Generator().manual_seed(1))
+    )
     assert masked.tokens.shape == (2, 1 + 8, 128)  # CLS + 25% of 32 patches
     assert masked.mask.shape == masked.ids_restore.shape == (2, 32)
     # With nothing masked away the CLS output equals the ordinary image features: the tokens
     # are only shuffled, and attention does not care about order.
-    full = tiny.encode_masked_image(images, 0.0, torch.Generator().manual_seed(1))
+    full = tiny.encode_masked_image(
+        images, 0.0, mask_noise(2, 32, torch.Generator().manual_seed(1))
+    )
     assert torch.allclose(full.tokens[:, 0], tiny.encode_image(images), atol=1e-4)
 
 

@@ -32,7 +32,8 @@ def tiny_encoder():
 
 def test_every_enabled_term_is_named_weighted_and_summed(tiny_encoder) -> None:
     objective = Objective(tiny_encoder, 3, LossConfig(itc=0.5), TIRConfig(decoder_layers=1))
-    losses = objective(*batch(tiny_encoder), generator=torch.Generator().manual_seed(0))
+    noise = objective.draw_mask_noise(4, torch.Generator().manual_seed(0))
+    losses = objective(*batch(tiny_encoder), mask_noise=noise)
     assert set(losses) == {"sdm", "itc", "id", "cmt", "tir", "loss"}
     terms = [v for k, v in losses.items() if k != "loss"]
     assert torch.allclose(losses["loss"], torch.stack(terms).sum())
@@ -106,7 +107,10 @@ def test_vit_b_16_at_384x128_runs_the_full_objective_on_cpu() -> None:
     images = torch.randn(2, 3, 384, 128)
     text = open_clip.get_tokenizer("ViT-B-16")(CAPTIONS)
     losses = objective(
-        images, text, torch.tensor([5, 9]), generator=torch.Generator().manual_seed(0)
+        images,
+        text,
+        torch.tensor([5, 9]),
+        objective.draw_mask_noise(2, torch.Generator().manual_seed(0)),
     )
     assert set(losses) == {"sdm", "id", "cmt", "tir", "loss"}
     assert torch.isfinite(losses["loss"])
@@ -156,7 +160,8 @@ def test_tir_masks_the_configured_share_and_scores_only_the_masked_patches(
 
     monkeypatch.setattr(objective.encoder, "encode_masked_image", spy_encode)
     monkeypatch.setattr(uit.objective, "tir_loss", spy_loss)
-    losses = objective(*batch(tiny_encoder), generator=torch.Generator().manual_seed(0))
+    noise = objective.draw_mask_noise(4, torch.Generator().manual_seed(0))
+    losses = objective(*batch(tiny_encoder), mask_noise=noise)
     height, width = tiny_encoder.image_size
     patches = (height // tiny_encoder.patch_size) * (width // tiny_encoder.patch_size)
     keep = int(patches * (1 - ratio))
@@ -170,3 +175,16 @@ def test_tir_masks_the_configured_share_and_scores_only_the_masked_patches(
     per_patch = ((pred - target) ** 2).mean(dim=-1)  # (B, N)
     expected = TIRConfig().weight * per_patch[mask.bool()].mean()
     assert losses["tir"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_bf16_autocast_on_cpu_gives_finite_losses_close_to_fp32(tiny_encoder) -> None:
+    objective = Objective(tiny_encoder, 3, LossConfig(), TIRConfig(decoder_layers=1))
+    images, text, pids = batch(tiny_encoder)
+    noise = objective.draw_mask_noise(4, torch.Generator().manual_seed(0))
+    exact = objective(images, text, pids, mask_noise=noise)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        low = objective(images, text, pids, mask_noise=noise)
+    assert low.keys() == exact.keys()
+    for name, value in low.items():
+        assert value.dtype == torch.float32 and torch.isfinite(value), name
+        assert value.item() == pytest.approx(exact[name].item(), rel=0.05, abs=0.05), name

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from uit.config import LossConfig, OptimConfig, TIRConfig
 from uit.errors import UitError
 from uit.losses import cmt_loss, id_loss, itc_loss, sdm_loss, tir_loss
-from uit.model.encoder import DualEncoder
+from uit.model.encoder import DualEncoder, mask_noise
 from uit.model.heads import IDHead
 from uit.model.tir import TIRDecoder, patchify, unpatchify, weighted_grayscale
 
@@ -45,10 +45,12 @@ class Objective(nn.Module):
         images: Tensor,
         text: Tensor,
         pids: Tensor,
-        generator: torch.Generator | None = None,
+        mask_noise: Tensor | None = None,
         epoch_progress: float | None = None,
     ) -> dict[str, Tensor]:
-        """``epoch_progress`` (fractional epochs so far) drives the CMT ramp; None: full weight."""
+        """``mask_noise`` (B, N patches) picks TIR's masked patches (``draw_mask_noise``; None:
+        the global generator). ``epoch_progress`` (fractional epochs so far) drives the CMT
+        ramp; None: full weight."""
         cfg = self.loss_cfg
         image_feats = self.encoder.encode_image(images)  # (B, D)
         text_feats, text_tokens = self.encoder.encode_text_tokens(text)  # (B, D), (B, L, D)
@@ -66,7 +68,7 @@ class Objective(nn.Module):
             weight = cfg.cmt * self.cmt_ramp(epoch_progress)
             losses["cmt"] = weight * cmt_loss(image_feats, text_feats, pids, cfg.cmt_margin)
         if self.tir_decoder is not None:
-            losses["tir"] = self.tir_cfg.weight * self._tir(images, text_tokens, generator)
+            losses["tir"] = self.tir_cfg.weight * self._tir(images, text_tokens, mask_noise)
         if not losses:
             raise ValueError("every loss weight is 0: enable at least one of loss.* or tir.weight")
         losses["loss"] = torch.stack(list(losses.values())).sum()
@@ -78,12 +80,18 @@ class Objective(nn.Module):
             return 1.0
         return min(1.0, epoch_progress / warmup)
 
-    def _tir(
-        self, images: Tensor, text_tokens: Tensor, generator: torch.Generator | None
-    ) -> Tensor:
+    def draw_mask_noise(self, batch: int, generator: torch.Generator) -> Tensor | None:
+        """TIR's mask noise (B, N) for a batch of ``batch``, on the generator's device; None
+        without TIR. Drawn outside ``forward`` so that a compiled forward has no graph break."""
+        if self.tir_decoder is None:
+            return None
+        height, width = self.encoder.grid_size
+        return mask_noise(batch, height * width, generator)
+
+    def _tir(self, images: Tensor, text_tokens: Tensor, noise: Tensor | None) -> Tensor:
         assert self.tir_decoder is not None
         masked = self.encoder.encode_masked_image(
-            weighted_grayscale(images), self.tir_cfg.mask_ratio, generator
+            weighted_grayscale(images), self.tir_cfg.mask_ratio, noise
         )
         pred = self.tir_decoder(masked.tokens, text_tokens, masked.ids_restore).float()
         target = patchify(images, self.encoder.patch_size).float()  # colour, normalised
@@ -101,7 +109,8 @@ def restore(
         raise ValueError("this model was trained without TIR (tir.weight 0): nothing to restore")
     encoder, patch = objective.encoder, objective.encoder.patch_size
     gray = weighted_grayscale(images)
-    masked = encoder.encode_masked_image(gray, objective.tir_cfg.mask_ratio, generator)
+    noise = None if generator is None else objective.draw_mask_noise(len(images), generator)
+    masked = encoder.encode_masked_image(gray, objective.tir_cfg.mask_ratio, noise)
     _, text_tokens = encoder.encode_text_tokens(text)
     pred = objective.tir_decoder(masked.tokens, text_tokens, masked.ids_restore).float()
     mask, visible = masked.mask.unsqueeze(-1), patchify(gray, patch).float()  # (B, N, 1)

@@ -148,22 +148,46 @@ def check_finite(losses: Mapping[str, torch.Tensor], step: int, epoch: int) -> N
 
 
 @dataclass
-class _Run:
-    """Everything the loop mutates, in one place."""
+class StepState:
+    """What one training step reads and mutates: the objective and its forward (compiled or
+    not), the optimiser (each group with a ``base_lr``), device, autocast dtype, and the
+    counters that name the step (its mask noise is seeded from ``step``)."""
 
     objective: Objective
     forward: Callable[..., dict[str, torch.Tensor]]  # the objective, compiled or not
     optimizer: torch.optim.Optimizer
-    loader: DataLoader[Any]
-    dataset: TrainDataset
-    sampler: IdentityBatchSampler
     device: torch.device
     dtype: torch.dtype | None
     epoch: int = 0
     step: int = 0
+
+
+@dataclass(kw_only=True)
+class _Run(StepState):
+    """Everything the loop mutates, in one place."""
+
+    loader: DataLoader[Any]
+    dataset: TrainDataset
+    sampler: IdentityBatchSampler
     best: dict[str, float] = field(default_factory=dict)
     best_epoch: int = -1
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def build_step_state(
+    objective: Objective,
+    cfg: Config,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> StepState:
+    """The step state of ``objective`` (already on ``device``) under ``cfg.train``'s precision
+    and compile switches; ``optimizer`` replaces ``build_optimizer``'s (benchmarks compare)."""
+    optimizer = optimizer or build_optimizer(objective, cfg.optim)
+    for group in optimizer.param_groups:
+        group["base_lr"] = group["lr"]
+    forward = torch.compile(objective) if cfg.train.compile else objective
+    dtype = autocast_dtype(device, cfg.train.precision)
+    return StepState(objective, forward, optimizer, device, dtype)
 
 
 def _build_run(
@@ -186,33 +210,49 @@ def _build_run(
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.train.num_workers,
                         pin_memory=device.type == "cuda")  # fmt: skip
     objective = Objective(encoder, dataset.num_classes, cfg.loss, cfg.tir).to(device)
-    optimizer = build_optimizer(objective, cfg.optim)
-    for group in optimizer.param_groups:
-        group["base_lr"] = group["lr"]
-    forward = torch.compile(objective) if cfg.train.compile else objective
-    return _Run(objective, forward, optimizer, loader, dataset, sampler, device,
-                autocast_dtype(device, cfg.train.precision))  # fmt: skip
+    state = build_step_state(objective, cfg, device)
+    return _Run(objective=state.objective, forward=state.forward, optimizer=state.optimizer,
+                device=device, dtype=state.dtype, loader=loader, dataset=dataset,
+                sampler=sampler)  # fmt: skip
 
 
-def _train_step(run: _Run, batch: dict[str, Any], cfg: Config, progress: float) -> dict[str, float]:
-    factor = lr_factor(progress, cfg.train)
-    for group in run.optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factor
-    images = batch["images"].to(run.device, non_blocking=True)
-    text = batch["text"].to(run.device, non_blocking=True)
-    pids = batch["pids"].to(run.device, non_blocking=True)
-    generator = torch.Generator(device=run.device).manual_seed(
-        sample_seed(cfg.train.seed, run.step)
+def forward_inputs(
+    state: StepState, batch: Mapping[str, torch.Tensor], cfg: Config, progress: float
+) -> dict[str, Any]:
+    """The objective's keyword arguments for one step: the batch moved to the device, TIR's
+    mask noise drawn there from (seed, step), and the fractional epoch."""
+    images = batch["images"].to(state.device, non_blocking=True)
+    generator = torch.Generator(device=state.device).manual_seed(
+        sample_seed(cfg.train.seed, state.step)
     )
-    with autocast(run.device, run.dtype):
-        losses = run.forward(images, text, pids, generator=generator, epoch_progress=progress)
-    check_finite(losses, run.step, run.epoch)
-    run.optimizer.zero_grad(set_to_none=True)
+    return {
+        "images": images,
+        "text": batch["text"].to(state.device, non_blocking=True),
+        "pids": batch["pids"].to(state.device, non_blocking=True),
+        "mask_noise": state.objective.draw_mask_noise(len(images), generator),
+        "epoch_progress": progress,
+    }
+
+
+def train_step(
+    state: StepState, batch: Mapping[str, torch.Tensor], cfg: Config, progress: float
+) -> dict[str, float]:
+    """One optimisation step at fractional epoch ``progress``: learning rate, forward,
+    finiteness check, backward, clip, step. Returns each loss term as a float (a host sync per
+    term, as the finiteness check is)."""
+    factor = lr_factor(progress, cfg.train)
+    for group in state.optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    inputs = forward_inputs(state, batch, cfg, progress)
+    with autocast(state.device, state.dtype):
+        losses = state.forward(**inputs)
+    check_finite(losses, state.step, state.epoch)
+    state.optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     if cfg.train.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(run.objective.parameters(), cfg.train.grad_clip)
-    run.optimizer.step()
-    run.step += 1
+        torch.nn.utils.clip_grad_norm_(state.objective.parameters(), cfg.train.grad_clip)
+    state.optimizer.step()
+    state.step += 1
     return {name: float(value.detach()) for name, value in losses.items()}
 
 
@@ -226,7 +266,7 @@ def _train_epoch(run: _Run, cfg: Config, reporter: Reporter) -> dict[str, float]
     reporter.start_epoch(run.epoch, steps)
     sums: dict[str, float] = {}
     for index, batch in zip(range(steps), run.loader, strict=False):
-        losses = _train_step(run, batch, cfg, run.epoch + index / max(steps, 1))
+        losses = train_step(run, batch, cfg, run.epoch + index / max(steps, 1))
         for name, value in losses.items():
             sums[name] = sums.get(name, 0.0) + value
         reporter.step(losses, run.optimizer.param_groups[0]["lr"])

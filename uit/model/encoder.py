@@ -24,16 +24,27 @@ class MaskedImage:
     ids_restore: Tensor  # (B, N) position of each patch in the (kept, dropped) order
 
 
+def mask_noise(batch: int, length: int, generator: torch.Generator | None = None) -> Tensor:
+    """The uniform noise (B, N) that ``random_masking`` ranks, on the generator's device.
+
+    Drawn by the caller, outside any compiled region: a generator inside one breaks the graph.
+    """
+    device = generator.device if generator is not None else None
+    return torch.rand(batch, length, generator=generator, device=device)
+
+
 def random_masking(
-    tokens: Tensor, mask_ratio: float, generator: torch.Generator | None = None
+    tokens: Tensor, mask_ratio: float, noise: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Keep a random ``1 - mask_ratio`` share of each sample's tokens (MAE).
+    """Keep a random ``1 - mask_ratio`` share of each sample's tokens (MAE): those with the
+    smallest ``noise`` (B, N; drawn from the global generator when None).
 
     Returns kept tokens (B, K, W), the binary mask (B, N) and the restore indices (B, N).
     """
     batch, length, width = tokens.shape
     keep = max(1, int(length * (1 - mask_ratio)))
-    noise = torch.rand(batch, length, generator=generator, device=tokens.device)
+    if noise is None:
+        noise = torch.rand(batch, length, device=tokens.device)
     ids_shuffle = noise.argsort(dim=1)  # ascending: the first `keep` are kept
     ids_restore = ids_shuffle.argsort(dim=1)
     ids_keep = ids_shuffle[:, :keep]
@@ -108,14 +119,15 @@ class DualEncoder(nn.Module):
         return tokens[torch.arange(text.shape[0], device=text.device), eot], tokens
 
     def encode_masked_image(
-        self, images: Tensor, mask_ratio: float, generator: torch.Generator | None = None
+        self, images: Tensor, mask_ratio: float, noise: Tensor | None = None
     ) -> MaskedImage:
-        """Drop ``mask_ratio`` of the patch tokens, then run the kept ones (plus CLS) through the
-        same image transformer; returns their projected features, the mask and restore indices."""
+        """Drop ``mask_ratio`` of the patch tokens (those with the largest ``noise``, (B, N); see
+        ``random_masking``), then run the kept ones (plus CLS) through the same image
+        transformer; returns their projected features, the mask and restore indices."""
         visual = self.clip.visual
         x = visual.conv1(images).flatten(2).transpose(1, 2)  # (B, N, W)
         x = x + visual.positional_embedding[1:].to(x.dtype)
-        kept, mask, ids_restore = random_masking(x, mask_ratio, generator)
+        kept, mask, ids_restore = random_masking(x, mask_ratio, noise)
         cls = (visual.class_embedding + visual.positional_embedding[0]).to(x.dtype)
         x = torch.cat([cls.expand(x.shape[0], 1, -1), kept], dim=1)  # (B, 1 + K, W)
         x = visual.ln_post(visual.transformer(visual.ln_pre(x)))
