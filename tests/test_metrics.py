@@ -161,3 +161,16 @@ def test_cuda_scores_are_evaluated_on_the_gpu_with_the_same_results() -> None:
     assert on_gpu.keys() == on_cpu.keys()
     for key in on_cpu:
         assert on_gpu[key] == pytest.approx(on_cpu[key], abs=1e-9), key
+
+
+def test_search_top_indices_follow_the_same_tie_rule_as_ranking_keys() -> None:
+    from uit.metrics import ranking_keys
+    from uit.search import top_indices
+
+    generator = torch.Generator().manual_seed(0)
+    for gallery in (1, 2, 7, 40, 300):
+        scores = torch.randint(-3, 3, (3, gallery), generator=generator).float() / 2  # many ties
+        scores[0, ::2] = -0.0
+        for k in {1, (gallery + 1) // 2, gallery}:
+            expected = torch.topk(ranking_keys(scores), k, dim=1).indices
+            assert torch.equal(top_indices(scores, k), expected), (gallery, k)
