@@ -46,6 +46,35 @@ def test_matches_the_naive_reference_with_ties(seed: int) -> None:
         assert isinstance(got[key], float)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_ties_between_relevant_items_and_uneven_counts(seed: int) -> None:
+    # Two distinct values only: every relevant item ties with relevant and irrelevant ones, and
+    # the pids' sizes differ a lot (the padding of short rows must never count).
+    rng = np.random.default_rng(100 + seed)
+    gallery_pids = np.concatenate([np.zeros(25, int), rng.integers(1, 6, 35)])
+    rng.shuffle(gallery_pids)
+    query_pids = rng.choice(gallery_pids, 30)
+    similarity = rng.integers(0, 2, size=(30, 60)).astype(np.float32)
+    expected = naive_metrics(similarity, query_pids, gallery_pids)
+    got = retrieval_metrics(similarity, query_pids, gallery_pids, chunk_bytes=3000)
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], abs=1e-9), key
+
+
+def test_adjacent_floats_and_extreme_values_rank_exactly() -> None:
+    # Scores one ulp apart must not merge; the largest finite float and signed zeros tie rightly.
+    top = np.float32(np.finfo(np.float32).max)
+    below = np.nextafter(np.float32(0.5), np.float32(0))
+    row = np.array([0.5, below, 0.5, top, -0.0, 0.0, np.nextafter(top, 0), top], np.float32)
+    similarity = np.stack([row, row[::-1].copy(), -row])
+    gallery_pids = [1, 2, 1, 2, 3, 3, 1, 2]
+    query_pids = [1, 2, 3]
+    expected = naive_metrics(similarity, query_pids, gallery_pids)
+    got = retrieval_metrics(similarity, query_pids, gallery_pids)
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], abs=1e-9), key
+
+
 def test_hand_computed_example() -> None:
     # Query 0 (pid 1): gallery order by score 2,0,3,1 -> relevant (pid 1) at ranks 2 and 3.
     # Query 1 (pid 2): scores all tied -> order 0,1,2,3 by index -> relevant at rank 2.
@@ -56,8 +85,8 @@ def test_hand_computed_example() -> None:
     assert result["R1"] == 0.0
     assert result["R2"] == 100.0
     ap0 = (1 / 2 + 2 / 3) / 2
-    assert result["mAP"] == pytest.approx(100 * (ap0 + 1 / 2) / 2)
-    assert result["mINP"] == pytest.approx(100 * (2 / 3 + 1 / 2) / 2)
+    assert result["mAP"] == pytest.approx(100 * (ap0 + 1 / 2) / 2, abs=1e-12)
+    assert result["mINP"] == pytest.approx(100 * (2 / 3 + 1 / 2) / 2, abs=1e-12)
 
 
 def test_ties_go_to_the_lower_gallery_index() -> None:
@@ -101,7 +130,7 @@ def test_queries_without_a_relevant_image_can_be_excluded_and_counted() -> None:
     result = retrieval_metrics(with_extra, extra_pids, gp, missing="exclude", chunk_bytes=2048)
     baseline = retrieval_metrics(similarity, qp, gp)
     assert result.pop("excluded") == 4.0
-    assert result == pytest.approx(baseline)
+    assert result == pytest.approx(baseline, abs=1e-9)
 
 
 def test_bad_shapes_and_non_finite_scores() -> None:
@@ -119,3 +148,29 @@ def test_all_relevant_gives_perfect_scores() -> None:
     similarity = np.random.default_rng(1).normal(size=(5, 6)).astype(np.float32)
     result = retrieval_metrics(similarity, [3] * 5, [3] * 6)
     assert result == {"R1": 100.0, "R5": 100.0, "R10": 100.0, "mAP": 100.0, "mINP": 100.0}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_scores_are_evaluated_on_the_gpu_with_the_same_results() -> None:
+    similarity, qp, gp = random_problem(5, queries=300, gallery=200, identities=20)
+    on_cpu = retrieval_metrics(similarity, qp, gp, chunk_bytes=20_000)
+    on_gpu = retrieval_metrics(
+        torch.from_numpy(similarity).cuda(), qp, torch.from_numpy(gp).cuda(), chunk_bytes=20_000
+    )
+    assert on_gpu.keys() == on_cpu.keys()
+    for key in on_cpu:
+        assert on_gpu[key] == pytest.approx(on_cpu[key], abs=1e-9), key
+
+
+def test_search_top_indices_follow_the_same_tie_rule_as_ranking_keys() -> None:
+    from uit.metrics import ranking_keys
+    from uit.search import top_indices
+
+    generator = torch.Generator().manual_seed(0)
+    for gallery in (1, 2, 7, 40, 300):
+        scores = torch.randint(-3, 3, (3, gallery), generator=generator).float() / 2  # many ties
+        scores[0, ::2] = -0.0
+        for k in {1, (gallery + 1) // 2, gallery}:
+            expected = torch.topk(ranking_keys(scores), k, dim=1).indices
+            assert torch.equal(top_indices(scores, k), expected), (gallery, k)

@@ -3,16 +3,19 @@
 A gallery item is relevant to a query when their pids are equal. Ties in similarity are broken by
 the lower gallery index, so results never depend on sort stability.
 
-Instead of sorting every row of the (queries x gallery) matrix, each row's relevant items are
-ranked by counting how many gallery items lie ahead of each of them: one batched binary search of
-every gallery score into the row's few sorted relevant scores, then a histogram. Scores and
-indices are packed into one int64 key per item (order-preserving float bits in the high half,
-reversed index in the low half), which makes every key unique and the tie rule exact.
+Instead of sorting every row of the (queries x gallery) matrix, each relevant item's rank is
+counted: how many gallery items score strictly higher, plus how many score the same and come
+earlier in the gallery. One batched binary search of every score into the row's few relevant
+scores (each paired with the float just below it) gives both counts through one small histogram,
+in a single pass that writes one int32 per score; the rare scores equal to a relevant one are then
+looked at one by one for the tie rule. The work runs where the scores are (a CUDA matrix stays on
+the GPU); only per-query sums come back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -23,13 +26,13 @@ Missing = Literal["error", "exclude"]
 CHUNK_BYTES = 64 * 2**20  # working memory per chunk of queries
 
 
-def _as_tensor(values: ArrayLike) -> torch.Tensor:
+def _as_tensor(values: ArrayLike, device: torch.device | None = None) -> torch.Tensor:
     if isinstance(values, torch.Tensor):
-        return values.detach().cpu()
+        return values.detach() if device is None else values.detach().to(device)
     array = np.asarray(values)
     if not array.flags.writeable:  # e.g. a polars column: torch wants memory it may write
         array = array.copy()
-    return torch.as_tensor(array)
+    return torch.as_tensor(array, device=device)
 
 
 def ranking_keys(scores: torch.Tensor) -> torch.Tensor:
@@ -40,34 +43,96 @@ def ranking_keys(scores: torch.Tensor) -> torch.Tensor:
     bits = (scores + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into +0.0
     ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the float value
     gallery = scores.shape[1]
-    reversed_index = torch.arange(gallery - 1, -1, -1, dtype=torch.int64)  # lower index wins ties
-    return (ordered << 32) | reversed_index
+    reversed_index = torch.arange(gallery - 1, -1, -1, dtype=torch.int64, device=scores.device)
+    return (ordered << 32) | reversed_index  # lower index wins ties
 
 
-def _relevant_ranks(
-    scores: torch.Tensor, relevant: torch.Tensor, counts: torch.Tensor
+@dataclass(frozen=True)
+class Relevant:
+    """Each query's relevant gallery indices, ascending, as slices of one sorted index list."""
+
+    order: torch.Tensor  # (G,) gallery indices sorted by pid, ascending within a pid
+    start: torch.Tensor  # (Q,) where the query's slice of ``order`` begins
+    count: torch.Tensor  # (Q,) how many gallery items share the query's pid (0: none)
+
+    def indices(self, rows: slice) -> torch.Tensor:
+        """(C, W) relevant gallery indices of the queries ``rows``, padded with the last one."""
+        count = self.count[rows]
+        width = max(1, int(count.max()))
+        step = torch.arange(width, device=count.device)
+        offset = torch.minimum(step.unsqueeze(0), (count - 1).clamp(min=0).unsqueeze(1))
+        return self.order[(self.start[rows].unsqueeze(1) + offset).clamp(max=len(self.order) - 1)]
+
+
+def find_relevant(query_pids: torch.Tensor, gallery_pids: torch.Tensor) -> Relevant:
+    """Groups the gallery by pid once: no (queries x gallery) match matrix is ever built."""
+    order = torch.argsort(gallery_pids, stable=True)
+    pids, counts = torch.unique_consecutive(gallery_pids[order], return_counts=True)
+    starts = counts.cumsum(0) - counts
+    slot = torch.searchsorted(pids, query_pids).clamp(max=len(pids) - 1)
+    found = pids[slot] == query_pids
+    return Relevant(order, starts[slot], torch.where(found, counts[slot], 0))
+
+
+def _thresholds(pos_scores: torch.Tensor) -> torch.Tensor:
+    """(C, W) relevant scores -> (C, 2W) ascending [below(u0), u0, below(u1), u1, ...].
+
+    ``u`` are the row's distinct relevant scores (padded with +inf), ``below(u)`` the float just
+    under ``u``. A score ``s`` then lands, by binary search, in an odd slot exactly when it equals
+    some ``u``: ``below(u) < s <= u`` holds for ``s == u`` only.
+    """
+    values = pos_scores.sort(dim=1).values
+    repeat = torch.zeros_like(values, dtype=torch.bool)
+    repeat[:, 1:] = values[:, 1:] == values[:, :-1]
+    distinct = values.masked_fill(repeat, torch.inf).sort(dim=1).values
+    below = torch.nextafter(distinct, torch.full_like(distinct, -torch.inf))
+    return torch.stack([below, distinct], dim=2).flatten(1)
+
+
+def _ties_ahead(
+    scores: torch.Tensor, slots: torch.Tensor, pos_scores: torch.Tensor, pos_index: torch.Tensor
 ) -> torch.Tensor:
-    """1-based ranks of each row's relevant items, best first, padded with 0: (C, max count)."""
-    rows = scores.shape[0]
-    width = int(counts.max())
-    keys = ranking_keys(scores)
-    pad = torch.iinfo(torch.int64).max
-    # Relevant keys of each row, ascending; rows with fewer relevant items are padded at the end.
-    masked = torch.where(relevant, keys, torch.full_like(keys, pad))
-    rel_keys = torch.topk(masked, width, dim=1, largest=False, sorted=True).values  # (C, W)
-    # below[c, g]: how many relevant keys of row c are smaller than key g (pads never are).
-    below = torch.searchsorted(rel_keys, keys)  # (C, G), values in 0..W
-    offsets = torch.arange(rows).unsqueeze(1) * (width + 1)
-    histogram = torch.bincount((below + offsets).flatten(), minlength=rows * (width + 1))
-    histogram = histogram.view(rows, width + 1)
-    # ahead[c, i] = items with key > rel_keys[c, i] = items whose `below` exceeds i.
-    ahead = histogram.flip(1).cumsum(1).flip(1)[:, 1:]  # (C, W)
-    ranks_ascending = ahead + 1
-    # Re-order best first: the best relevant item is the last real one in ascending order.
-    position = counts.unsqueeze(1) - 1 - torch.arange(width).unsqueeze(0)  # (C, W)
-    valid = position >= 0
-    best_first = torch.gather(ranks_ascending, 1, position.clamp(min=0))
-    return torch.where(valid, best_first, torch.zeros_like(best_first))
+    """(C, W): for each relevant item, the items with its score that come earlier in the gallery.
+
+    ``slots`` are the binary-search slots (odd = equal to a relevant score; overwritten here); only
+    those few items are compared with the row's relevant items.
+    """
+    ahead = torch.zeros_like(pos_index)
+    tied = slots.bitwise_and_(1).nonzero()  # (N, 2) rows and gallery indices of the tied items
+    batch = max(1, 2**22 // pos_index.shape[1])  # bounds the (N, W) comparison below
+    for part in tied.split(batch):
+        row, item = part[:, 0], part[:, 1]
+        same = pos_scores[row] == scores[row, item].unsqueeze(1)  # (N, W)
+        earlier = item.unsqueeze(1) < pos_index[row]
+        ahead.index_add_(0, row, (same & earlier).to(ahead.dtype))
+    return ahead
+
+
+def relevant_ranks(
+    scores: torch.Tensor, pos_index: torch.Tensor, padding: torch.Tensor | None = None
+) -> torch.Tensor:
+    """1-based ranks (C, W) of the relevant items ``pos_index`` (C, W) in each row of ``scores``;
+    entries where ``padding`` (C, W) is true are placeholders, and their ranks are meaningless.
+
+    Rank = 1 + items with a higher score + items with the same score and a lower gallery index.
+    """
+    rows, width = pos_index.shape
+    pos_scores = scores.gather(1, pos_index)  # (C, W)
+    if padding is not None:
+        pos_scores = pos_scores.masked_fill(padding, torch.inf)
+    bounds = _thresholds(pos_scores).contiguous()  # (C, 2W)
+    stride = 2 * width + 2  # even, so that a slot's parity survives the row offset
+    small = rows * stride < 2**31  # int32 slots halve the one write over the matrix
+    slots = torch.searchsorted(bounds, scores, out_int32=small)  # (C, G), 0..2W
+    slots += torch.arange(rows, device=slots.device, dtype=slots.dtype).unsqueeze(1) * stride
+    histogram = torch.bincount(slots.flatten(), minlength=rows * stride).view(rows, stride)
+    at_least = histogram.flip(1).cumsum(1).flip(1)  # at_least[c, j] = items in slot >= j
+    # Items scoring above s sit in slots past every bound <= s.
+    above = at_least.gather(1, torch.searchsorted(bounds, pos_scores, right=True))
+    equal_counts = histogram[:, 1 : 2 * width : 2]  # items equal to each distinct relevant score
+    if not bool((equal_counts > 1).any()):  # no score ties with a relevant one: done
+        return above + 1
+    return above + _ties_ahead(scores, slots, pos_scores, pos_index) + 1
 
 
 def _check_inputs(
@@ -97,6 +162,39 @@ def _as_float32(similarity: torch.Tensor) -> torch.Tensor:
     return similarity.to(torch.float32)  # exact for float16, bfloat16 and small integers
 
 
+def _check_finite(rows: torch.Tensor, start: int) -> None:
+    """One read of the chunk (min and max carry NaN along) instead of a mask of it."""
+    low, high = torch.aminmax(rows)
+    if not bool(torch.isfinite(low) & torch.isfinite(high)):
+        bad = start + int((~torch.isfinite(rows)).any(1).nonzero()[0])
+        raise ValueError(f"similarity row {bad} (query {bad}) holds NaN or Inf")
+
+
+def _missing_error(relevant: Relevant, query_pids: torch.Tensor) -> ValueError:
+    empty = (relevant.count == 0).nonzero().flatten()
+    q = int(empty[0])
+    return ValueError(
+        f"query {q} (pid {int(query_pids[q])}) has no relevant image in the gallery "
+        f"({len(empty)} such queries); pass missing='exclude' to leave such queries out and "
+        "count them"
+    )
+
+
+def _query_sums(ranks: torch.Tensor, counts: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
+    """(C, W) ranks (valid first, in any order), (C,) counts -> [hits at each k, AP, INP] sums."""
+    width = ranks.shape[1]
+    valid = torch.arange(width, device=ranks.device).unsqueeze(0) < counts.unsqueeze(1)
+    ranks = ranks.to(torch.float64).masked_fill(~valid, torch.inf).sort(dim=1).values
+    best = ranks[:, 0]
+    hits = [(best <= k).sum().to(torch.float64) for k in ks]
+    order = torch.arange(1, width + 1, dtype=torch.float64, device=ranks.device).unsqueeze(0)
+    precision = torch.where(valid, order / ranks, torch.zeros_like(ranks))
+    ap = (precision.sum(1) / counts).sum()
+    last = ranks.gather(1, (counts - 1).unsqueeze(1)).squeeze(1)
+    inp = (counts / last).sum()
+    return torch.stack([*hits, ap, inp])
+
+
 def retrieval_metrics(
     similarity: ArrayLike,
     query_pids: ArrayLike,
@@ -111,49 +209,36 @@ def retrieval_metrics(
     ``similarity`` is (queries, gallery); higher is more similar. With ``missing="error"`` a query
     with no relevant gallery item raises ``ValueError`` naming it; with ``"exclude"`` such queries
     are left out and counted under the extra key ``"excluded"``. Memory stays bounded: queries are
-    processed in chunks of about ``chunk_bytes`` of working memory.
+    processed in chunks of about ``chunk_bytes`` of working memory. A CUDA ``similarity`` is
+    evaluated on its GPU.
     """
-    scores, qpids, gpids = _as_tensor(similarity), _as_tensor(query_pids), _as_tensor(gallery_pids)
+    scores = _as_tensor(similarity)
+    qpids = _as_tensor(query_pids, scores.device)
+    gpids = _as_tensor(gallery_pids, scores.device)
     _check_inputs(scores, qpids, gpids)
-    chunk = max(1, chunk_bytes // (32 * max(1, scores.shape[1])))
-    hits = torch.zeros(len(ks), dtype=torch.float64)
-    ap_sum = inp_sum = 0.0
-    counted = excluded = 0
+    relevant = find_relevant(qpids, gpids)
+    if missing == "error" and not bool(relevant.count.all()):
+        raise _missing_error(relevant, qpids)
+    keep = (relevant.count > 0).nonzero().flatten()
+    if not len(keep):
+        raise ValueError("no query has a relevant image in the gallery; nothing to evaluate")
+    chunk = max(1, chunk_bytes // (16 * max(1, scores.shape[1])))
+    sums = torch.zeros(len(ks) + 2, dtype=torch.float64, device=scores.device)
     for start in range(0, scores.shape[0], chunk):
-        rows = _as_float32(scores[start : start + chunk]).contiguous()
-        if not torch.isfinite(rows).all():
-            bad = start + int((~torch.isfinite(rows)).any(1).nonzero()[0])
-            raise ValueError(f"similarity row {bad} (query {bad}) holds NaN or Inf")
-        relevant = qpids[start : start + chunk].unsqueeze(1) == gpids.unsqueeze(0)
-        counts = relevant.sum(1)
+        part = slice(start, start + chunk)
+        rows = _as_float32(scores[part]).contiguous()  # (C, G)
+        _check_finite(rows, start)
+        counts, pos_index = relevant.count[part], relevant.indices(part)  # (C,), (C, W)
         if not bool(counts.all()):
-            empty = (counts == 0).nonzero().flatten()
-            if missing == "error":
-                q = start + int(empty[0])
-                raise ValueError(
-                    f"query {q} (pid {int(qpids[q])}) has no relevant image in the gallery "
-                    f"({len(empty)} such queries in rows {start}..{start + len(counts) - 1}); "
-                    "pass missing='exclude' to leave such queries out and count them"
-                )
-            excluded += len(empty)
-            keep = counts > 0
-            rows, relevant, counts = rows[keep], relevant[keep], counts[keep]
+            kept = counts > 0
+            rows, counts, pos_index = rows[kept], counts[kept], pos_index[kept]
             if not len(counts):
                 continue
-        ranks = _relevant_ranks(rows, relevant, counts).to(torch.float64)  # (C, W), 0 = padding
-        best = ranks[:, 0]
-        hits += torch.stack([(best <= k).sum() for k in ks]).to(torch.float64)
-        order = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64).unsqueeze(0)
-        precision = torch.where(ranks > 0, order / ranks.clamp(min=1), torch.zeros_like(ranks))
-        ap_sum += float((precision.sum(1) / counts).sum())
-        last = ranks.gather(1, (counts - 1).unsqueeze(1)).squeeze(1)
-        inp_sum += float((counts / last).sum())
-        counted += len(counts)
-    if counted == 0:
-        raise ValueError("no query has a relevant image in the gallery; nothing to evaluate")
-    result = {f"R{k}": float(100 * hits[i] / counted) for i, k in enumerate(ks)}
-    result["mAP"] = 100 * ap_sum / counted
-    result["mINP"] = 100 * inp_sum / counted
+        padding = torch.arange(pos_index.shape[1], device=counts.device) >= counts.unsqueeze(1)
+        sums += _query_sums(relevant_ranks(rows, pos_index, padding), counts, ks)
+    totals = (100 * sums / len(keep)).tolist()  # the only values that leave the device
+    result = {f"R{k}": totals[i] for i, k in enumerate(ks)}
+    result["mAP"], result["mINP"] = totals[len(ks)], totals[len(ks) + 1]
     if missing == "exclude":
-        result["excluded"] = float(excluded)
+        result["excluded"] = float(len(relevant.count) - len(keep))
     return result
