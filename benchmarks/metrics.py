@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -25,20 +23,9 @@ import time
 
 import numpy as np
 import torch
+from _machine import machine  # benchmarks/ is on sys.path when a script runs
 
 AGREE = 1e-4  # percent; the float32 baseline rounds each precision term
-
-
-def machine() -> str:
-    """CPU model, cores and torch threads: what the timings belong to."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            model = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    threads = torch.get_num_threads()
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} with {threads} threads"
 
 
 def make_problem(queries: int, gallery: int, seed: int = 0):

@@ -13,26 +13,13 @@ Usage: ``python benchmarks/search.py [--gallery 100000] [--dim 512] [--queries 2
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
 import torch
+from _machine import machine  # benchmarks/ is on sys.path when a script runs
 
 from uit.search import top_k
-
-
-def machine() -> str:
-    """CPU model, cores and torch threads: what the timings belong to."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            model = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    threads = torch.get_num_threads()
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} with {threads} threads"
 
 
 def float32_top_k(query: torch.Tensor, gallery: torch.Tensor, k: int) -> torch.Tensor:
