@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from uit.errors import CheckpointError
+from uit.io import replaced_dir
 
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.safetensors"
@@ -104,11 +102,7 @@ def save_checkpoint(
 ) -> None:
     """Write a checkpoint folder atomically, replacing any previous checkpoint there. A folder
     that holds anything else is refused, never deleted."""
-    directory = Path(directory)
-    check_replaceable(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
-    try:
+    with replaced_dir(directory, OWNED, CheckpointError) as tmp:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS)
         )
@@ -118,28 +112,6 @@ def save_checkpoint(
             save_file(tensors, str(tmp / OPTIMIZER))
             full_state["optimizer"] = meta
         (tmp / STATE).write_text(json.dumps(full_state, indent=2) + "\n", encoding="utf-8")
-        old = directory.with_name(f".{directory.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def check_replaceable(directory: Path) -> None:
-    """Refuse a target that is a file, or a folder holding more than a checkpoint's files."""
-    if directory.exists() and not directory.is_dir():
-        raise CheckpointError(f"{directory} is a file; give a folder (new, or a checkpoint)")
-    if directory.is_dir():
-        foreign = sorted(p.name for p in directory.iterdir() if p.name not in OWNED)
-        if foreign:
-            raise CheckpointError(
-                f"{directory} holds files that are not part of a checkpoint "
-                f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); refusing to "
-                "replace it. Give a new or empty folder, or move those files away."
-            )
 
 
 EXPORT_KIND = "dual-encoder"  # state.json "kind" of an exported model

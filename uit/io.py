@@ -43,36 +43,14 @@ def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> 
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
-@contextmanager
-def staged_dir(out_dir: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder; on success move its files into ``out_dir``, else delete it.
-
-    Files are written next to ``out_dir`` (same file system), so each move is a rename. Files
-    already in ``out_dir`` that the staged folder also holds are replaced; others are left alone.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UitError(f"{out_dir} is a file; give a folder (new or existing) for the output")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for item in sorted(tmp.rglob("*")):
-            if item.is_file():
-                target = out_dir / item.relative_to(tmp)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(item, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 # Folders that replaced_dir leaves beside its output only when killed: ".NAME.uit-tmp-PID-TOKEN"
 # (being written) and ".NAME.uit-old-PID-TOKEN" (the previous output, between two renames).
 _STAGING, _RETIRED = "uit-tmp", "uit-old"
 
 
-def ready_output_dir(out_dir: str | Path, owned: Collection[str]) -> Path:
+def ready_output_dir(
+    out_dir: str | Path, owned: Collection[str], error: type[UitError] = UitError
+) -> Path:
     """Check ``out_dir`` can be replaced, after tidying up after killed runs; return its real path.
 
     A previous output that a kill caught between the two renames is put back, killed runs'
@@ -82,12 +60,12 @@ def ready_output_dir(out_dir: str | Path, owned: Collection[str]) -> Path:
     if out_dir.parent.is_dir():
         _clean_leftovers(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise UitError(f"{out_dir} is a file; give a folder (new or existing) for the output")
+        raise error(f"{out_dir} is a file; give a folder (new or existing) for the output")
     foreign = (
         sorted(p.name for p in out_dir.iterdir() if p.name not in owned) if out_dir.is_dir() else []
     )
     if foreign:
-        raise UitError(
+        raise error(
             f"{out_dir} holds {len(foreign)} file(s) or folder(s) that this command did not write "
             f"(e.g. {foreign[0]}), and the whole folder would be replaced: give a new folder, "
             f"or one holding only {', '.join(sorted(owned))}"
@@ -96,7 +74,9 @@ def ready_output_dir(out_dir: str | Path, owned: Collection[str]) -> Path:
 
 
 @contextmanager
-def replaced_dir(out_dir: str | Path, owned: Collection[str]) -> Iterator[Path]:
+def replaced_dir(
+    out_dir: str | Path, owned: Collection[str], error: type[UitError] = UitError
+) -> Iterator[Path]:
     """Yield an empty folder beside ``out_dir``; on success it replaces ``out_dir`` as a whole.
 
     Publishing is two renames (``out_dir`` aside, the new folder in) and then deleting the old
@@ -104,7 +84,7 @@ def replaced_dir(out_dir: str | Path, owned: Collection[str]) -> Iterator[Path]:
     untouched. A symlinked ``out_dir`` has its target replaced. Leftovers of a killed run are
     deleted on the next run (a previous output caught between the renames is put back first).
     """
-    out_dir = ready_output_dir(out_dir, owned)
+    out_dir = ready_output_dir(out_dir, owned, error)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=_leftover_name(out_dir, _STAGING)))
     try:
