@@ -1,7 +1,7 @@
 """Captions parsed per second by the built-in spaCy pipeline and, when installed, a trained one.
 
 One process, one thread: spaCy's blank tokenizer and the lexicon tagger are single-threaded, so
-captions per second is captions per second per core (DESIGN 7 asks for at least 5,000 with the
+captions per second is captions per second per core (design §7 asks for at least 5,000 with the
 built-in pipeline). Captions per CPU-second (process time) is the same on an idle machine and
 stays fair on a busy one. Captions come from the synthetic benchmark's grammar, in the three
 benchmarks' styles in turn. Usage: ``python benchmarks/parse.py [--captions N --repeats R]``.

@@ -1,4 +1,4 @@
-"""Prefect flows around the DVC pipeline (DESIGN 6): they run DVC commands as tasks and publish
+"""Prefect flows around the DVC pipeline (design §6): they run DVC commands as tasks and publish
 the results; the ML lives in ``uit`` and the DAG in ``dvc.yaml``.
 
 - ``preprocess``: synth (synthetic source), prepare and parse for the chosen benchmarks;

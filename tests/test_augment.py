@@ -1,4 +1,4 @@
-"""The attribute-keeping text augmentation (DESIGN 4)."""
+"""The attribute-keeping text augmentation (design §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN 2: dependencies point one way. `uit/` never imports prefect or dvc; typer only in cli."""
+"""design §2: dependencies point one way. `uit/` never imports prefect or dvc; typer only in cli."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ LIBRARY = sorted((ROOT / "uit").rglob("*.py"))
 def test_library_never_imports_orchestration(path: Path) -> None:
     forbidden = {"prefect", "dvc", "flows", "stages"}
     if path.name == "cli.py":
-        forbidden.discard("flows")  # DESIGN 2: the CLI may start a flow
+        forbidden.discard("flows")  # the CLI may start a flow (`uit run`)
     else:
         forbidden.add("typer")
     assert not imported_modules(path) & forbidden

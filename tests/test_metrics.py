@@ -1,4 +1,4 @@
-"""Retrieval metrics against a naive per-query reference (DESIGN 5)."""
+"""Retrieval metrics against a naive per-query reference (design §5)."""
 
 from __future__ import annotations
 

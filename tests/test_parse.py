@@ -1,4 +1,4 @@
-"""Attribute parsing (DESIGN 3.3): the built-in spaCy pipeline, stage, CLI and recall."""
+"""Attribute parsing (design §3.3): the built-in spaCy pipeline, stage, CLI and recall."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Readers and `uit data prepare`: every format and every kind of bad input (DESIGN 3.1-3.2, 8)."""
+"""Readers and `uit data prepare`: every format and all bad input (design §3.1-3.2, §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The synthetic benchmark (DESIGN 3.4): formats, determinism, families, styles, dirty records."""
+"""The synthetic benchmark (design §3.4): formats, determinism, families, styles, dirty records."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Checkpoints: safetensors tensors plus a JSON state; nothing is ever unpickled (DESIGN 8).
+"""Checkpoints: safetensors tensors plus a JSON state; nothing is ever unpickled (design §8).
 
 A checkpoint folder holds ``weights.safetensors`` (the objective: encoder and training heads),
 ``state.json`` (the whole config, epoch, step, best metric, optimizer hyper-parameters, RNG

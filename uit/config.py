@@ -45,7 +45,7 @@ class DataConfig(Section):
 
 
 class SynthConfig(Section):
-    """The procedural benchmark (DESIGN 3.4)."""
+    """The procedural benchmark (design §3.4)."""
 
     # The benchmark folders to draw (their names on disk); () where data.source is real.
     benchmarks: tuple[BenchmarkFolder, ...] = ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid")
@@ -56,7 +56,7 @@ class SynthConfig(Section):
 
 
 class ParseConfig(Section):
-    """Attribute parsing of captions with spaCy (DESIGN 3.3)."""
+    """Attribute parsing of captions with spaCy (design §3.3)."""
 
     backend: Literal["auto", "builtin", "trained"] = "auto"  # auto: trained when installed
     trained_model: str = "en_core_web_sm"
@@ -64,7 +64,7 @@ class ParseConfig(Section):
 
 
 class AugmentConfig(Section):
-    """Training-time text augmentation (DESIGN 4)."""
+    """Training-time text augmentation (design §4)."""
 
     keep_attributes_p: float = Field(0.2, ge=0.0, le=1.0)
     # The released code's in-place caption token masking (BERT-style): off here, on in the paper
@@ -76,7 +76,7 @@ class AugmentConfig(Section):
 
 
 class ModelConfig(Section):
-    """The open_clip dual encoder (DESIGN 4)."""
+    """The open_clip dual encoder (design §4)."""
 
     name: str = "ViT-B-16"  # any open_clip model name, or uit-tiny
     pretrained: str = ""  # "" random init | an open_clip tag such as openai | a weights file
@@ -114,7 +114,7 @@ class TIRConfig(Section):
 
 
 class OptimConfig(Section):
-    """Adam with per-group learning rates (DESIGN 4)."""
+    """Adam with per-group learning rates (design §4)."""
 
     lr: float = Field(1e-5, gt=0.0)
     weight_decay: float = Field(4e-5, ge=0.0)
@@ -124,7 +124,7 @@ class OptimConfig(Section):
 
 
 class TrainConfig(Section):
-    """The fit loop, schedule and model selection (DESIGN 4)."""
+    """The fit loop, schedule and model selection (design §4)."""
 
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(128, ge=2)
@@ -159,7 +159,7 @@ class TrainConfig(Section):
 
 
 class ReportConfig(Section):
-    """What the report shows besides the metrics (DESIGN 6)."""
+    """What the report shows besides the metrics (design §6)."""
 
     title: str = "uit report"
     queries: tuple[str, ...] = ()  # sentences always shown, searched in each test gallery

@@ -1,4 +1,4 @@
-"""Evaluation: encode a split's gallery images and caption queries, rank, score (DESIGN 5).
+"""Evaluation: encode a split's gallery images and caption queries, rank, score (design §5).
 
 Text-to-image is the task; image-to-text is reported too. Cross-domain evaluation is the same
 call with a model trained on another benchmark.

@@ -1,4 +1,4 @@
-"""The loss terms of UIT and its baselines, as pure functions of features and labels (DESIGN 4).
+"""The loss terms of UIT and its baselines, as pure functions of features and labels (design §4).
 
 Each returns a scalar. Weights are applied by the objective, not here.
 """

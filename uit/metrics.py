@@ -1,4 +1,4 @@
-"""Text-to-image retrieval metrics (DESIGN 5): R@k, mAP and mINP, in percent.
+"""Text-to-image retrieval metrics (design §5): R@k, mAP and mINP, in percent.
 
 A gallery item is relevant to a query when their pids are equal. Ties in similarity are broken by
 the lower gallery index, so results never depend on sort stability.

@@ -141,7 +141,7 @@ def load_objective(checkpoint_dir: str | Path) -> Objective:
 
 
 def param_groups(objective: Objective, cfg: OptimConfig) -> list[dict[str, Any]]:
-    """Adam parameter groups (DESIGN 4), each with a ``name`` for inspection.
+    """Adam parameter groups (design §4), each with a ``name`` for inspection.
 
     Weights of the pretrained encoder: lr, weight decay. Weights of new modules (ID head, TIR
     decoder with its cross-attention): ``new_module_lr_factor`` x lr. Every bias: ``bias_lr_factor``

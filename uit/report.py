@@ -1,5 +1,5 @@
 """The report: one self-contained HTML page (works offline: images are data URIs, no scripts)
-and a Markdown summary, built from a pipeline's run folders and metrics (DESIGN 6)."""
+and a Markdown summary, built from a pipeline's run folders and metrics (design §6)."""
 
 from __future__ import annotations
 

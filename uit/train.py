@@ -109,7 +109,7 @@ def lr_factor(epoch_progress: float, cfg: TrainConfig) -> float:
 
 
 def choose_selection(manifests: Manifests, cfg: TrainConfig) -> tuple[Manifests, Selection]:
-    """The training split and the selection split (DESIGN 4). Without a val split, ``val``
+    """The training split and the selection split (design §4). Without a val split, ``val``
     holds out ``holdout_fraction`` of the training identities instead."""
     train = manifests.split("train")
     if cfg.selection == "last":

@@ -1,7 +1,7 @@
 """Torch datasets over prepared manifests: training samples, gallery images, queries.
 
 Training uses one sample per caption with pids relabelled to 0..N-1 over the training identities
-(DESIGN 3.2). A sample's augmentation (image, attribute-keeping, token masking) depends only on
+(design §3.2). A sample's augmentation (image, attribute-keeping, token masking) depends only on
 (seed, epoch, index), so results do not depend on the number of workers or on resuming.
 """
 

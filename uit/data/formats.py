@@ -1,4 +1,4 @@
-"""The three real on-disk formats (DESIGN 3.1): where each benchmark lives and what its JSON holds."""
+"""The three real on-disk formats (design §3.1): where each benchmark lives and what its JSON holds."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage ``prepare`` (DESIGN 3.2): validated annotations -> Parquet manifests plus ``stats.json``.
+"""Stage ``prepare`` (design §3.2): validated annotations -> Parquet manifests plus ``stats.json``.
 
 ``images.parquet``: image_id, pid, split, path (relative to the benchmark's imgs/ folder).
 ``captions.parquet``: caption_id, image_id, pid, split, text.

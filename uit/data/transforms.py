@@ -1,4 +1,4 @@
-"""Image transforms (DESIGN 4) and per-sample determinism.
+"""Image transforms (design §4) and per-sample determinism.
 
 Training: resize, horizontal flip 0.5, pad 10 + random crop, CLIP mean/std, random erasing (p 0.5,
 area 0.02-0.4, filled with the mean, i.e. 0 after normalisation). Evaluation: resize + normalise.

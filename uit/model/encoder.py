@@ -1,6 +1,6 @@
 """The inference model: an open_clip CLIP seen as a dual encoder.
 
-Image features are the projected CLS token, text features the projected EOT token (DESIGN 4).
+Image features are the projected CLS token, text features the projected EOT token (design §4).
 For training it also gives the caption's projected token features and an MAE-style masked pass
 of the same image tower. Everything calls open_clip's own modules.
 """

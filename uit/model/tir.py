@@ -55,7 +55,7 @@ def sincos_2d(dim: int, grid: tuple[int, int]) -> Tensor:
 
 class TIRDecoder(nn.Module):
     """LayerNorm, linear embed, mask tokens, fixed positions, one cross-attention to the caption,
-    LayerNorm, transformer blocks, LayerNorm, linear to pixels (DESIGN 4).
+    LayerNorm, transformer blocks, LayerNorm, linear to pixels (design §4).
 
     With ``cross_attn_residual=False`` (the released arrangement) only the cross-attention output
     continues; with ``True`` it is added to its input.

@@ -1,4 +1,4 @@
-"""The attribute-keeping text augmentation of UIT (DESIGN 4).
+"""The attribute-keeping text augmentation of UIT (design §4).
 
 With probability ``p`` per training sample, a caption is replaced by its attribute words joined by
 spaces ("A woman with long black hair wears a red backpack." -> "woman long black hair red

@@ -4,7 +4,7 @@ The generator writes ``attributes.json`` beside each annotation file: for every 
 attribute words it used (colours, garments, footwear, bags, hair, gender words, pronouns) and the
 filler words ("walking along the street"). Recall is the share of those attribute words that the
 parser marks as attribute words; the filler share is the share of filler words it marks too (a
-part-of-speech parser keeps the nouns and adjectives of fillers, "street", "sunny": DESIGN 3.3
+part-of-speech parser keeps the nouns and adjectives of fillers, "street", "sunny": design §3.3
 defines attribute words by tag, so this share measures noise, not an error).
 
 Words are compared case-insensitively within each caption, each occurrence once. A hyphenated

@@ -46,7 +46,7 @@ TAG_TO_POS = {
     "VBN": "VERB", "VBP": "VERB", "VBZ": "VERB",
 }  # fmt: skip
 
-ATTRIBUTE_TAG_PREFIXES = ("PRP", "NN", "JJ")  # DESIGN 3.3: pronouns, nouns, adjectives
+ATTRIBUTE_TAG_PREFIXES = ("PRP", "NN", "JJ")  # design §3.3: pronouns, nouns, adjectives
 
 
 def is_attribute_tag(tag: str) -> bool:
@@ -88,7 +88,7 @@ _FUNCTION_WORDS = {
     "crossing waiting riding pushing pulling talking sitting running using seeing taking hanging",
 }
 
-# The person-description vocabulary (DESIGN 3.3), by category.
+# The person-description vocabulary (design §3.3), by category.
 PERSON_VOCABULARY: dict[str, tuple[str, str]] = {
     "colours": (
         "JJ",

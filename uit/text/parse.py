@@ -1,4 +1,4 @@
-"""Stage ``parse`` (DESIGN 3.3): prepared captions -> tokens, tags, attribute words and phrases.
+"""Stage ``parse`` (design §3.3): prepared captions -> tokens, tags, attribute words and phrases.
 
 ``attributes.parquet``: one row per caption, joinable on ``caption_id`` with the prepared
 ``captions.parquet``; list columns ``tokens``, ``tags`` (Penn Treebank), ``attribute_words``

@@ -1,4 +1,4 @@
-"""The spaCy pipelines that tag captions (DESIGN 3.3).
+"""The spaCy pipelines that tag captions (design §3.3).
 
 ``trained``: an installed English pipeline such as ``en_core_web_sm`` (its tagger gives Penn tags).
 ``builtin``: ``spacy.blank("en")`` whose tokenizer keeps hyphenated words whole ("t-shirt",
@@ -6,7 +6,7 @@
 TAG and POS from ``uit.text.lexicon`` (one hash lookup per token, memoised per word form), then
 spaCy's ``attribute_ruler`` with a few context rules ("a building": NN, not VBG). An attribute
 ruler keyed on the whole lexicon parses about 2,400 captions per second on one core, below the
-5,000 of DESIGN 7, hence the lookup component.
+5,000 of design §7, hence the lookup component.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The procedural synthetic benchmark (DESIGN 3.4), in the exact formats of the real three."""
+"""The procedural synthetic benchmark (design §3.4), in the exact formats of the real three."""
 
 from uit.data.synth.generate import SIZES, generate_benchmark, synthesize
 

@@ -129,7 +129,7 @@ def _tokens(text: str) -> list[str]:
     return re.findall(r"[a-z]+|[^\sa-z]", text.lower())
 
 
-# The deliberate dirty records (DESIGN 3.4), each applied to one training image.
+# The deliberate dirty records (design §3.4), each applied to one training image.
 def _make_empty(captions: list[str]) -> list[str]:
     return [*captions[:-1], "   "]
 
