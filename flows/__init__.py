@@ -1,5 +1,2 @@
-"""Prefect flows and deployments: they run DVC commands and publish results; no ML logic.
-
-The flows themselves arrive with the pipeline issue; this package exists from the start so the
-layering (flows -> dvc -> stages -> uit) is visible in the tree.
-"""
+"""Prefect flows and deployments (``pipeline.py``, ``prefect.yaml`` at the project root): they run
+DVC commands as tasks and publish results as artifacts; no ML logic (design §6)."""
