@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from uit.config import load_config
+from uit.config import load_config, read_yaml
 from uit.runs import evaluate_checkpoint, train_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,9 +58,7 @@ class TimingReporter:
 
 def paper_overrides() -> list[str]:
     """The keys of profiles/paper.yaml as overrides, except where the data comes from."""
-    import yaml
-
-    profile = yaml.safe_load(PROFILE.read_text(encoding="utf-8"))
+    profile = read_yaml(PROFILE)
     skip = {"data", "synth"}
     return [
         f"{section}.{key}={json.dumps(value)}"

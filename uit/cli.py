@@ -572,13 +572,16 @@ def profile(
     profiles: Annotated[Path, typer.Option(help="Folder of profiles.")] = Path("profiles"),
 ) -> None:
     """Switch params.yaml to a profile (comments and other keys are kept)."""
-    from uit.profiles import apply_profile
+    from uit.config import load_config
+    from uit.profiles import apply_profile, missing_benchmarks
 
     overrides = {"data.root": data_root} if data_root else {}
     changed = apply_profile(params, profiles / f"{name}.yaml", overrides)
     console.print(f"{params}: profile {name}; {len(changed)} values changed")
     for key in changed:
         console.print(f"  {key}")
+    for message in missing_benchmarks(load_config(params), params.parent):
+        err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
     console.print("Then `dvc repro` (or `uit run`) re-runs what these values affect.")
 
 
@@ -601,6 +604,9 @@ def run_pipeline(
     project = project.resolve()
     if not (project / "dvc.yaml").is_file():
         raise UitError(f"{project} has no dvc.yaml: run `uit run` in the project folder")
+    from uit.config import load_config
+
+    load_config(project / "params.yaml")  # a broken file fails here in one line, not inside DVC
     # Prefect's temporary server keeps its database under the project, not in the home folder.
     os.environ.setdefault("PREFECT_HOME", str(project / ".prefect"))
     from flows.pipeline import DvcError, pipeline

@@ -316,15 +316,43 @@ def read_params_text(path: Path) -> str:
         ) from None
 
 
+def parse_yaml(text: str, path: str | Path) -> Any:
+    """The plain values of the YAML ``text`` read from ``path`` (no aliases, no tags): every
+    reader of a params file or a profile goes through here, so a syntax error is always one line
+    that names the file, line and column and says how to fix it."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader without aliases
+    except yaml.YAMLError as error:
+        raise ConfigError(yaml_error_line(path, error, text)) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The plain values of the YAML file ``path`` (see ``parse_yaml``)."""
+    return parse_yaml(read_params_text(Path(path)), path)
+
+
+def yaml_error_line(path: str | Path, error: Exception, text: str = "") -> str:
+    """What a YAML parser (PyYAML's or ruamel's) found wrong in ``path``, on one line."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or " ".join(str(error).split())
+    where = f"{path} line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+    context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and context_mark is not None and context_mark is not mark:
+        start = f"line {context_mark.line + 1}, column {context_mark.column + 1}"
+        problem += f" ({context} started at {start})"
+    lines = text.splitlines()
+    if mark is not None and mark.line < len(lines) and lines[mark.line].strip():
+        problem += f", in {_short_repr(lines[mark.line].strip(' '))}"
+    return bounded(
+        f"{where}: not valid YAML: {problem}; fix the file or restore it with "
+        f"`git checkout -- {path}`"
+    )
+
+
 def load_config(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Config:
     """Load ``params.yaml`` (or another file) and apply dotted overrides."""
     path = Path(path)
-    text = read_params_text(path)
-    try:
-        raw = yaml.load(text, Loader=_NoAliasLoader) or {}  # a SafeLoader without aliases
-    except yaml.YAMLError as error:
-        message = str(error).replace('"<unicode string>"', str(path))
-        raise ConfigError(bounded(f"{path}: not valid YAML: {message}")) from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{path}: expected a mapping of sections (data:, train:, ...) at the top level, "

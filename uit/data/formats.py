@@ -24,6 +24,13 @@ class BenchmarkSpec:
     def dataset_dir(self, root: str | Path) -> Path:
         return Path(root) / self.folder
 
+    def missing(self, root: str | Path) -> str:
+        """What a user whose ``root`` lacks this benchmark is told: where it goes, how to get it."""
+        return (
+            f"{self.title} not found: expected the folder {self.dataset_dir(root)} (holding imgs/ "
+            f"and {self.annotation_files[0]}). {self.obtain}."
+        )
+
     def imgs_dir(self, root: str | Path) -> Path:
         return self.dataset_dir(root) / "imgs"
 

@@ -66,9 +66,8 @@ def _read(spec: BenchmarkSpec, root: str | Path) -> Annotations:
     folder = spec.dataset_dir(root)
     if not folder.is_dir():
         raise DataError(
-            f"{spec.title} not found: expected the folder {folder} (holding imgs/ and "
-            f"{spec.annotation_files[0]}). {spec.obtain}. Or run `uit synth --root {root}` "
-            "to generate the synthetic stand-in."
+            f"{spec.missing(root)} Or run `uit synth --root {root}` to generate the synthetic "
+            "stand-in."
         )
     path = spec.annotation_file(root)
     if not path.is_file():
