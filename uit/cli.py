@@ -735,7 +735,7 @@ def run_pipeline(
     minutes, seconds = divmod(time.perf_counter() - started, 60)
     console.print(f"\nPipeline done in {int(minutes)} min {seconds:.0f} s.")
     console.print(f"Report: {html} (and report.md beside it)")
-    console.print("Metrics: `dvc metrics show`; experiments: `dvc exp show`; curves: `uit report`")
+    console.print("Experiments and their metrics: `uit compare`; curves: `uit report`")
 
 
 def main() -> None:
