@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from stages._common import bars, run
-from uit.config import load_config
+from uit.config import BENCHMARKS, load_config
 from uit.data.prepare import prepare_benchmark
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("benchmark", help="cuhk-pedes | icfg-pedes | rstpreid")
+    parser.add_argument("--benchmark", "-b", required=True, choices=BENCHMARKS)
     parser.add_argument("--root", required=True, help="folder holding the benchmark's folder")
     parser.add_argument("--out", required=True, help="folder for the manifests")
     parser.add_argument("--params", default="params.yaml")

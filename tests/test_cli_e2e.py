@@ -18,7 +18,7 @@ def test_synth_prepare_stats_from_the_readme(tmp_path: Path) -> None:
 
     uit("synth", "--root", "data/raw", "--size", "tiny")
     for name in ("cuhk-pedes", "icfg-pedes", "rstpreid"):
-        uit("data", "prepare", name, "--root", "data/raw", "--out", f"data/prepared/{name}")
+        uit("data", "prepare", "-b", name, "--root", "data/raw", "--out", f"data/prepared/{name}")
     table = uit("data", "stats", "data/prepared/rstpreid")
     assert "RSTPReid" in table and "train" in table
     stats = json.loads(uit("data", "stats", "data/prepared/icfg-pedes", "--json"))

@@ -13,18 +13,19 @@ from typer.testing import CliRunner
 
 from tests.pipeline_repo import sh
 from uit.cli import app
+from uit.compare import METRICS, Experiment, comparison, format_cell
+from uit.errors import UitError
 
 STAGE = """
 import json, pathlib, yaml
 p = yaml.safe_load(open("params.yaml"))
 r1 = 20.0 + p["loss"]["cmt"] + p["train"]["seed"]
 pathlib.Path("metrics").mkdir(exist_ok=True)
-for name in ("cuhk-pedes", "rstpreid"):
-    t2i = {"R1": r1, "R5": r1 + 30, "R10": r1 + 40, "mAP": r1 / 2, "mINP": r1 / 4}
+for name, offset in (("cuhk-pedes", 0.0), ("icfg-pedes", 7.25), ("rstpreid", -3.5)):
+    r = r1 + offset
+    t2i = {"R1": r, "R5": r + 30, "R10": r + 40, "mAP": r / 2, "mINP": r / 4}
     json.dump({name: {"t2i": t2i, "i2t": t2i}}, open(f"metrics/{name}.json", "w"))
 """
-
-WIDE = {"COLUMNS": "300"}  # the terminal table is wide; do not let rich cut it
 
 DVC_YAML = """stages:
   fake-train:
@@ -33,6 +34,7 @@ DVC_YAML = """stages:
     params: [loss.cmt, train.seed]
     metrics:
       - metrics/cuhk-pedes.json: {cache: false}
+      - metrics/icfg-pedes.json: {cache: false}
       - metrics/rstpreid.json: {cache: false}
 """
 
@@ -53,8 +55,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def compare(repo: Path, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, ["compare", "--project", str(repo), *args], env=WIDE)
+def compare(repo: Path, *args: str, columns: int = 300) -> tuple[int, str]:
+    env = {"COLUMNS": str(columns)}
+    result = CliRunner().invoke(app, ["compare", "--project", str(repo), *args], env=env)
     return result.exit_code, result.output
 
 
@@ -99,10 +102,59 @@ def test_experiments_seeds_queue_deltas_and_outputs(repo: Path, tmp_path: Path) 
     assert "±" in output and "(+11.0)" in output  # the terminal table: mean ± std (delta)
 
 
+def shown_metrics(output: str) -> list[str]:
+    """The metrics the compact view shows: all but those its note says it left out."""
+    note = next((line for line in output.splitlines() if line.startswith("Left out")), "")
+    hidden = note.partition(": ")[2].partition(".")[0].split(", ") if note else []
+    return [m for m in METRICS if m not in hidden]
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_the_compact_view_fits_the_terminal(repo: Path, columns: int) -> None:
+    """3 benchmarks x 5 metrics, a seed group and deltas: nothing wider than the terminal, no
+    number cut, every number of the metrics shown present, and a note naming the others."""
+    code, output = compare(repo, "--json", "--baseline", "no-cmt")
+    rows = json.loads(output)
+    code, output = compare(repo, "--baseline", "no-cmt", columns=columns)
+    assert code == 0, output
+    assert max(map(len, output.splitlines())) <= columns
+    assert "…" not in output
+    shown = shown_metrics(output)
+    assert shown[0] == "R1" and (len(shown) < len(METRICS)) == ("--wide" in output)
+    cells = [format_cell(row, f"{b}/{m}") for row in rows for b in
+             ("cuhk-pedes", "icfg-pedes", "rstpreid") for m in shown]  # fmt: skip
+    assert "(+11.0)" in output and all(c in output for c in cells if c != "-")
+    assert "loss.cmt=0.0" in output or "loss.cmt=0" in output  # the params that differ
+
+
+def test_chosen_metrics_all_show_at_80_columns(repo: Path) -> None:
+    code, output = compare(repo, "--baseline", "no-cmt", "--metric", "mINP", "--metric", "R1",
+                           "-b", "icfg-pedes", columns=80)  # fmt: skip
+    assert code == 0 and "Left out" not in output and "…" not in output
+    assert output.index("mINP") < output.index("R1")  # in the order asked for
+    assert "cuhk-pedes" not in output and "icfg-pedes" in output
+    rows = json.loads(compare(repo, "--json", "--baseline", "no-cmt")[1])
+    assert all(format_cell(r, f"icfg-pedes/{m}") in output for r in rows for m in ("R1", "mINP")
+               if r["icfg-pedes/R1"] is not None)  # fmt: skip
+
+
+def test_wide_is_the_one_table_of_everything(repo: Path) -> None:
+    code, output = compare(repo, "--wide", "--baseline", "no-cmt")
+    header = next(line for line in output.splitlines() if "cuhk-pedes" in line)
+    assert code == 0 and header.count("cuhk-pedes") == len(METRICS)
+    assert all(header.count(b) == len(METRICS) for b in ("icfg-pedes", "rstpreid"))
+
+
 def test_bad_choices_are_messages(repo: Path) -> None:
     code, output = compare(repo, "--baseline", "nope")
     assert code == 1 and "baseline 'nope' is not among the experiments" in output
     code, output = compare(repo, "--sort", "nope")
     assert code == 1 and "cannot sort by 'nope'" in output
-    code, output = compare(repo, "--benchmark", "icfg-pedes")
-    assert code == 1 and "no metrics for icfg-pedes" in output
+    code, output = compare(repo, "--benchmark", "nope")
+    assert code == 2 and "nope" in output
+
+
+def test_a_benchmark_without_metrics_is_named() -> None:
+    only_rstpreid = Experiment("a", "commit", "done", {}, {"rstpreid": {"R1": 1.0}})
+    with pytest.raises(UitError, match="no metrics for icfg-pedes"):
+        comparison([only_rstpreid], benchmarks=["icfg-pedes"])

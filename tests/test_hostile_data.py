@@ -41,7 +41,8 @@ STATS = "stats.json"
 
 def prepare(root: Path, out: Path, *extra: str, name: str = "rstpreid"):
     return runner.invoke(
-        app, ["data", "prepare", name, "--root", str(root), "--out", str(out), *extra]
+        app,
+        ["data", "prepare", "--benchmark", name, "--root", str(root), "--out", str(out), *extra],
     )
 
 
@@ -256,7 +257,7 @@ def test_a_kill_between_the_renames_never_shows_a_mix(published) -> None:
     records = default_records("rstpreid")
     records[0]["captions"] = ["a brand new caption"]
     rewrite(root, records)
-    args = ("data", "prepare", "rstpreid", "--root", str(root), "--out", str(out))
+    args = ("data", "prepare", "--benchmark", "rstpreid", "--root", str(root), "--out", str(out))
     killed = run_cli(*args, code=KILL_BETWEEN_RENAMES)
     assert killed.returncode == -signal.SIGKILL
     assert not out.exists()  # neither old nor new: never a mix

@@ -19,7 +19,8 @@ runner = CliRunner()
 
 def prepare(root: Path, out: Path, name: str, *extra: str):
     return runner.invoke(
-        app, ["data", "prepare", name, "--root", str(root), "--out", str(out), *extra]
+        app,
+        ["data", "prepare", "--benchmark", name, "--root", str(root), "--out", str(out), *extra],
     )
 
 

@@ -26,7 +26,9 @@ def test_synth_then_prepare_stages(tmp_path: Path) -> None:
     assert synth.returncode == 0, synth.stderr
     sidecar = json.loads((tmp_path / "raw" / "RSTPReid" / "attributes.json").read_text())
     assert sidecar["generator"] == {"seed": 5, "size": "tiny", "benchmark": "rstpreid"}
-    prepare = run_stage("stages.prepare", "rstpreid", "--root", "raw", "--out", "out", cwd=tmp_path)
+    prepare = run_stage(
+        "stages.prepare", "--benchmark", "rstpreid", "--root", "raw", "--out", "out", cwd=tmp_path
+    )
     assert prepare.returncode == 0, prepare.stderr
     assert (tmp_path / "out" / "images.parquet").is_file()
 
@@ -39,7 +41,14 @@ def test_stage_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     (tmp_path / "params.yaml").write_text("data: {}\n")
     result = run_stage(
-        "stages.prepare", "rstpreid", "--root", "nowhere", "--out", "out", cwd=tmp_path
+        "stages.prepare",
+        "--benchmark",
+        "rstpreid",
+        "--root",
+        "nowhere",
+        "--out",
+        "out",
+        cwd=tmp_path,
     )
     assert result.returncode == 1
     assert "RSTPReid not found" in result.stderr

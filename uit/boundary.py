@@ -94,7 +94,7 @@ def report_failure(error: BaseException) -> int:
 # What a damaged prepared folder is, and how to mend it, for ``reading``.
 PREPARED = (
     "it should be a prepared benchmark (stats.json, images.parquet, captions.parquet)",
-    "Run `uit data prepare BENCHMARK --root RAW_ROOT --out FOLDER` again to rewrite it.",
+    "Run `uit data prepare --benchmark BENCHMARK --root RAW_ROOT --out FOLDER` to rewrite it.",
 )
 
 

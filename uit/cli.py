@@ -3,6 +3,9 @@
 Every command goes through one error boundary (``uit.boundary``): bad input of any kind (a
 ``UitError``, a damaged file, a bad path) becomes a one-paragraph message and exit code 1, Ctrl-C
 exit code 130; only a bug shows a traceback, behind a line that says it is one.
+
+Help pages read like click's: arguments in capitals (CHECKPOINT), values by kind (PATH, INTEGER,
+TEXT, a|b), switches without a value, and every default shown (``UitCommand``).
 """
 
 from __future__ import annotations
@@ -13,33 +16,108 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import click
 import typer
 from rich.table import Table
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from uit.boundary import report_failure
-from uit.config import BENCHMARKS, BenchmarkName, ImageCheck, SynthSize
+from uit.config import BENCHMARKS, Benchmark, ImageCheck, SynthSize
 from uit.console import ProgressReporter, adder, console, err_console, progress_bars
 from uit.errors import UitError
 
-app = typer.Typer(help="Text-to-image person retrieval with UIT.", no_args_is_help=True)
-data_app = typer.Typer(help="Prepare and inspect benchmarks.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-weights_app = typer.Typer(help="Pretrained and released weights files.", no_args_is_help=True)
-app.add_typer(weights_app, name="weights")
 F = TypeVar("F", bound=Callable[..., Any])
+ONE_OF = f"one of {', '.join(BENCHMARKS)}"  # the names, for the help of --benchmark
+TYPE_NAMES = {int: "INTEGER", float: "FLOAT", str: "TEXT", Path: "PATH"}
 
 
-class Benchmark(StrEnum):
-    """Benchmark names for options that repeat (typer takes no lists of Literals)."""
+def _type_name(param: TyperArgument | TyperOption) -> str:
+    """A value's kind as click writes it: PATH, INTEGER, TEXT, or the choices ``[a|b]``."""
+    descriptor = param.type_descriptor
+    if descriptor.is_choice:
+        return "[" + "|".join(str(getattr(c, "value", c)) for c in descriptor.choices or ()) + "]"
+    if descriptor.is_path:
+        return "PATH"
+    kind = get_args(descriptor.annotation)[0] if descriptor.is_list else descriptor.annotation
+    return TYPE_NAMES.get(kind, "TEXT")
 
-    cuhk_pedes = "cuhk-pedes"
-    icfg_pedes = "icfg-pedes"
-    rstpreid = "rstpreid"
+
+class _Argument(TyperArgument):
+    """An argument shown as click shows one: ``CHECKPOINT`` (``[OUT]`` when optional)."""
+
+    def display_type_rich(self, ctx: Any) -> str:
+        return _type_name(self)
+
+    def get_usage_pieces(self, ctx: Any) -> list[str]:
+        name = self.display_name_raw + ("..." if self.nargs != 1 else "")
+        return [name if self.required else f"[{name}]"]
+
+
+def _readable(params: list[Any]) -> list[Any]:
+    """Give ``params`` the labels click would. This typer labels a value by its annotation
+    (``<bool>``, ``<list[str]>``, ``{checkpoint}``) unless it has a metavar, and it builds the
+    parameters itself (no class to pass), so every command and group sets them here."""
+    for param in params:
+        if isinstance(param, TyperArgument) and not isinstance(param, _Argument):
+            param.__class__ = _Argument
+            param.metavar = param.metavar or (param.name or "").upper()
+        elif isinstance(param, TyperOption) and param.metavar is None:
+            param.metavar = "" if param.is_flag else _type_name(param)
+    return params
+
+
+class UitCommand(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _readable(super().get_params(ctx))
+
+
+class UitGroup(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _readable(super().get_params(ctx))
+
+
+class UitTyper(typer.Typer):
+    """A typer app of ``UitCommand``s whose help reads well (see ``_readable``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cls=UitGroup, **kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+        kwargs.setdefault("cls", UitCommand)
+        return super().command(*args, **kwargs)
+
+
+app = UitTyper(help="Text-to-image person retrieval with UIT.", no_args_is_help=True)
+data_app = UitTyper(help="Prepare and inspect benchmarks.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+weights_app = UitTyper(help="Pretrained and released weights files.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("uit")
+        except PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
+            from uit import __version__ as number
+        console.print(f"uit {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", "-V", callback=_print_version, is_eager=True,
+                     help="Print the version of uit and exit."),
+    ] = False,
+) -> None:  # fmt: skip
+    """Text-to-image person retrieval with UIT."""
 
 
 def friendly_errors(command: F) -> F:
@@ -77,7 +155,14 @@ def synth(
         SynthSize, typer.Option(help="tiny is for tests; demo fits make demo.")
     ] = "demo",
     benchmark: Annotated[
-        list[Benchmark] | None, typer.Option(help="Only these (repeatable).")
+        list[Benchmark] | None,
+        typer.Option(
+            "--benchmark",
+            "-b",
+            metavar="BENCHMARK",
+            show_default="all",
+            help=f"Only this benchmark, {ONE_OF} (repeatable).",
+        ),
     ] = None,
     image_height: int = 128,
     image_width: int = 64,
@@ -126,7 +211,10 @@ def _save_contact_sheet(root: Path, names: tuple[str, ...], out: Path) -> None:
 @data_app.command("prepare")
 @friendly_errors
 def data_prepare(
-    benchmark: Annotated[BenchmarkName, typer.Argument(help="Which format to read.")],
+    benchmark: Annotated[
+        Benchmark,
+        typer.Option("--benchmark", "-b", metavar="BENCHMARK", help=f"Which format: {ONE_OF}."),
+    ],
     root: Annotated[Path, typer.Option(help="Folder holding the benchmark's folder.")],
     out: Annotated[Path, typer.Option(help="Folder for the manifests and stats.json.")],
     drop_missing: Annotated[
@@ -140,7 +228,7 @@ def data_prepare(
     with progress_bars() as progress:
         add = adder(progress)
         stats = prepare_benchmark(
-            benchmark, root, out, drop_missing=drop_missing, check_images=check_images,
+            benchmark.value, root, out, drop_missing=drop_missing, check_images=check_images,
             progress=lambda total: add("checking images", total),
         )  # fmt: skip
     _print_stats(stats)
@@ -219,31 +307,36 @@ def data_parse(
 @app.command()
 @friendly_errors
 def train(
-    benchmark: Annotated[BenchmarkName, typer.Option(help="Which benchmark to train on.")],
+    benchmark: Annotated[
+        Benchmark,
+        typer.Option("--benchmark", "-b", metavar="BENCHMARK", help=f"Train on {ONE_OF}."),
+    ],
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override: section.key=value (repeatable).")
     ] = None,
     params: Annotated[Path, typer.Option(help="The params file.")] = Path("params.yaml"),
     prepared: Annotated[
-        Path | None, typer.Option(help="Prepared folder [data/prepared/BENCHMARK].")
+        Path | None, typer.Option(help="Prepared folder.", show_default="data/prepared/BENCHMARK")
     ] = None,
     parsed: Annotated[
-        Path | None, typer.Option(help="Parsed folder [data/parsed/BENCHMARK].")
+        Path | None, typer.Option(help="Parsed folder.", show_default="data/parsed/BENCHMARK")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder [runs/adhoc/BENCHMARK].")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder.", show_default="runs/adhoc/BENCHMARK")
+    ] = None,
 ) -> None:
     """Train (or resume) a model on one benchmark with params.yaml plus overrides."""
     from uit.config import load_config
     from uit.runs import train_benchmark
 
     cfg = load_config(params, set_ or [])
-    out = out or Path("runs/adhoc") / benchmark
+    out = out or Path("runs/adhoc") / benchmark.value
     with progress_bars() as progress:
         result = train_benchmark(
             cfg,
-            prepared or Path("data/prepared") / benchmark,
+            prepared or Path("data/prepared") / benchmark.value,
             out,
-            parsed_dir=parsed or Path("data/parsed") / benchmark,
+            parsed_dir=parsed or Path("data/parsed") / benchmark.value,
             reporter=ProgressReporter(progress),
         )
     console.print(f"best epoch {result.best_epoch} {result.best}; checkpoints in {out}/checkpoints")
@@ -312,13 +405,27 @@ def _dvc_json(args: list[str], project: Path) -> Any:
 @friendly_errors
 def compare(
     benchmark: Annotated[
-        list[Benchmark] | None, typer.Option(help="Only these benchmarks [all with metrics].")
+        list[Benchmark] | None,
+        typer.Option(
+            "--benchmark",
+            "-b",
+            metavar="BENCHMARK",
+            show_default="all with metrics",
+            help=f"Only this benchmark, {ONE_OF} (repeatable).",
+        ),
     ] = None,
     metric: Annotated[
-        list[str] | None, typer.Option(help="Metrics to show [R1 R5 R10 mAP mINP].")
+        list[str] | None,
+        typer.Option(
+            help="Metrics to show, in this order (repeatable).", show_default="R1 R5 R10 mAP mINP"
+        ),
     ] = None,
     sort: Annotated[
-        str | None, typer.Option(help="Sort by a metric (first benchmark) or BENCHMARK/METRIC.")
+        str | None,
+        typer.Option(
+            help="Sort by a metric (first benchmark) or BENCHMARK/METRIC.",
+            show_default="as dvc exp show lists them",
+        ),
     ] = None,
     baseline: Annotated[
         str | None, typer.Option(help="Show differences from this experiment (or commit).")
@@ -326,13 +433,19 @@ def compare(
     group: Annotated[
         bool, typer.Option(help="Experiments that differ only by train.seed: mean ± std.")
     ] = True,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Everything in one table, however wide.")
+    ] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a bar chart (PNG) here.")] = None,
     project: Annotated[Path, typer.Option(help="The project (git + DVC) folder.")] = Path("."),
 ) -> None:
-    """Every DVC experiment (workspace, branches, queued and finished runs) side by side."""
-    from uit.compare import METRICS, comparison, plot_comparison, read_exp_show, to_csv
+    """Every DVC experiment (workspace, branches, queued and finished runs) side by side.
+
+    The params that differ, then a table per benchmark that fits the terminal (--wide: one).
+    """
+    from uit.compare import METRICS, comparison, plot_comparison, read_exp_show, to_csv, wide_table
 
     experiments = read_exp_show(_dvc_json(["exp", "show", "--all-branches"], project))
     if not any(e.kind == "experiment" for e in experiments):
@@ -355,28 +468,24 @@ def compare(
         console.print_json(json.dumps(frame.to_dicts()))
     elif csv:
         sys.stdout.write(to_csv(frame))
+    elif wide:
+        console.print(wide_table(frame, chosen, metrics, baseline))
     else:
-        console.print(_comparison_table(frame, chosen, metrics, baseline))
+        _print_compact(frame, chosen, metrics, baseline)
 
 
-def _comparison_table(frame: Any, benchmarks: list[str], metrics: tuple[str, ...],
-                      baseline: str | None) -> Table:  # fmt: skip
-    from uit.compare import format_cell
+def _print_compact(frame: Any, benchmarks: list[str], metrics: tuple[str, ...],
+                   baseline: str | None) -> None:  # fmt: skip
+    from uit.compare import compact_view
 
-    fixed = {"experiment", "status", "seeds"}
-    params = [c for c in frame.columns if "/" not in c and c not in fixed]
-    title = "text-to-image test metrics (%), mean ± std over seeds"
-    table = Table(title=title + (f", (difference from {baseline})" if baseline else ""))
-    for column in ("experiment", "status", "seeds", *params):
-        table.add_column(column)
-    for b in benchmarks:
-        for m in metrics:
-            table.add_column(f"{b}\n{m}", justify="right")
-    for row in frame.to_dicts():
-        cells = [str(row[c]) for c in ("experiment", "status", "seeds", *params)]
-        cells += [format_cell(row, f"{b}/{m}") for b in benchmarks for m in metrics]
-        table.add_row(*cells)
-    return table
+    view = compact_view(frame, benchmarks, metrics, baseline, console.width)
+    for table in view.tables:
+        console.print(table)
+    if view.hidden:
+        err_console.print(f"Left out to fit {console.width} columns: {', '.join(view.hidden)}. "
+                          f"`--metric {view.hidden[0]}` (repeatable) picks the metrics to show, "
+                          "`--wide` shows every benchmark and metric in one table, `--json` "
+                          "and `--csv` print them all.")  # fmt: skip
 
 
 def _gallery_source(gallery: str) -> Path:
@@ -399,9 +508,12 @@ def search(
     cache_dir: Annotated[Path, typer.Option(help="Where gallery embeddings are cached.")] = Path(
         ".cache/uit/search"
     ),
-    no_cache: Annotated[
-        bool, typer.Option(help="Encode the gallery afresh, cache nothing.")
-    ] = False,
+    use_cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache/--no-cache", help="Reuse and keep gallery embeddings in --cache-dir."
+        ),
+    ] = True,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Images or captions per batch.")] = 256,
 ) -> None:
@@ -414,7 +526,7 @@ def search(
 
     paths = list_gallery(_gallery_source(gallery), split)
     encoder, tokenizer, options = load_for_inference(checkpoint, device, batch_size)
-    cache = None if no_cache else EmbeddingCache(cache_dir, checkpoint_digest(checkpoint))
+    cache = EmbeddingCache(cache_dir, checkpoint_digest(checkpoint)) if use_cache else None
     with progress_bars() as progress:
         bar = adder(progress)("encoding the gallery", len(paths))
         feats, encoded = gallery_embeddings(encoder, paths, options, cache, bar)
@@ -520,8 +632,10 @@ def report(
         Path | None, typer.Option(help="Also check the page in headless Chromium, save a PNG.")
     ] = None,
 ) -> None:
-    """Build the report (self-contained HTML that works offline, and Markdown) from the
-    pipeline's outputs; the DVC report stage builds the same page without the experiments."""
+    """Build the report (self-contained HTML that works offline, and Markdown).
+
+    From the pipeline's outputs; the DVC report stage builds it without the experiments.
+    """
     from uit.config import load_config
     from uit.report import build_report, read_results, write_report
 
@@ -589,7 +703,14 @@ def profile(
 @friendly_errors
 def run_pipeline(
     benchmark: Annotated[
-        list[Benchmark] | None, typer.Option(help="Benchmarks to run [all three].")
+        list[Benchmark] | None,
+        typer.Option(
+            "--benchmark",
+            "-b",
+            metavar="BENCHMARK",
+            show_default="all",
+            help=f"Run only this benchmark, {ONE_OF} (repeatable).",
+        ),
     ] = None,
     set_: Annotated[
         list[str] | None,
@@ -620,7 +741,7 @@ def run_pipeline(
     minutes, seconds = divmod(time.perf_counter() - started, 60)
     console.print(f"\nPipeline done in {int(minutes)} min {seconds:.0f} s.")
     console.print(f"Report: {html} (and report.md beside it)")
-    console.print("Metrics: `dvc metrics show`; experiments: `dvc exp show`; curves: `uit report`")
+    console.print("Experiments and their metrics: `uit compare`; curves: `uit report`")
 
 
 def main() -> None:

@@ -1,6 +1,10 @@
 """Compare experiments: ``dvc exp show --json`` rows -> one table of the params that differ and
 each benchmark's in-domain test metrics, with seed groups (mean and std) and deltas against a
-baseline. Pure transforms; the CLI runs DVC and prints."""
+baseline. Pure transforms and rich tables; the CLI runs DVC and prints.
+
+The terminal gets a compact view that fits its width: the experiments with the params that differ,
+then one table per benchmark (experiments as rows, metrics as columns). Metric columns that do not
+fit are left out whole, never cut; ``wide_table`` is everything in one table."""
 
 from __future__ import annotations
 
@@ -11,11 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
+from rich.table import Table
 
 from uit.errors import UitError
 
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 SEED = "train.seed"
+FIXED = ("experiment", "status", "seeds")  # the comparison's columns that are not params
+COLUMN_FRAME = 3  # what a rich table adds to each column: one space either side and a border
+NAME_WIDTH = (10, 24)  # the experiment column keeps at least its longest word, within these
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,108 @@ def format_cell(row: Mapping[str, Any], column: str) -> str:
     if row.get(f"{column} delta") is not None:
         text += f" ({row[f'{column} delta']:+.1f})"
     return text
+
+
+def _title(benchmark: str | None, baseline: str | None) -> str:
+    title = "text-to-image test metrics (%), mean ± std over seeds"
+    title = f"{benchmark}: {title}" if benchmark else title
+    return title + (f" (difference from {baseline})" if baseline else "")
+
+
+def param_columns(frame: pl.DataFrame) -> list[str]:
+    return [c for c in frame.columns if "/" not in c and c not in FIXED]
+
+
+def wide_table(frame: pl.DataFrame, benchmarks: Sequence[str], metrics: Sequence[str],
+               baseline: str | None) -> Table:  # fmt: skip
+    """Everything in one table: a column per param and per benchmark and metric."""
+    params = param_columns(frame)
+    table = Table(title=_title(None, baseline))
+    for column in (*FIXED, *params):
+        table.add_column(column)
+    for b in benchmarks:
+        for m in metrics:
+            table.add_column(f"{b}\n{m}", justify="right")
+    for row in frame.to_dicts():
+        cells = [str(row[c]) for c in (*FIXED, *params)]
+        cells += [format_cell(row, f"{b}/{m}") for b in benchmarks for m in metrics]
+        table.add_row(*cells)
+    return table
+
+
+@dataclass(frozen=True)
+class CompactView:
+    """What the terminal shows by default: ``tables`` fit the width; ``hidden`` metrics did not."""
+
+    tables: list[Table]
+    hidden: list[str]
+
+
+def compact_view(frame: pl.DataFrame, benchmarks: Sequence[str], metrics: Sequence[str],
+                 baseline: str | None, width: int) -> CompactView:  # fmt: skip
+    """The experiments and the params that differ, then one table per benchmark with as many
+    of ``metrics`` (in order, the first always) as fit ``width`` columns uncut."""
+    rows = frame.to_dicts()
+    cells = {b: _benchmark_cells(rows, b, metrics) for b in benchmarks}
+    names = [name for table in cells.values() for name in table]
+    shown = _metrics_that_fit(cells, metrics, width - _name_width(names) - COLUMN_FRAME - 1)
+    tables = [experiments_table(frame)]
+    tables += [_benchmark_table(b, cells[b], shown, baseline) for b in benchmarks if cells[b]]
+    return CompactView(tables, [m for m in metrics if m not in shown])
+
+
+def experiments_table(frame: pl.DataFrame) -> Table:
+    """One row per experiment (or seed group): its status, seeds and the params that differ."""
+    params = param_columns(frame)
+    table = Table(title="experiments" + (" and the params that differ" if params else ""))
+    for column in FIXED:
+        table.add_column(column, overflow="fold", justify="right" if column == "seeds" else "left")
+    if params:
+        table.add_column("params", overflow="fold")
+    for row in frame.to_dicts():
+        changed = [f"{key}={row[key]}" for key in params]
+        table.add_row(*(str(row[c]) for c in FIXED), *([", ".join(changed)] if params else []))
+    return table
+
+
+def _benchmark_cells(rows: list[dict[str, Any]], benchmark: str,
+                     metrics: Sequence[str]) -> dict[str, dict[str, str]]:  # fmt: skip
+    """experiment -> metric -> its text, for the experiments with a value on ``benchmark``."""
+    return {
+        row["experiment"]: {m: format_cell(row, f"{benchmark}/{m}") for m in metrics}
+        for row in rows
+        if any(row.get(f"{benchmark}/{m}") is not None for m in metrics)
+    }
+
+
+def _name_width(names: Sequence[str]) -> int:
+    longest_word = max((len(word) for name in names for word in name.split()), default=0)
+    return max(NAME_WIDTH[0], min(longest_word, NAME_WIDTH[1]))
+
+
+def _metrics_that_fit(cells: Mapping[str, Mapping[str, Mapping[str, str]]],
+                      metrics: Sequence[str], room: int) -> list[str]:  # fmt: skip
+    """The metrics, in order, whose columns fit in ``room`` in every benchmark's table."""
+    shown: list[str] = []
+    for metric in metrics:
+        texts = [row[metric] for table in cells.values() for row in table.values()]
+        need = max([len(metric), *map(len, texts)]) + COLUMN_FRAME
+        if shown and need > room:
+            break
+        shown.append(metric)
+        room -= need
+    return shown
+
+
+def _benchmark_table(benchmark: str, cells: Mapping[str, Mapping[str, str]],
+                     metrics: Sequence[str], baseline: str | None) -> Table:  # fmt: skip
+    table = Table(title=_title(benchmark, baseline))
+    table.add_column("experiment", overflow="fold")
+    for metric in metrics:
+        table.add_column(metric, justify="right", no_wrap=True)
+    for name, values in cells.items():
+        table.add_row(name, *(values[m] for m in metrics))
+    return table
 
 
 def to_csv(frame: pl.DataFrame) -> str:

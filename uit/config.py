@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import reprlib
 from collections.abc import Iterable, Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,8 +22,17 @@ from uit.errors import ConfigError, bounded
 MAX_PARAMS_BYTES = 1_000_000  # a params file is a few KB; anything this big is the wrong file
 MAX_INPUT_REPR = 200  # characters of a bad value shown in an error message
 
-BenchmarkName = Literal["cuhk-pedes", "icfg-pedes", "rstpreid"]
-BENCHMARKS: tuple[BenchmarkName, ...] = ("cuhk-pedes", "icfg-pedes", "rstpreid")
+
+class Benchmark(StrEnum):
+    """The three benchmarks by the names the CLI, params.yaml and metrics files use; a member is
+    a ``str`` (``Benchmark.rstpreid == "rstpreid"``)."""
+
+    cuhk_pedes = "cuhk-pedes"
+    icfg_pedes = "icfg-pedes"
+    rstpreid = "rstpreid"
+
+
+BENCHMARKS: tuple[Benchmark, ...] = tuple(Benchmark)
 BenchmarkFolder = Literal["CUHK-PEDES", "ICFG-PEDES", "RSTPReid"]
 SynthSize = Literal["tiny", "demo", "small", "medium"]
 ImageCheck = Literal["decode", "exists"]
@@ -39,7 +49,7 @@ class DataConfig(Section):
 
     source: Literal["synthetic", "real"] = "synthetic"
     root: str = "data/raw"
-    benchmarks: tuple[BenchmarkName, ...] = BENCHMARKS
+    benchmarks: tuple[Benchmark, ...] = BENCHMARKS
     drop_missing: bool = False
     check_images: ImageCheck = "decode"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from uit.config import BENCHMARKS, BenchmarkName
+from uit.config import BENCHMARKS, Benchmark
 from uit.errors import DataError
 
 
@@ -13,7 +13,7 @@ from uit.errors import DataError
 class BenchmarkSpec:
     """What distinguishes one benchmark's on-disk format from another's."""
 
-    name: BenchmarkName
+    name: Benchmark
     title: str
     folder: str
     annotation_files: tuple[str, ...]  # accepted names, the canonical one first
@@ -45,7 +45,7 @@ class BenchmarkSpec:
 
 SPECS: dict[str, BenchmarkSpec] = {
     "cuhk-pedes": BenchmarkSpec(
-        name="cuhk-pedes",
+        name=Benchmark.cuhk_pedes,
         title="CUHK-PEDES",
         folder="CUHK-PEDES",
         annotation_files=("reid_raw.json",),
@@ -58,7 +58,7 @@ SPECS: dict[str, BenchmarkSpec] = {
         ),
     ),
     "icfg-pedes": BenchmarkSpec(
-        name="icfg-pedes",
+        name=Benchmark.icfg_pedes,
         title="ICFG-PEDES",
         folder="ICFG-PEDES",
         annotation_files=("ICFG-PEDES.json", "ICFG_PEDES.json"),
@@ -71,7 +71,7 @@ SPECS: dict[str, BenchmarkSpec] = {
         ),
     ),
     "rstpreid": BenchmarkSpec(
-        name="rstpreid",
+        name=Benchmark.rstpreid,
         title="RSTPReid",
         folder="RSTPReid",
         annotation_files=("data_captions.json",),

@@ -322,7 +322,7 @@ def read_stats(prepared_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(
             f"{path} not found: {prepared_dir} is not a prepared benchmark. "
-            "Run `uit data prepare BENCHMARK --root RAW_ROOT --out OUT_DIR` first."
+            "Run `uit data prepare --benchmark BENCHMARK --root RAW_ROOT --out OUT_DIR` first."
         )
     stats: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return stats

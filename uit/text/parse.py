@@ -102,7 +102,7 @@ def parse_texts(
 def read_captions(prepared_dir: str | Path) -> pl.DataFrame:
     """``caption_id`` and ``text`` of a prepared benchmark, checked."""
     path = Path(prepared_dir) / CAPTIONS_FILE
-    command = "uit data prepare BENCHMARK --root RAW_ROOT --out OUT_DIR"
+    command = "uit data prepare --benchmark BENCHMARK --root RAW_ROOT --out OUT_DIR"
     captions = read_table(path, "prepared benchmark", command)
     for column, dtype in (("caption_id", pl.Int64), ("text", pl.String)):
         if captions.schema.get(column) != dtype:
