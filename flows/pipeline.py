@@ -15,6 +15,7 @@ shared git and DVC remotes.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -22,22 +23,34 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
+from prefect.states import Failed, State
+
+from uit import preflight
+from uit.config import load_config
+from uit.errors import UitError
 
 BENCHMARKS = ("cuhk-pedes", "icfg-pedes", "rstpreid")
 T2I = ("R1", "R5", "R10", "mAP", "mINP")
+P = ParamSpec("P")
+R = TypeVar("R")
 TRANSIENT = re.compile(r"Unable to acquire lock|is busy|Resource temporarily unavailable", re.I)
+DVC_HINTS = re.compile(  # DVC's advice after a repro; the pipeline commits nothing itself
+    r"To track the changes with git|^git add |To enable auto staging|dvc config core\.autostage|"
+    r"Use `dvc push` to send your updates"
+)
 
 
 class DvcError(RuntimeError):
-    """A DVC command failed; the message holds the end of its output."""
+    """A DVC command failed; the message is its one error line and where its full log is."""
 
 
 def gpu_limit_name() -> str:
@@ -68,32 +81,52 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
 @task(retries=3, retry_delay_seconds=15, retry_condition_fn=_transient,
       task_run_name="dvc {args}")  # fmt: skip
 def dvc(args: Sequence[str], project: str) -> str:
-    """Run ``dvc ARGS`` in ``project``, streaming its output into the task's log."""
+    """Run ``dvc ARGS`` in ``project``, streaming its output into the task's log (less DVC's
+    git hints) and, whole, into a log file under the project's ``.dvc/tmp``."""
     logger = get_run_logger()
     start = time.perf_counter()
-    with subprocess.Popen(["dvc", *args], cwd=project, env=dvc_env(project), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, bufsize=1) as process:  # fmt: skip
+    path = log_path(args, project)
+    with (subprocess.Popen(["dvc", *args], cwd=project, env=dvc_env(project),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           bufsize=1) as process,
+          path.open("w", encoding="utf-8") as log):  # fmt: skip
         assert process.stdout is not None
         lines = []
         for line in process.stdout:
+            log.write(line)
             line = line.rstrip()
             lines.append(line)
-            if line and not line.startswith(("\r", " ")) and "━" not in line:
+            if forwarded(line):
                 logger.info(line)
         code = process.wait()
     if code != 0:
-        raise DvcError(stage_failure(args, code, project, lines))
+        raise DvcError(stage_failure(args, code, path, lines))
     logger.info("dvc %s done in %.1f s", " ".join(args), time.perf_counter() - start)
     return "\n".join(lines)
 
 
-def stage_failure(args: Sequence[str], code: int, project: str, lines: Sequence[str]) -> str:
-    """What a failed DVC command tells the user: the stage's own one-line ``error:`` message
-    first (the stages' error boundary prints one), then the end of the output for context."""
-    errors = [line for line in lines if line.startswith("error:")]
-    tail = "\n".join(lines[-30:])
-    lead = f"{errors[-1].removeprefix('error:').strip()}\n" if errors else ""
-    return f"{lead}dvc {' '.join(args)} failed (exit {code}) in {project}:\n{tail}"
+def log_path(args: Sequence[str], project: str) -> Path:
+    """A new log file for one DVC command, in the project's git-ignored ``.dvc/tmp``."""
+    folder = Path(project).resolve() / ".dvc" / "tmp" / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^\w@.-]+", "-", "-".join(["dvc", *args]))[:100]
+    return folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}-{name}.log"
+
+
+def forwarded(line: str) -> bool:
+    """Whether a line of DVC's output goes to the task log: not progress bars, not blank, not
+    DVC's hints about git and remotes (the pipeline commits nothing itself)."""
+    return bool(line) and not line.startswith(("\r", " ", "\t")) and "━" not in line and (
+        not DVC_HINTS.search(line))  # fmt: skip
+
+
+def stage_failure(args: Sequence[str], code: int, log: Path, lines: Sequence[str]) -> str:
+    """What a failed DVC command tells the user in one line: the stage's own ``error:`` message
+    (the stages' error boundary prints one), else DVC's, and where the full output is."""
+    stage = [line.removeprefix("error:").strip() for line in lines if line.startswith("error:")]
+    own = [line.removeprefix("ERROR:").strip() for line in lines if line.startswith("ERROR:")]
+    lead = (stage or own or [f"dvc {' '.join(args)} failed (exit {code})"])[-1]
+    return f"{lead} (full log: {log})"
 
 
 @task
@@ -158,7 +191,37 @@ def report(project: str = ".") -> str:
     return str(out / "report.html")
 
 
+def check_ready(
+    benchmarks: Sequence[str], overrides: Sequence[str], project: str, *, after_prepare: bool
+) -> None:
+    """Refuse, in one line per problem, what would fail once training started: absent data,
+    absent weights, a batch larger than a benchmark's training identities: before the prepare
+    stages, all that can be known then; after them, the batch against the prepared data."""
+    root = Path(project).resolve()
+    cfg = load_config(root / "params.yaml", overrides)
+    if after_prepare:
+        preflight.check(preflight.batch_problems(cfg, root, benchmarks))
+    else:
+        preflight.check(preflight.problems(cfg, root, benchmarks))
+
+
+def one_line_failure(fn: Callable[P, R]) -> Callable[P, R | State]:
+    """Under ``@flow``: a flow that fails for a known reason (a stage's error, a problem
+    found before training) ends in a Failed state whose message is that reason's one line,
+    which ``prefect deployment run --watch`` and the UI show; callers still get the exception."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | State:
+        try:
+            return fn(*args, **kwargs)
+        except (DvcError, UitError) as error:
+            return Failed(message=str(error), data=error)
+
+    return wrapper
+
+
 @flow(name="pipeline", log_prints=True)
+@one_line_failure
 def pipeline(
     benchmarks: list[str] | None = None,
     overrides: list[str] | None = None,
@@ -168,6 +231,7 @@ def pipeline(
     """Preprocess, train and evaluate, report. ``overrides`` (``section.key=value``) run as one
     ``dvc exp run`` so the result is a named DVC experiment."""
     chosen = _benchmarks(benchmarks)
+    check_ready(chosen, overrides or [], project, after_prepare=False)
     if overrides or experiment:
         args = ["exp", "run", *(a for o in overrides or [] for a in ("-S", o))]
         args += ["-n", experiment] if experiment else []
@@ -178,6 +242,7 @@ def pipeline(
             publish_metrics(project, name)
         return report(project)
     preprocess(chosen, project)
+    check_ready(chosen, [], project, after_prepare=True)
     train(chosen, project)
     return report(project)
 

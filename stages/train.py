@@ -7,10 +7,12 @@ resumes from its last epoch; a finished run, or one of another configuration, st
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from stages._common import run
 from uit.config import load_config
 from uit.console import ProgressReporter, progress_bars
+from uit.preflight import check, prepared_batch_problems
 from uit.runs import train_benchmark
 
 
@@ -22,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
+    check(prepared_batch_problems(cfg, Path(args.prepared)))  # before the model is built
     with progress_bars() as progress:
         train_benchmark(cfg, args.prepared, args.out, parsed_dir=args.parsed,
                         reporter=ProgressReporter(progress), restart=True)  # fmt: skip

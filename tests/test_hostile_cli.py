@@ -139,8 +139,11 @@ def test_a_failed_pipeline_task_leads_with_the_stage_message() -> None:
     from flows.pipeline import stage_failure
 
     lines = ["Running stage 'train@rstpreid':", "error: params.yaml: invalid configuration", "x"]
-    message = stage_failure(["repro", "train@rstpreid"], 1, "/p", lines)
-    assert message.splitlines()[0] == "params.yaml: invalid configuration"
+    message = stage_failure(["repro", "train@rstpreid"], 1, Path("/p/dvc.log"), lines)
+    assert message == "params.yaml: invalid configuration (full log: /p/dvc.log)"
+    dvc_only = ["ERROR: failed to reproduce 'train@rstpreid': exited with 1"]
+    message = stage_failure(["repro", "train@rstpreid"], 255, Path("/p/dvc.log"), dvc_only)
+    assert message == "failed to reproduce 'train@rstpreid': exited with 1 (full log: /p/dvc.log)"
 
 
 def test_ctrl_c_is_one_line_and_exit_130(trained, tmp_path, monkeypatch) -> None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import functools
 import io
 import json
+import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -699,6 +701,32 @@ def profile(
     console.print("Then `dvc repro` (or `uit run`) re-runs what these values affect.")
 
 
+class _KnownFailures(logging.Filter):
+    """Drops the records that Prefect's engines log, with a traceback, for a failure whose
+    one-line message ``uit run`` prints itself; a bug's traceback still shows."""
+
+    def __init__(self, known: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.known = known
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], self.known))
+
+
+@contextmanager
+def quiet_tracebacks(known: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """While the flow runs, Prefect's task and flow run loggers skip ``known`` failures."""
+    loggers = [logging.getLogger(name) for name in ("prefect.task_runs", "prefect.flow_runs")]
+    quiet = _KnownFailures(known)
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
+
+
 @app.command("run")
 @friendly_errors
 def run_pipeline(
@@ -735,7 +763,8 @@ def run_pipeline(
     names = [b.value for b in benchmark] if benchmark else None
     started = time.perf_counter()
     try:
-        html = pipeline(names, set_ or None, name, str(project))
+        with quiet_tracebacks((DvcError, UitError)):
+            html = pipeline(names, set_ or None, name, str(project))
     except DvcError as error:
         raise UitError(str(error)) from None
     minutes, seconds = divmod(time.perf_counter() - started, 60)

@@ -40,6 +40,7 @@ from uit.evaluate import EvalOptions, evaluate
 from uit.io import atomic_write_json, atomic_write_text
 from uit.model.build import build_model, build_tokenizer
 from uit.objective import Objective, build_optimizer
+from uit.preflight import Identities, batch_problem
 from uit.text.masking import build_token_masker
 from uit.text.parsed import TaggedWords
 
@@ -127,15 +128,10 @@ def choose_selection(manifests: Manifests, cfg: TrainConfig) -> tuple[Manifests,
 def check_batch_size(cfg: TrainConfig, train: Manifests, prepared_dir: str | Path) -> None:
     """Refuse, before anything is built, a batch that needs more identities than ``train``
     has (``train.batch_size / train.instances_per_id`` of them per batch)."""
-    needed, found = cfg.batch_size // cfg.instances_per_id, train.captions["pid"].n_unique()
-    if found < needed:
-        fitting = found * cfg.instances_per_id
-        raise ConfigError(
-            f"train.batch_size {cfg.batch_size} needs {needed} identities per batch "
-            f"(train.instances_per_id {cfg.instances_per_id}), but the training split of "
-            f"{prepared_dir} has {found}: set train.batch_size to {fitting} or less "
-            "(a multiple of train.instances_per_id)"
-        )
+    found = Identities(train.benchmark, train.captions["pid"].n_unique(), str(prepared_dir))
+    problem = batch_problem(cfg, found)
+    if problem:
+        raise ConfigError(problem)
 
 
 def check_finite(losses: Mapping[str, torch.Tensor], step: int, epoch: int) -> None:

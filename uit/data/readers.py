@@ -62,13 +62,18 @@ def read_benchmark(name: str, root: str | Path) -> Annotations:
     return READERS[get_spec(name).name](root)
 
 
+def missing_benchmark(spec: BenchmarkSpec, root: str | Path) -> str:
+    """``spec.missing`` for a reader of ``root``: also how to draw the synthetic stand-in."""
+    return (
+        f"{spec.missing(root)} Or run `uit synth --root {root}` to generate the synthetic "
+        "stand-in."
+    )
+
+
 def _read(spec: BenchmarkSpec, root: str | Path) -> Annotations:
     folder = spec.dataset_dir(root)
     if not folder.is_dir():
-        raise DataError(
-            f"{spec.missing(root)} Or run `uit synth --root {root}` to generate the synthetic "
-            "stand-in."
-        )
+        raise DataError(missing_benchmark(spec, root))
     path = spec.annotation_file(root)
     if not path.is_file():
         names = " or ".join(spec.annotation_files)
