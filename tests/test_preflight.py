@@ -65,7 +65,8 @@ def test_synthetic_counts_match_the_prepared_data(
         assert before is not None and after is not None
         assert before.count == after.count > 0, name
     icfg = preflight.prepared_identities(cfg, tmp_path / "icfg-pedes")
-    last = preflight.prepared_identities(config(train={"selection": "last"}), tmp_path / "icfg-pedes")
+    last_cfg = config(train={"selection": "last"})
+    last = preflight.prepared_identities(last_cfg, tmp_path / "icfg-pedes")
     assert icfg is not None and last is not None and last.count > icfg.count  # the held-out ones
 
 
