@@ -1,0 +1,148 @@
+"""Failures arrive early and in one line: a batch too large for a benchmark's training
+identities and absent real data stop the pipeline before anything trains; a failed stage reaches
+the flow as its one ``error:`` line and the path of its full log; the logs carry neither
+open_clip's INFO lines nor DVC's git hints. Real DVC in a tiny repo, Prefect's test harness."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from flows import pipeline
+from tests.pipeline_repo import env, make_repo, sh, tiny_params
+from uit.data.formats import get_spec
+from uit.data.readers import missing_benchmark
+from uit.errors import UitError
+
+pytestmark = pytest.mark.slow
+
+BATCH_LINE = (
+    "train.batch_size 32 needs 16 identities per batch (train.instances_per_id 2); rstpreid has "
+    "14 training identities"
+)
+REAL = {"data": {"source": "real", "root": "data/real", "check_images": "exists"},
+        "synth": {"benchmarks": [], "size": "tiny"}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def repo_with(path: Path, **overrides: dict[str, object]) -> Path:
+    repo = make_repo(path)
+    (repo / "params.yaml").write_text(tiny_params(overrides))  # type: ignore[arg-type]
+    return repo
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_an_undersized_batch_fails_before_anything_trains(
+    prefect_api: None, tmp_path: Path
+) -> None:
+    repo = repo_with(tmp_path / "repo", train={"batch_size": 32})
+    """The default batch with the tiny data: cuhk-pedes and icfg-pedes would train first."""
+    state = pipeline.pipeline(project=str(repo), return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith(BATCH_LINE) and "\n" not in state.message
+    assert "(synth.size tiny): set train.batch_size to 28 or less" in state.message
+    assert not (repo / "runs").exists() and not (repo / "data" / "synthetic").exists()
+    with pytest.raises(UitError, match="28 or less"):  # a caller gets the exception itself
+        pipeline.pipeline(["rstpreid"], project=str(repo))
+
+
+def test_a_failed_stage_is_one_line_and_a_log_file(prefect_api: None, tmp_path: Path) -> None:
+    repo = repo_with(tmp_path / "repo", train={"batch_size": 32})
+    task_log = Records()
+    logging.getLogger("prefect.task_runs").addHandler(task_log)
+    try:
+        pipeline.preprocess(["rstpreid"], str(repo))
+    finally:
+        logging.getLogger("prefect.task_runs").removeHandler(task_log)
+    assert any("Running stage 'prepare@rstpreid'" in m for m in task_log.messages)
+    assert not [m for m in task_log.messages if pipeline.DVC_HINTS.search(m)]
+    logs = sorted((repo / ".dvc" / "tmp" / "logs").glob("*parse@rstpreid.log"))
+    assert len(logs) == 1 and "git add" in logs[0].read_text()  # the hints, kept in the file
+
+    stage = sh("dvc", "repro", "train@rstpreid", cwd=repo, check=False)
+    output = stage.stdout + stage.stderr
+    assert stage.returncode != 0 and "Traceback" not in output
+    stats = "data/prepared/rstpreid/stats.json"
+    assert f"error: {BATCH_LINE} ({stats}): set train.batch_size to 28" in output
+    assert not (repo / "runs" / "rstpreid" / "checkpoints").exists()
+
+    with pytest.raises(pipeline.DvcError) as raised:
+        pipeline.train(["rstpreid"], str(repo))
+    message = str(raised.value)
+    line, _, log = message.rpartition(" (full log: ")
+    assert line.startswith(f"{BATCH_LINE} ({stats})") and "\n" not in message
+    log_file = Path(log.removesuffix(")"))
+    assert log_file.is_relative_to(repo / ".dvc" / "tmp") and "Running stage" in log_file.read_text()
+    assert sh("git", "check-ignore", str(log_file), cwd=repo).returncode == 0
+
+
+def test_missing_real_data_fails_the_flow_with_the_readers_message(
+    prefect_api: None, tmp_path: Path
+) -> None:
+    repo = repo_with(tmp_path / "repo", **REAL)
+    with pytest.raises(UitError) as raised:
+        pipeline.pipeline(["rstpreid"], project=str(repo))
+    assert str(raised.value) == missing_benchmark(get_spec("rstpreid"), "data/real")
+
+
+def test_uit_run_on_missing_real_data_prints_the_message_in_a_few_lines(tmp_path: Path) -> None:
+    repo = repo_with(tmp_path / "repo", **REAL)
+    environ = {**env(), "PYTHONPATH": str(repo), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}  # fmt: skip
+    environ.pop("PREFECT_API_URL", None)
+    result = subprocess.run([sys.executable, "-c", "from uit.cli import main; main()", "run",
+                             "--benchmark", "rstpreid"], cwd=repo, env=environ,
+                            capture_output=True, text=True, timeout=400)  # fmt: skip
+    output = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == 1
+    errors = [line for line in output if line.startswith("error:")]
+    assert errors == [f"error: {missing_benchmark(get_spec('rstpreid'), 'data/real')}"]
+    assert len(output) <= 6 and "Traceback" not in result.stderr, output
+
+
+def test_stage_logs_keep_uit_info_and_drop_open_clips(tmp_path: Path) -> None:
+    """A stage builds the model through ``stages._common.run``: uit's INFO lines show,
+    open_clip's do not (without ``run``'s logging set-up they do: the control)."""
+    script = (
+        "import logging, sys\n"
+        "from stages._common import run\n"
+        "from uit.config import ModelConfig\n"
+        "from uit.model.build import build_model\n"
+        "def main():\n"
+        "    build_model(ModelConfig(name='uit-tiny', image_height=64, image_width=32))\n"
+        "    logging.getLogger('uit.runs').info('resumed at epoch 3')\n"
+        "if sys.argv[1] == 'stage':\n"
+        "    run(main)\n"
+        "else:\n"
+        "    logging.basicConfig(level=logging.INFO)\n"
+        "    main()\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    environ = {**os.environ, "PYTHONPATH": str(root)}
+    logs = {}
+    for mode in ("stage", "control"):
+        result = subprocess.run([sys.executable, "-c", script, mode], cwd=tmp_path, env=environ,
+                                capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+        logs[mode] = result.stderr
+    assert "Loaded built-in uit-tiny model config" in logs["control"]
+    assert "uit-tiny" not in logs["stage"] and "resumed at epoch 3" in logs["stage"]
