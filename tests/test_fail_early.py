@@ -92,7 +92,8 @@ def test_a_failed_stage_is_one_line_and_a_log_file(prefect_api: None, tmp_path: 
     line, _, log = message.rpartition(" (full log: ")
     assert line.startswith(f"{BATCH_LINE} ({stats})") and "\n" not in message
     log_file = Path(log.removesuffix(")"))
-    assert log_file.is_relative_to(repo / ".dvc" / "tmp") and "Running stage" in log_file.read_text()
+    assert log_file.is_relative_to(repo / ".dvc" / "tmp")
+    assert "Running stage" in log_file.read_text()
     assert sh("git", "check-ignore", str(log_file), cwd=repo).returncode == 0
 
 
@@ -141,8 +142,9 @@ def test_stage_logs_keep_uit_info_and_drop_open_clips(tmp_path: Path) -> None:
     environ = {**os.environ, "PYTHONPATH": str(root)}
     logs = {}
     for mode in ("stage", "control"):
-        result = subprocess.run([sys.executable, "-c", script, mode], cwd=tmp_path, env=environ,
-                                capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+        result = subprocess.run([sys.executable, "-c", script, mode], cwd=tmp_path,
+                                env=environ, capture_output=True, text=True, timeout=120,
+                                check=True)  # fmt: skip
         logs[mode] = result.stderr
     assert "Loaded built-in uit-tiny model config" in logs["control"]
     assert "uit-tiny" not in logs["stage"] and "resumed at epoch 3" in logs["stage"]
