@@ -5,8 +5,9 @@ the results; the ML lives in ``uit`` and the DAG in ``dvc.yaml``.
 - ``train``: per benchmark, train then evaluate (in- and cross-domain), one model at a time per
   machine (a Prefect global concurrency limit, ``uit-gpu-<host>``), metrics as table artifacts;
 - ``report``: the report stage, its Markdown summary as an artifact;
-- ``pipeline``: the three in order; with overrides, one ``dvc exp run -S ...`` instead, so the
-  changed configuration is recorded as a DVC experiment.
+- ``pipeline``: the three in order; with overrides or an experiment name, one
+  ``dvc exp run --temp -S ...`` instead: the changed configuration runs in a temporary copy of
+  the project and is recorded as a DVC experiment, and the workspace keeps its own state.
 
 DVC allows one writer per workspace, so the tasks of a flow run one after another. Parallel
 training means more workers, each in its own clone (or ``dvc exp run --queue``), pushing to the
@@ -28,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
@@ -36,12 +38,15 @@ from prefect.states import Failed, State
 
 from uit import preflight
 from uit.config import load_config
-from uit.errors import UitError
+from uit.data.formats import SPECS
+from uit.errors import ConfigError, UitError
+from uit.io import replaced_dir
 
 BENCHMARKS = ("cuhk-pedes", "icfg-pedes", "rstpreid")
 T2I = ("R1", "R5", "R10", "mAP", "mINP")
 P = ParamSpec("P")
 R = TypeVar("R")
+REPORT_FILES = ("report.html", "report.md")
 TRANSIENT = re.compile(r"Unable to acquire lock|is busy|Resource temporarily unavailable", re.I)
 DVC_HINTS = re.compile(  # DVC's advice after a repro; the pipeline commits nothing itself
     r"To track the changes with git|^git add |To enable auto staging|dvc config core\.autostage|"
@@ -138,16 +143,32 @@ def ensure_gpu_limit(slots: int = 1) -> str:
     return name
 
 
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys hold only lowercase letters, digits and dashes."""
+    key = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower())
+    return re.sub(r"-{2,}", "-", key).strip("-")
+
+
 @task
-def publish_metrics(project: str, benchmark: str) -> list[dict[str, Any]]:
-    """A table artifact: the model trained on ``benchmark`` tested on every benchmark."""
-    metrics = json.loads((Path(project) / "metrics" / f"{benchmark}.json").read_text())
+def publish_metrics(
+    project: str,
+    benchmark: str,
+    experiment: str | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """A table artifact: the model trained on ``benchmark`` tested on every benchmark, read from
+    the workspace's ``metrics/`` unless an experiment's ``metrics`` are given."""
+    if metrics is None:
+        metrics = json.loads((Path(project) / "metrics" / f"{benchmark}.json").read_text())
     rows = [{"tested on": test, **{m: round(values["t2i"][m], 2) for m in T2I}}
             for test, values in metrics.items()]  # fmt: skip
+    about = f"metrics (%) of the model trained on {benchmark}"
     create_table_artifact(
-        key=f"metrics-{benchmark}",
+        key=artifact_key("metrics", *([experiment] if experiment else []), benchmark),
         table=rows,
-        description=f"Text-to-image metrics (%) of the model trained on {benchmark}",
+        description=f"Experiment {experiment}: text-to-image {about}"
+        if experiment
+        else f"Text-to-image {about}",
     )
     return rows
 
@@ -220,6 +241,137 @@ def one_line_failure(fn: Callable[P, R]) -> Callable[P, R | State]:
     return wrapper
 
 
+def experiment_name(experiment: str | None) -> str:
+    """The user's name, or one made from the clock, so the flow can find the results."""
+    return experiment or time.strftime("uit-%Y%m%d-%H%M%S")
+
+
+def _experiment_params(project: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """params.yaml with the ``section.key=value`` overrides applied, as the experiment sees it."""
+    params = yaml.safe_load((Path(project) / "params.yaml").read_text()) or {}
+    for override in overrides:
+        dotted, _, value = override.partition("=")
+        *sections, key = dotted.split(".")
+        node = params
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = yaml.safe_load(value)
+    return params
+
+
+def _tracked(root: Path, path: Path) -> bool:
+    """Added to DVC (a ``.dvc`` file beside it or beside a folder above it) or in git."""
+    for candidate in (path, *path.parents):
+        if candidate == root:
+            break
+        if candidate.with_name(f"{candidate.name}.dvc").is_file():
+            return True
+    listed = subprocess.run(["git", "ls-files", "--", str(path)], cwd=root,
+                            capture_output=True, text=True)  # fmt: skip
+    return bool(listed.stdout.strip())
+
+
+def untracked_data(project: str, overrides: Sequence[str]) -> list[str]:
+    """The benchmark folders under ``data.root`` that an experiment's temporary copy of the
+    project would lack: inside the project, yet neither tracked by git nor by DVC (nor made by
+    the synth stage). A data root outside the project is read where it is."""
+    params = _experiment_params(project, overrides)
+    data = params.get("data") or {}
+    root = Path(project).resolve()
+    data_root = (root / str(data.get("root", ""))).resolve()
+    if not data_root.is_relative_to(root):
+        return []
+    synthetic = data.get("source") == "synthetic"
+    made = set((params.get("synth") or {}).get("benchmarks") or []) if synthetic else set()
+    folders = [spec.folder for spec in SPECS.values() if spec.folder not in made]
+    return [str((data_root / f).relative_to(root)) for f in folders
+            if not _tracked(root, data_root / f)]  # fmt: skip
+
+
+def refuse_untracked_data(project: str, overrides: Sequence[str]) -> None:
+    missing = untracked_data(project, overrides)
+    if missing:
+        raise ConfigError(
+            f"params.yaml data.root: {', '.join(missing)} is in the project but tracked by "
+            "neither DVC nor git, and an experiment runs in a temporary copy of the project that "
+            f"holds only what they track: run `dvc add {' '.join(missing)}` (README: Real data "
+            "under DVC), or set data.root to a folder outside the project"
+        )
+
+
+def dvc_json(args: Sequence[str], project: str) -> Any:
+    """Run a read-only ``dvc ARGS --json`` in ``project`` and parse what it prints."""
+    result = subprocess.run(["dvc", *args, "--json"], cwd=project, env=dvc_env(project),
+                            capture_output=True, text=True)  # fmt: skip
+    if result.returncode != 0:
+        raise DvcError(f"dvc {' '.join(args)} failed in {project}: {result.stderr[-800:]}")
+    return json.loads(result.stdout or "[]")
+
+
+def find_experiment(rows: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:
+    """The ``dvc exp show --json`` entry of experiment ``name``: its commit, params, metrics."""
+    for commit in rows:
+        for exp in commit.get("experiments") or []:
+            for entry in exp.get("revs") or []:
+                if name in (exp.get("name"), entry.get("name")):
+                    return dict(entry)
+    raise UitError(f"dvc exp show lists no experiment {name!r}: see `dvc exp show`")
+
+
+def experiment_metrics(entry: dict[str, Any], benchmark: str) -> dict[str, Any]:
+    """``metrics/BENCHMARK.json`` as the experiment wrote it (tested on every benchmark)."""
+    found = ((entry.get("data") or {}).get("metrics") or {}).get(f"metrics/{benchmark}.json")
+    if not found or "data" not in found:
+        raise UitError(f"experiment {entry.get('name')!r} has no metrics/{benchmark}.json")
+    return dict(found["data"])
+
+
+@task
+def experiment_results(name: str, project: str) -> dict[str, Any]:
+    """What DVC recorded of experiment ``name`` (read from ``dvc exp show``)."""
+    return find_experiment(dvc_json(["exp", "show"], project), name)
+
+
+def fetch_report(rev: str, name: str, project: str) -> Path:
+    """The experiment's report, from DVC's cache into the git-ignored
+    ``reports/experiments/NAME/``, replaced as a whole."""
+    out = Path(project).resolve() / "reports" / "experiments" / re.sub(r"[^\w.-]", "-", name)
+    with replaced_dir(out, REPORT_FILES) as staging:
+        for file in REPORT_FILES:
+            dvc(["get", ".", f"reports/pipeline/{file}", "--rev", rev, "-o", str(staging / file)],
+                project)  # fmt: skip
+    return out
+
+
+@task
+def publish_experiment_report(name: str, out: Path) -> None:
+    """The experiment's report summary as a Markdown artifact, saying where its results are."""
+    where = (f"Experiment {name}: full report {out / 'report.html'}; `uit compare` beside the "
+             f"others, `dvc exp apply {name}` into the workspace or `dvc exp branch {name} "
+             "BRANCH`")  # fmt: skip
+    summary = (out / "report.md").read_text()
+    create_markdown_artifact(key=artifact_key("report", name), markdown=summary,
+                             description=where)  # fmt: skip
+    get_run_logger().info(where)
+
+
+def run_experiment(benchmarks: Sequence[str], overrides: Sequence[str], name: str,
+                   project: str) -> str:  # fmt: skip
+    """One ``dvc exp run --temp``: it runs in a temporary copy of the project (git's files with
+    the workspace's changes, DVC's outputs from the cache), so the workspace keeps its params,
+    lock, metrics and outputs; the results are the experiment's, published from DVC."""
+    refuse_untracked_data(project, overrides)
+    args = ["exp", "run", "--temp", "-n", name, *(a for o in overrides for a in ("-S", o))]
+    with concurrency(ensure_gpu_limit(), occupy=1):
+        dvc([*args, *(f"evaluate@{b}" for b in benchmarks), "report"], project)
+    entry = experiment_results(name, project)
+    for benchmark in benchmarks:
+        publish_metrics(project, benchmark, name, experiment_metrics(entry, benchmark))
+    out = fetch_report(str(entry["rev"]), name, project)
+    publish_experiment_report(name, out)
+    return str(out / "report.html")
+
+
 @flow(name="pipeline", log_prints=True)
 @one_line_failure
 def pipeline(
@@ -228,19 +380,13 @@ def pipeline(
     experiment: str | None = None,
     project: str = ".",
 ) -> str:
-    """Preprocess, train and evaluate, report. ``overrides`` (``section.key=value``) run as one
-    ``dvc exp run`` so the result is a named DVC experiment."""
+    """Preprocess, train and evaluate, report. ``overrides`` (``section.key=value``) or an
+    ``experiment`` name run as one DVC experiment in a temporary copy of the project; the
+    workspace is left as it was."""
     chosen = _benchmarks(benchmarks)
     check_ready(chosen, overrides or [], project, after_prepare=False)
     if overrides or experiment:
-        args = ["exp", "run", *(a for o in overrides or [] for a in ("-S", o))]
-        args += ["-n", experiment] if experiment else []
-        targets = [f"evaluate@{name}" for name in chosen]
-        with concurrency(ensure_gpu_limit(), occupy=1):
-            dvc([*args, *targets, "report"], project)
-        for name in chosen:
-            publish_metrics(project, name)
-        return report(project)
+        return run_experiment(chosen, overrides or [], experiment_name(experiment), project)
     preprocess(chosen, project)
     check_ready(chosen, [], project, after_prepare=True)
     train(chosen, project)

@@ -1,6 +1,10 @@
-"""Deployments as a user runs them, on 127.0.0.1: a Prefect server, a process work pool, the
-deployments of prefect.yaml, a worker; one pipeline run on a tiny configuration, watched to the
-end; its metrics artifact on the server; everything started is stopped by PID."""
+"""Deployments as a user runs them, the README's recipe on 127.0.0.1: a Prefect server, a process
+work pool, the deployments of prefect.yaml, a worker, all started in the project folder with the
+home folder pointed at an empty one; the pipeline run and the experiment run on a tiny
+configuration, each watched to the end; their artifacts on the server under distinct keys; the
+workspace still the baseline; nothing written to the home folder (Prefect's files are in the
+project's .prefect/, from prefect.toml); everything started is stopped by PID. A baseline and an
+experiment, as in tests/test_experiment.py (13.5 min there on a loaded 2-core machine)."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import pytest
 
 from tests.pipeline_repo import BIN, env, make_repo, sh
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a baseline and an experiment
 
 
 def free_port() -> int:
@@ -56,28 +60,46 @@ def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float =
     raise AssertionError(f"no healthy server at {url} after {timeout} s")
 
 
+def recipe_env(home: Path, url: str) -> dict[str, str]:
+    """The environment of the README's terminals: an empty home folder, no Prefect setting but
+    PREFECT_API_URL (the rest comes from the project's prefect.toml)."""
+    base = {k: v for k, v in env().items()
+            if not k.startswith(("PREFECT_", "XDG_", "DVC_SITE_CACHE"))}  # fmt: skip
+    return {**base, "HOME": str(home), "PREFECT_API_URL": url}
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+def server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
+    """The project (a tiny copy) and a server started in it, as in the README."""
+    repo = make_repo(tmp_path / "repo")
+    (tmp_path / "home").mkdir()
     url = f"http://127.0.0.1:{free_port()}/api"
     port = url.rsplit(":", 1)[1].split("/")[0]
-    environ = {**env(), "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": url,
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "PREFECT_UI_ENABLED": "false"}  # fmt: skip
+    environ = recipe_env(tmp_path / "home", url)
     log = tmp_path / "server.log"
     process = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                     port], tmp_path, environ, log)  # fmt: skip
+                     port], repo, environ, log)  # fmt: skip
     try:
         wait_healthy(url, process, log)
-        yield url, environ
+        yield url, environ, repo
     finally:
         stop(process)
 
 
-def test_deployment_runs_the_pipeline_through_a_worker(
-    server: tuple[str, dict[str, str]], tmp_path: Path
+def watch(prefect: str, repo: Path, environ: dict[str, str], *params: str) -> None:
+    """``prefect deployment run pipeline/pipeline ... --watch``; fails with the worker's log."""
+    args = [a for p in ('benchmarks=["rstpreid"]', *params) for a in ("--param", p)]
+    run = sh(prefect, "deployment", "run", "pipeline/pipeline", *args, "--watch",
+             "--watch-timeout", "900", cwd=repo, env=environ, check=False)  # fmt: skip
+    log = (repo.parent / "worker.log").read_text()
+    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{log[-4000:]}"
+    assert "Completed" in run.stdout
+
+
+def test_deployment_runs_the_pipeline_and_an_experiment_through_a_worker(
+    server: tuple[str, dict[str, str], Path], tmp_path: Path
 ) -> None:
-    url, environ = server
-    repo = make_repo(tmp_path / "repo")
+    url, environ, repo = server
     prefect = str(BIN / "prefect")
     sh(prefect, "work-pool", "create", "uit", "--type", "process", cwd=repo, env=environ)
     deployed = sh(prefect, "--no-prompt", "deploy", "--all", cwd=repo, env=environ)
@@ -85,18 +107,21 @@ def test_deployment_runs_the_pipeline_through_a_worker(
     worker = start([prefect, "worker", "start", "--pool", "uit"], repo, environ,
                    tmp_path / "worker.log")  # fmt: skip
     try:
-        run = sh(prefect, "deployment", "run", "pipeline/pipeline", "--param",
-                 'benchmarks=["rstpreid"]', "--watch", "--watch-timeout", "900",
-                 cwd=repo, env=environ, check=False)  # fmt: skip
-        log = (tmp_path / "worker.log").read_text()
-        assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{log[-4000:]}"
-        assert "Completed" in run.stdout
+        watch(prefect, repo, environ)
+        metrics = (repo / "metrics" / "rstpreid.json").read_text()
+        watch(prefect, repo, environ, 'overrides=["loss.cmt=0"]', "experiment=no-cmt")
     finally:
         stop(worker)
     assert worker.poll() is not None
-    metrics = (repo / "metrics" / "rstpreid.json").read_text()
     assert '"rstpreid"' in metrics
+    assert (repo / "metrics" / "rstpreid.json").read_text() == metrics  # still the baseline's
+    assert "cmt: 10.0" in (repo / "params.yaml").read_text()
     assert (repo / "reports" / "pipeline" / "report.html").is_file()
+    assert (repo / "reports" / "experiments" / "no-cmt" / "report.html").is_file()
     artifacts = httpx.post(f"{url}/artifacts/filter", json={"limit": 50}, timeout=10).json()
     keys = {artifact["key"] for artifact in artifacts}
-    assert {"metrics-rstpreid", "uit-report"} <= keys
+    assert {"metrics-rstpreid", "uit-report", "metrics-no-cmt-rstpreid", "report-no-cmt"} <= keys
+    # Prefect's database and the CLI's files are in the project; the home folder is untouched
+    assert (repo / ".prefect" / "prefect.db").is_file()
+    assert list((tmp_path / "home").iterdir()) == []
+    assert "telemetry" not in (tmp_path / "server.log").read_text().lower()
