@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from uit.checkpoint import save_checkpoint
@@ -355,6 +356,30 @@ def test_a_truncated_search_cache_is_rebuilt(trained, tmp_path) -> None:
     entry.write_bytes(entry.read_bytes()[:300])
     assert _search(trained, cache) == first
     assert entry.stat().st_size > 300  # rebuilt whole
+
+
+def test_a_warm_cache_advances_the_bar_over_the_whole_gallery(trained, tmp_path) -> None:
+    """Cached images advance the bar as they are hashed (a warm search's bar sat at 0 of N),
+    encoded ones by batch: N in all however warm the cache; warm and cold searches agree."""
+    from uit.runs import load_for_inference
+    from uit.search import EmbeddingCache, checkpoint_digest, gallery_embeddings, list_gallery
+
+    paths = list_gallery(trained["gallery"])
+    encoder, _, options = load_for_inference(trained["best"], "cpu", 4)
+    key = checkpoint_digest(trained["best"])
+    runs = []
+    for gallery in (paths[:5], paths, paths):  # cold on 5 images, then half warm, then warm
+        steps: list[int] = []
+        feats, encoded = gallery_embeddings(
+            encoder, gallery, options, EmbeddingCache(tmp_path / "cache", key), steps.append
+        )
+        runs.append((feats, encoded, steps))
+    assert [sum(steps) for _, _, steps in runs] == [5, len(paths), len(paths)]
+    assert [encoded for _, encoded, _ in runs] == [5, len(paths) - 5, 0]
+    assert runs[2][2] == [1] * len(paths)  # nothing encoded: one step per hashed image
+    assert torch.equal(runs[1][0], runs[2][0])
+    cache = tmp_path / "cli-cache"
+    assert _search(trained, cache) == _search(trained, cache)  # cold, then warm
 
 
 def test_an_empty_query_and_an_empty_gallery(trained, tmp_path) -> None:
