@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -19,9 +20,11 @@ from typer.testing import CliRunner
 
 from uit.checkpoint import save_checkpoint
 from uit.cli import app
-from uit.config import load_config, parse_config
+from uit.config import SynthConfig, load_config, parse_config
 from uit.data.prepare import prepare_benchmark
+from uit.data.synth import synthesize
 from uit.errors import CheckpointError, ConfigError
+from uit.io import atomic_write_text
 from uit.runs import train_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -336,6 +339,40 @@ def test_save_checkpoint_replaces_only_what_it_owns(tmp_path) -> None:
     with pytest.raises(CheckpointError, match=r"notes\.md"):
         save_checkpoint(folder, {}, {"config": {}})
     assert (folder / "notes.md").read_text() == "keep me"
+
+
+# --- file modes ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+def modes(folder: Path) -> set[tuple[str, str]]:
+    """Each kind of entry under ``folder`` (and itself) with its permission bits."""
+    return {("folder" if p.is_dir() else "file", oct(stat.S_IMODE(p.stat().st_mode)))
+            for p in [folder, *folder.rglob("*")]}  # fmt: skip
+
+
+def test_outputs_get_the_modes_of_ordinary_writes(trained, tiny_synth, tmp_path, umask_027):
+    """Under umask 027 every output is 0640 (files) and 0750 (folders), as open() and mkdir
+    make them, however it was staged (mkstemp, mkdtemp and safetensors' writer make private
+    ones); a file written over keeps its mode, as it would under open()."""
+    code, output = cli("export", trained["best"], tmp_path / "model")
+    assert code == 0, output
+    save_checkpoint(tmp_path / "checkpoint", {"w": torch.zeros(2)}, {"config": {}})
+    prepare_benchmark("cuhk-pedes", tiny_synth[0].resolve(), tmp_path / "prepared")
+    synthesize(tmp_path / "synth", SynthConfig(size="tiny", seed=1), ("rstpreid",))
+    _search(trained, tmp_path / "cache")
+    for name in ("model", "checkpoint", "prepared", "synth", "cache"):
+        assert modes(tmp_path / name) == {("folder", "0o750"), ("file", "0o640")}, name
+    kept = tmp_path / "model" / "state.json"
+    kept.chmod(0o604)
+    atomic_write_text(kept, kept.read_text())
+    assert oct(stat.S_IMODE(kept.stat().st_mode)) == "0o604"
 
 
 # --- search: the gallery cache ----------------------------------------------------------------
