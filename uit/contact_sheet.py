@@ -48,7 +48,7 @@ def build_contact_sheet(
     columns: int = 6,
     thumb_size: tuple[int, int] = (96, 192),  # (width, height): each image fits inside
     text_lines: int = 9,
-    font_size: int = 11,
+    font_size: int = 13,  # px; 11 px captions were hard to read on a laptop screen
     title: str = "",
     min_cell_width: int = 150,  # room for the captions
     max_width: int | None = None,  # fewer columns (more rows) rather than a wider sheet
