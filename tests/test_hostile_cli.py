@@ -8,19 +8,23 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from uit.checkpoint import save_checkpoint
 from uit.cli import app
-from uit.config import load_config, parse_config
+from uit.config import SynthConfig, load_config, parse_config
 from uit.data.prepare import prepare_benchmark
+from uit.data.synth import synthesize
 from uit.errors import CheckpointError, ConfigError
+from uit.io import atomic_write_text
 from uit.runs import train_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -340,6 +344,40 @@ def test_save_checkpoint_replaces_only_what_it_owns(tmp_path) -> None:
     assert (folder / "notes.md").read_text() == "keep me"
 
 
+# --- file modes ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+def modes(folder: Path) -> set[tuple[str, str]]:
+    """Each kind of entry under ``folder`` (and itself) with its permission bits."""
+    return {("folder" if p.is_dir() else "file", oct(stat.S_IMODE(p.stat().st_mode)))
+            for p in [folder, *folder.rglob("*")]}  # fmt: skip
+
+
+def test_outputs_get_the_modes_of_ordinary_writes(trained, tiny_synth, tmp_path, umask_027):
+    """Under umask 027 every output is 0640 (files) and 0750 (folders), as open() and mkdir
+    make them, however it was staged (mkstemp, mkdtemp and safetensors' writer make private
+    ones); a file written over keeps its mode, as it would under open()."""
+    code, output = cli("export", trained["best"], tmp_path / "model")
+    assert code == 0, output
+    save_checkpoint(tmp_path / "checkpoint", {"w": torch.zeros(2)}, {"config": {}})
+    prepare_benchmark("cuhk-pedes", tiny_synth[0].resolve(), tmp_path / "prepared")
+    synthesize(tmp_path / "synth", SynthConfig(size="tiny", seed=1), ("rstpreid",))
+    _search(trained, tmp_path / "cache")
+    for name in ("model", "checkpoint", "prepared", "synth", "cache"):
+        assert modes(tmp_path / name) == {("folder", "0o750"), ("file", "0o640")}, name
+    kept = tmp_path / "model" / "state.json"
+    kept.chmod(0o604)
+    atomic_write_text(kept, kept.read_text())
+    assert oct(stat.S_IMODE(kept.stat().st_mode)) == "0o604"
+
+
 # --- search: the gallery cache ----------------------------------------------------------------
 
 
@@ -358,6 +396,30 @@ def test_a_truncated_search_cache_is_rebuilt(trained, tmp_path) -> None:
     entry.write_bytes(entry.read_bytes()[:300])
     assert _search(trained, cache) == first
     assert entry.stat().st_size > 300  # rebuilt whole
+
+
+def test_a_warm_cache_advances_the_bar_over_the_whole_gallery(trained, tmp_path) -> None:
+    """Cached images advance the bar as they are hashed (a warm search's bar sat at 0 of N),
+    encoded ones by batch: N in all however warm the cache; warm and cold searches agree."""
+    from uit.runs import load_for_inference
+    from uit.search import EmbeddingCache, checkpoint_digest, gallery_embeddings, list_gallery
+
+    paths = list_gallery(trained["gallery"])
+    encoder, _, options = load_for_inference(trained["best"], "cpu", 4)
+    key = checkpoint_digest(trained["best"])
+    runs = []
+    for gallery in (paths[:5], paths, paths):  # cold on 5 images, then half warm, then warm
+        steps: list[int] = []
+        feats, encoded = gallery_embeddings(
+            encoder, gallery, options, EmbeddingCache(tmp_path / "cache", key), steps.append
+        )
+        runs.append((feats, encoded, steps))
+    assert [sum(steps) for _, _, steps in runs] == [5, len(paths), len(paths)]
+    assert [encoded for _, encoded, _ in runs] == [5, len(paths) - 5, 0]
+    assert runs[2][2] == [1] * len(paths)  # nothing encoded: one step per hashed image
+    assert torch.equal(runs[1][0], runs[2][0])
+    cache = tmp_path / "cli-cache"
+    assert _search(trained, cache) == _search(trained, cache)  # cold, then warm
 
 
 def test_an_empty_query_and_an_empty_gallery(trained, tmp_path) -> None:

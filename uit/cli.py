@@ -530,7 +530,7 @@ def search(
     encoder, tokenizer, options = load_for_inference(checkpoint, device, batch_size)
     cache = EmbeddingCache(cache_dir, checkpoint_digest(checkpoint)) if use_cache else None
     with progress_bars() as progress:
-        bar = adder(progress)("encoding the gallery", len(paths))
+        bar = adder(progress)("encoding the gallery (cached images are only hashed)", len(paths))
         feats, encoded = gallery_embeddings(encoder, paths, options, cache, bar)
     text = encode_texts(encoder, [query], tokenizer, options)[0]
     hits = rank(text, feats, paths, top_k)

@@ -30,33 +30,52 @@ def _wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: 
     return lines
 
 
+def thumbnail(image: Image.Image, box: tuple[int, int]) -> Image.Image:
+    """``image`` scaled to fit ``box`` (width, height) with its aspect ratio kept. Small images
+    (person crops are often tens of pixels wide) grow by a whole factor with NEAREST, so their
+    pixels stay sharp instead of blurring; the others are resampled with LANCZOS."""
+    scale = min(box[0] / image.width, box[1] / image.height)
+    if scale >= 2:
+        factor = int(scale)
+        return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+
+
 def build_contact_sheet(
     tiles: Sequence[Tile],
     *,
     columns: int = 6,
-    thumb_size: tuple[int, int] = (96, 192),  # (width, height)
+    thumb_size: tuple[int, int] = (96, 192),  # (width, height): each image fits inside
     text_lines: int = 9,
-    font_size: int = 11,
+    font_size: int = 13,  # px; 11 px captions were hard to read on a laptop screen
     title: str = "",
+    min_cell_width: int = 150,  # room for the captions
+    max_width: int | None = None,  # fewer columns (more rows) rather than a wider sheet
 ) -> Image.Image:
     """Lay ``tiles`` out in rows of ``columns``; captions longer than ``text_lines`` are cut."""
     font = ImageFont.load_default(size=font_size)
     pad, line_height = 8, font_size + 3
-    cell_w = max(thumb_size[0], 150) + 2 * pad
+    cell_w = max(thumb_size[0], min_cell_width) + 2 * pad
+    if max_width is not None:
+        columns = max(1, min(columns, max_width // cell_w))
     cell_h = thumb_size[1] + text_lines * line_height + 2 * pad
-    top = 2 * line_height + pad if title else 0
+    title_font = ImageFont.load_default(size=font_size + 4)
+    title_lines = _wrap(title, title_font, columns * cell_w - 2 * pad)  # as wide as the sheet
+    top = len(title_lines) * (line_height + 4) + line_height + pad if title else 0
     rows = (len(tiles) + columns - 1) // columns
     sheet = Image.new("RGB", (columns * cell_w, top + rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
-    if title:
-        draw.text((pad, pad), title, fill="black", font=ImageFont.load_default(size=font_size + 4))
+    for k, line in enumerate(title_lines):
+        draw.text((pad, pad + k * (line_height + 4)), line, fill="black", font=title_font)
     for i, tile in enumerate(tiles):
         x, y = (i % columns) * cell_w + pad, top + (i // columns) * cell_h + pad
-        thumb = load_rgb(tile.image).resize(thumb_size, Image.Resampling.BICUBIC)
-        x_img = x + (cell_w - 2 * pad - thumb_size[0]) // 2
-        sheet.paste(thumb, (x_img, y))
+        thumb = thumbnail(load_rgb(tile.image), thumb_size)
+        x_img = x + (cell_w - 2 * pad - thumb.width) // 2
+        y_img = y + thumb_size[1] - thumb.height  # on the caption's line, as people stand
+        sheet.paste(thumb, (x_img, y_img))
         if tile.outline:
-            draw.rectangle([x_img - 3, y - 3, x_img + thumb_size[0] + 2, y + thumb_size[1] + 2],
+            draw.rectangle([x_img - 3, y_img - 3, x_img + thumb.width + 2, y + thumb_size[1] + 2],
                            outline=tile.outline, width=3)  # fmt: skip
         lines = _wrap(tile.caption, font, cell_w - 2 * pad)
         if len(lines) > text_lines:

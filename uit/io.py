@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -15,9 +16,13 @@ from typing import Any
 from uit.errors import UitError
 
 
-def _file_mode() -> int:
-    """The mode an ordinary ``open()`` would give a new file (mkstemp makes them private)."""
-    return 0o666 & ~_umask()
+def _file_mode(path: Path) -> int:
+    """The mode an ordinary ``open(path, "w")`` would leave: an existing file keeps its own, a
+    new one gets 0666 less the umask (mkstemp, and safetensors' writer, make files private)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -28,7 +33,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, _file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -86,17 +91,51 @@ def replaced_dir(
     """
     out_dir = ready_output_dir(out_dir, owned, error)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=_leftover_name(out_dir, _STAGING)))
+    tmp = staging_dir(out_dir, _leftover_name(out_dir, _STAGING))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
+        _normal_modes(tmp)
         _publish(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def staging_dir(out_dir: Path, prefix: str, suffix: str = "") -> Path:
+    """A new empty folder beside ``out_dir``, to be renamed onto it: with the mode ``out_dir``
+    has, or else the one ``mkdir`` would give (mkdtemp makes folders private)."""
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=prefix, suffix=suffix))
+    try:
+        mode = stat.S_IMODE(out_dir.stat().st_mode)
+    except OSError:
+        mode = 0o777 & ~_umask()
+    os.chmod(tmp, mode)
+    return tmp
+
+
+def _normal_modes(folder: Path) -> None:
+    """Give what was written into ``folder`` the modes of ordinary writes: writers that stage
+    their files (safetensors' ``save_file``) leave them private."""
+    umask = _umask()
+    for parent, dirs, files in os.walk(folder):
+        for name in dirs:
+            if not os.path.islink(path := os.path.join(parent, name)):
+                os.chmod(path, 0o777 & ~umask)
+        for name in files:
+            if not os.path.islink(path := os.path.join(parent, name)):  # chmod follows links
+                os.chmod(path, 0o666 & ~umask)
+
+
 def _umask() -> int:
-    umask = os.umask(0)
+    """The process's umask, read without changing it where Linux shows it (setting and putting
+    it back would give files that other threads create meanwhile the wrong mode)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o077)  # the narrowest window, and private meanwhile
     os.umask(umask)
     return umask
 

@@ -148,16 +148,28 @@ def gallery_embeddings(
     progress: Progress | None = None,
 ) -> tuple[torch.Tensor, int]:
     """(N, D) normalised features of ``paths``; only images not in ``cache`` are encoded.
-    Returns the features and how many images were encoded now."""
+    Returns the features and how many images were encoded now.
+
+    ``progress`` advances by N in all: by one for each image found in the cache as it is
+    hashed, then by each batch encoded, so a warm cache's bar moves instead of looking stuck."""
     if cache is None:
         return encode_images(encoder, paths, options, progress), len(paths)
-    digests = [file_digest(p) for p in paths]
+    digests = _digests(paths, cache, progress)
     todo = cache.missing(digests)
     if todo:
         feats = encode_images(encoder, [paths[i] for i in todo], options, progress)
         cache.add([digests[i] for i in todo], feats)
         cache.save()
     return cache.get(digests), len(todo)
+
+
+def _digests(paths: Sequence[Path], cache: EmbeddingCache, progress: Progress | None) -> list[str]:
+    digests = []
+    for path in paths:
+        digests.append(file_digest(path))
+        if progress and digests[-1] in cache.rows:
+            progress(1)
+    return digests
 
 
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -12,7 +12,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from uit.data.formats import SPECS, BenchmarkSpec
 from uit.data.synth.attributes import Identity, sample_families
 from uit.data.synth.captions import STYLES, Caption, write_caption
 from uit.data.synth.render import render_person, sample_shot
-from uit.io import atomic_write_json, atomic_write_text
+from uit.io import atomic_write_json, atomic_write_text, staging_dir
 
 SIDECAR = "attributes.json"
 
@@ -219,7 +218,7 @@ def generate_benchmark(
     images, identities = _plan_images(spec, plan, cfg.seed)
     target = spec.dataset_dir(root)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{spec.folder}.", suffix=".tmp"))
+    tmp = staging_dir(target, f".{spec.folder}.", ".tmp")
     try:
         jobs = [(image, key, cfg.image_height, cfg.image_width, str(tmp / "imgs")) for image in images]
         _render_all(jobs, workers, progress)

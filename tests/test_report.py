@@ -1,0 +1,66 @@
+"""The report's pictures, without a pipeline: thumbnails keep their pixels sharp and their
+aspect ratio, retrieval strips fit the page at full size, restorations are scaled to be seen."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageChops
+
+from uit.contact_sheet import Tile, build_contact_sheet, thumbnail
+from uit.report import RESTORATION_HEIGHT, STRIP_THUMB, STRIP_WIDTH, _restoration_grid, _strip
+
+
+def noise(path: Path, size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """A (height, width, 3) picture of random colours (never white), saved losslessly."""
+    pixels = np.random.default_rng(seed).integers(0, 250, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def drawn(sheet: Image.Image) -> Image.Image:
+    """What is not white background: the one thumbnail of a sheet without captions."""
+    box = ImageChops.difference(sheet, Image.new("RGB", sheet.size, "white")).getbbox()
+    assert box is not None
+    return sheet.crop(box)
+
+
+def test_a_small_image_grows_by_whole_pixels(tmp_path: Path) -> None:
+    source = noise(tmp_path / "small.png", (16, 32))
+    sheet = build_contact_sheet([Tile(tmp_path / "small.png", "")], columns=1,
+                                thumb_size=(64, 128), text_lines=0)  # fmt: skip
+    thumb = np.asarray(drawn(sheet))
+    assert thumb.shape == (128, 64, 3)
+    assert np.array_equal(thumb, source.repeat(4, axis=0).repeat(4, axis=1))  # no blur
+
+
+def test_thumbnails_keep_the_aspect_ratio() -> None:
+    assert thumbnail(Image.new("RGB", (200, 400)), (64, 128)).size == (64, 128)
+    assert thumbnail(Image.new("RGB", (100, 100)), (64, 128)).size == (64, 64)
+    assert thumbnail(Image.new("RGB", (30, 100)), (64, 128)).size == (38, 128)
+    assert thumbnail(Image.new("RGB", (20, 50)), (64, 128)).size == (40, 100)  # 2x, whole
+
+
+def test_a_retrieval_strip_fits_the_page_at_full_size(tmp_path: Path) -> None:
+    """The ground truth and a top 10 in one row no wider than the page (a browser shrinks a
+    wider picture: 11 tiles used to show 58 px high); 24 tiles wrap into two rows instead."""
+    paths = [tmp_path / f"{i}.png" for i in range(25)]
+    for i, path in enumerate(paths):
+        noise(path, (32, 64), seed=i)
+    sentence = "a woman in a red coat carrying a black backpack and a long umbrella " * 3
+    for count, rows in ((11, 1), (24, 2)):
+        tiles = [Tile(p, f"#{i} 0.50", (210, 40, 40)) for i, p in enumerate(paths[:count])]
+        strip = Image.open(io.BytesIO(_strip(sentence, tiles, "").webp))
+        assert strip.format == "WEBP" and strip.width <= STRIP_WIDTH
+        thumbs = rows * STRIP_THUMB[1]
+        assert thumbs < strip.height < thumbs + rows * 60 + 80  # captions and the title
+
+
+def test_restorations_are_scaled_up_to_be_seen_not_beyond() -> None:
+    for height, width, shown in ((64, 32, 192), (128, 64, 256), (384, 128, 384)):
+        columns = [torch.rand(2, 3, height, width) for _ in range(3)]
+        grid = _restoration_grid(columns, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        assert grid.height == 2 * (shown + 6) and shown >= RESTORATION_HEIGHT
