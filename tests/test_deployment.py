@@ -3,11 +3,16 @@ work pool, the deployments of prefect.yaml, a worker, all started in the project
 home folder pointed at an empty one; the pipeline run and the experiment run on a tiny
 configuration, each watched to the end; their artifacts on the server under distinct keys; the
 workspace still the baseline; nothing written to the home folder (Prefect's files are in the
-project's .prefect/, from prefect.toml); everything started is stopped by PID. A baseline and an
-experiment, as in tests/test_experiment.py (13.5 min there on a loaded 2-core machine)."""
+project's .prefect/, from prefect.toml); everything started is stopped by PID. The experiment
+runs in DVC's temporary workspace: every file of the workspace and git's status are
+byte-identical afterwards, DVC records it with its metrics, its artifacts carry its name, and
+the workspace needs nothing re-run. One baseline and one experiment (three tiny trainings each,
+since the report stage reads every benchmark)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import socket
@@ -20,6 +25,7 @@ import httpx
 import pytest
 
 from tests.pipeline_repo import BIN, env, make_repo, sh
+from uit.compare import read_exp_show
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a baseline and an experiment
 
@@ -58,6 +64,23 @@ def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float =
             pass
         time.sleep(1)
     raise AssertionError(f"no healthy server at {url} after {timeout} s")
+
+
+SKIP = (".git", ".dvc", ".prefect", "reports/experiments")  # git's, DVC's, Prefect's stores
+
+
+def snapshot(repo: Path) -> dict[str, str]:
+    """Every file of the workspace (params, lock, metrics, DVC outputs) by its content hash, and
+    what git reports as changed."""
+    files = {
+        str(path.relative_to(repo)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(repo.rglob("*"))
+        if path.is_file()
+        and not str(path.relative_to(repo)).startswith(SKIP)
+        and "__pycache__" not in path.parts
+    }
+    files["git status"] = sh("git", "status", "--porcelain", cwd=repo).stdout
+    return files
 
 
 def recipe_env(home: Path, url: str) -> dict[str, str]:
@@ -108,19 +131,37 @@ def test_deployment_runs_the_pipeline_and_an_experiment_through_a_worker(
                    tmp_path / "worker.log")  # fmt: skip
     try:
         watch(prefect, repo, environ)
-        metrics = (repo / "metrics" / "rstpreid.json").read_text()
-        watch(prefect, repo, environ, 'overrides=["loss.cmt=0"]', "experiment=no-cmt")
+        before = snapshot(repo)
+        watch(prefect, repo, environ, 'overrides=["loss.cmt=0"]', "experiment=No_CMT")
     finally:
         stop(worker)
     assert worker.poll() is not None
-    assert '"rstpreid"' in metrics
-    assert (repo / "metrics" / "rstpreid.json").read_text() == metrics  # still the baseline's
+    # the workspace is the baseline's, byte for byte, with nothing to re-run
+    assert {"params.yaml", "dvc.lock", "metrics/rstpreid.json"} <= before.keys()
+    assert any(name.startswith("runs/rstpreid/checkpoints/") for name in before)
+    after = snapshot(repo)
+    assert sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k)) == []
     assert "cmt: 10.0" in (repo / "params.yaml").read_text()
+    assert "up to date" in sh("dvc", "status", cwd=repo, env=environ).stdout
+    # DVC records the experiment with its metrics; its report is fetched beside the baseline's
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo, env=environ).stdout)
+    experiments = {e.name: e for e in read_exp_show(shown) if e.kind == "experiment"}
+    assert set(experiments) == {"No_CMT"}
+    assert experiments["No_CMT"].params["loss.cmt"] == 0
+    assert set(experiments["No_CMT"].metrics["rstpreid"]) >= {"R1", "mAP"}
     assert (repo / "reports" / "pipeline" / "report.html").is_file()
-    assert (repo / "reports" / "experiments" / "no-cmt" / "report.html").is_file()
-    artifacts = httpx.post(f"{url}/artifacts/filter", json={"limit": 50}, timeout=10).json()
-    keys = {artifact["key"] for artifact in artifacts}
-    assert {"metrics-rstpreid", "uit-report", "metrics-no-cmt-rstpreid", "report-no-cmt"} <= keys
+    fetched = repo / "reports" / "experiments" / "No_CMT"
+    assert (fetched / "report.html").is_file()
+    assert (fetched / "report.md").read_text().startswith("#")
+    # the artifacts of the two runs under distinct keys, the experiment's naming it
+    found = httpx.post(f"{url}/artifacts/filter", json={"limit": 50}, timeout=10).json()
+    artifacts = {a["key"]: a for a in found if a["key"]}
+    assert {"metrics-rstpreid", "uit-report", "metrics-no-cmt-rstpreid", "report-no-cmt"} <= set(
+        artifacts
+    )
+    assert "No_CMT" in (artifacts["metrics-no-cmt-rstpreid"]["description"] or "")
+    assert "dvc exp apply No_CMT" in (artifacts["report-no-cmt"]["description"] or "")
+    assert "No_CMT" not in (artifacts["metrics-rstpreid"]["description"] or "")
     # Prefect's database and the CLI's files are in the project; the home folder is untouched
     assert (repo / ".prefect" / "prefect.db").is_file()
     assert list((tmp_path / "home").iterdir()) == []

@@ -770,6 +770,10 @@ def run_pipeline(
     minutes, seconds = divmod(time.perf_counter() - started, 60)
     console.print(f"\nPipeline done in {int(minutes)} min {seconds:.0f} s.")
     console.print(f"Report: {html} (and report.md beside it)")
+    if set_ or name:
+        exp = Path(html).parent.name  # reports/experiments/NAME/report.html
+        console.print(f"Experiment {exp} ran in DVC's temporary workspace, so this one is "
+                      f"unchanged; `dvc exp apply {exp}` brings it in")  # fmt: skip
     console.print("Experiments and their metrics: `uit compare`; curves: `uit report`")
 
 
