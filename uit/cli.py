@@ -764,7 +764,8 @@ def run_pipeline(
     started = time.perf_counter()
     try:
         with quiet_tracebacks((DvcError, UitError)):
-            html = pipeline(names, set_ or None, name, str(project))
+            # a flow called directly raises its failure; what returns is the report's path
+            html = str(pipeline(names, set_ or None, name, str(project)))
     except DvcError as error:
         raise UitError(str(error)) from None
     minutes, seconds = divmod(time.perf_counter() - started, 60)
