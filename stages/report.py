@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 
 from stages._common import run
+from uit.app.report import build_report, read_results, write_report
 from uit.config import load_config
-from uit.report import build_report, read_results, write_report
 
 
 def main(argv: list[str] | None = None) -> None:

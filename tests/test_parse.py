@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from stages._common import run
 from stages.parse import main as stage_main
 from tests.test_stages import run_stage
-from uit.cli import app
+from uit.app.cli import app
 from uit.config import BENCHMARKS, ParseConfig
 from uit.data.prepare import prepare_benchmark
 from uit.errors import DataError, UitError

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from uit.data.dataset import ImageDataset, Manifests, Tokenizer
 from uit.data.transforms import build_eval_transform
 from uit.device import autocast
-from uit.metrics import ranking_keys, retrieval_metrics
+from uit.metrics import I2T_METRICS, ranking_keys, retrieval_metrics
 from uit.model.encoder import DualEncoder
 
 Progress = Callable[[int], None]
@@ -120,5 +120,5 @@ def evaluate(
     t2i = retrieval_metrics(similarity, query_pids, gallery_pids)
     i2t = retrieval_metrics(similarity.T, gallery_pids, query_pids, missing="exclude")
     i2t.pop("excluded")  # gallery images whose every caption was dropped have no query to find
-    metrics: dict[str, Any] = {"t2i": t2i, "i2t": {k: i2t[k] for k in ("R1", "R5", "R10", "mAP")}}
+    metrics: dict[str, Any] = {"t2i": t2i, "i2t": {k: i2t[k] for k in I2T_METRICS}}
     return Evaluation(metrics=metrics, top_k=top_k_table(similarity, split, options.top_k))

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 from uit.config import ReportConfig
 from uit.data.formats import SPECS
 from uit.errors import DataError, UitError
+from uit.metrics import METRICS
 
 if TYPE_CHECKING:
     import polars as pl
 
     from uit.data.dataset import Manifests
 
-T2I = ("R1", "R5", "R10", "mAP", "mINP")
 NAMES = {name: spec.folder for name, spec in SPECS.items()}  # as the benchmarks name themselves
 
 
@@ -94,7 +94,7 @@ def metric_rows(runs: Sequence[RunResult]) -> list[list[str]]:
         protocol = run.selection.get("protocol", "?")
         if run.selection.get("optimistic"):
             protocol += " (optimistic)"
-        rows.append([NAMES.get(run.benchmark, run.benchmark), *(_fmt(t2i.get(m)) for m in T2I),
+        rows.append([NAMES.get(run.benchmark, run.benchmark), *(_fmt(t2i.get(m)) for m in METRICS),
                      protocol, str(run.selection.get("best_epoch", "-"))])  # fmt: skip
     return rows
 
@@ -127,7 +127,7 @@ def html_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def curves_figure(runs: Sequence[RunResult]) -> Figure:
     """Training loss and selection R@1 per epoch, one line per trained model."""
-    from uit.plotting import png, pyplot
+    from uit.app.plotting import png, pyplot
 
     plt = pyplot()
 
@@ -360,7 +360,7 @@ def _restoration_grid(columns: list[Any], mean: Sequence[float], std: Sequence[f
 
 def experiments_section(frame: pl.DataFrame) -> tuple[str, str, str]:
     """The comparison of DVC experiments (``uit compare``): seeds grouped, deltas if asked."""
-    from uit.compare import format_cell
+    from uit.app.compare import format_cell
 
     metric_columns = [c for c in frame.columns if "/" in c and not c.endswith((" std", " delta"))]
     params = [
@@ -389,7 +389,7 @@ PROTOCOL_NOTE = (
 
 
 def render_markdown(report: Report) -> str:
-    header = ["trained on", *T2I, "selection", "epoch"]
+    header = ["trained on", *METRICS, "selection", "epoch"]
     cross_header, cross = cross_domain_rows(report.runs)
     parts = [f"# {report.title}", "", "## In-domain test metrics (text-to-image, %)", "",
              markdown_table(header, metric_rows(report.runs)), "", PROTOCOL_NOTE, "",
@@ -415,7 +415,7 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
 
 
 def render_html(report: Report) -> str:
-    header = ["trained on", *T2I, "selection", "epoch"]
+    header = ["trained on", *METRICS, "selection", "epoch"]
     cross_header, cross = cross_domain_rows(report.runs)
     body = [f"<h1>{html.escape(report.title)}</h1>",
             "<h2>In-domain test metrics (text-to-image, %)</h2>",

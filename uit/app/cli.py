@@ -359,6 +359,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1, help="Images or captions per batch.")] = 256,
 ) -> None:
     """Text-to-image (and image-to-text) retrieval metrics of a checkpoint on a split."""
+    from uit.metrics import METRICS
     from uit.runs import evaluate_checkpoint
 
     with progress_bars() as progress:
@@ -372,13 +373,13 @@ def evaluate(
             progress=adder(progress),
         )
     table = Table(title=f"{metrics['benchmark']} {split}: {checkpoint}")
-    for column in ("direction", "R1", "R5", "R10", "mAP", "mINP"):
+    for column in ("direction", *METRICS):
         table.add_column(column, justify="right")
     for direction in ("t2i", "i2t"):
         row = metrics[direction]
         table.add_row(
             direction,
-            *(f"{row[k]:.2f}" if k in row else "-" for k in ("R1", "R5", "R10", "mAP", "mINP")),
+            *(f"{row[k]:.2f}" if k in row else "-" for k in METRICS),
         )
     console.print(table)
     console.print(f"wrote {out}")
@@ -447,7 +448,14 @@ def compare(
 
     The params that differ, then a table per benchmark that fits the terminal (--wide: one).
     """
-    from uit.compare import METRICS, comparison, plot_comparison, read_exp_show, to_csv, wide_table
+    from uit.app.compare import (
+        METRICS,
+        comparison,
+        plot_comparison,
+        read_exp_show,
+        to_csv,
+        wide_table,
+    )
 
     experiments = read_exp_show(_dvc_json(["exp", "show", "--all-branches"], project))
     if not any(e.kind == "experiment" for e in experiments):
@@ -478,7 +486,7 @@ def compare(
 
 def _print_compact(frame: Any, benchmarks: list[str], metrics: tuple[str, ...],
                    baseline: str | None) -> None:  # fmt: skip
-    from uit.compare import compact_view
+    from uit.app.compare import compact_view
 
     view = compact_view(frame, benchmarks, metrics, baseline, console.width)
     for table in view.tables:
@@ -638,8 +646,8 @@ def report(
 
     From the pipeline's outputs; the DVC report stage builds it without the experiments.
     """
+    from uit.app.report import build_report, read_results, write_report
     from uit.config import load_config
-    from uit.report import build_report, read_results, write_report
 
     cfg = load_config(project / params).report
     results = read_results(project / "runs", project / "metrics")
@@ -654,7 +662,7 @@ def report(
     html, markdown = write_report(built, project / out)
     console.print(f"wrote {html} and {markdown}")
     if screenshot:
-        from uit.browser import check_page
+        from uit.app.browser import check_page
 
         check = check_page(html, screenshot)
         problems = check.console_errors + check.broken_images + check.remote_resources
@@ -664,7 +672,7 @@ def report(
 
 
 def _experiment_frame(project: Path, baseline: str | None) -> Any:
-    from uit.compare import comparison, read_exp_show
+    from uit.app.compare import comparison, read_exp_show
 
     try:
         found = read_exp_show(_dvc_json(["exp", "show", "--all-branches"], project))
@@ -688,8 +696,8 @@ def profile(
     profiles: Annotated[Path, typer.Option(help="Folder of profiles.")] = Path("profiles"),
 ) -> None:
     """Switch params.yaml to a profile (comments and other keys are kept)."""
+    from uit.app.profiles import apply_profile, missing_benchmarks
     from uit.config import load_config
-    from uit.profiles import apply_profile, missing_benchmarks
 
     overrides = {"data.root": data_root} if data_root else {}
     changed = apply_profile(params, profiles / f"{name}.yaml", overrides)
