@@ -35,7 +35,7 @@ from uit.data.dataset import Manifests, TrainDataset, hold_out_identities, read_
 from uit.data.sampler import IdentityBatchSampler
 from uit.data.transforms import build_train_transform, sample_seed
 from uit.device import autocast, autocast_dtype, resolve_device
-from uit.errors import ConfigError, UitError
+from uit.errors import ConfigError, TrainingError
 from uit.evaluate import EvalOptions, evaluate
 from uit.io import atomic_write_json, atomic_write_text
 from uit.model.build import build_model, build_tokenizer
@@ -47,10 +47,6 @@ from uit.text.parsed import TaggedWords
 log = logging.getLogger(__name__)
 LAST, BEST = "checkpoints/last", "checkpoints/best"
 CURVES, SELECTION = "curves.csv", "selection.json"
-
-
-class TrainingError(UitError):
-    """Training cannot go on (a loss became NaN or Inf, or a run cannot be resumed)."""
 
 
 class Reporter(Protocol):
@@ -276,9 +272,9 @@ def _select(run: _Run, cfg: Config, selection: Selection, record: dict[str, floa
     last_epoch = run.epoch + 1 == cfg.train.epochs
     due = (run.epoch + 1) % cfg.train.eval_every == 0 or last_epoch
     if selection.split is not None and due:
-        options = EvalOptions(
-            device=run.device, dtype=run.dtype, batch_size=cfg.train.eval_batch_size
-        )
+        options = EvalOptions(device=run.device, dtype=run.dtype,
+                              batch_size=cfg.train.eval_batch_size,
+                              workers=cfg.train.num_workers)  # fmt: skip
         result = evaluate(run.objective.encoder, selection.split, run.dataset.tokenizer, options)
         record.update({"R1": result.metrics["t2i"]["R1"], "mAP": result.metrics["t2i"]["mAP"]})
     if selection.protocol == "last":
@@ -383,11 +379,12 @@ def fit(
     augment: Callable[[str, Sequence[str], random.Random], str] | None = None,
     tagged_words: Mapping[int, TaggedWords] | None = None,
     reporter: Reporter | None = None,
-    resume: bool = True,
     stop_after_epochs: int | None = None,
 ) -> FitResult:
     """Train on a prepared benchmark's train split; write checkpoints and curves to ``out_dir``.
 
+    An interrupted run of this configuration in ``out_dir`` is resumed; whether a folder
+    holding anything else is cleared first is the caller's decision (``uit.runs``).
     ``stop_after_epochs`` ends the call early (as an interruption would) for resume tests.
     """
     out_dir = Path(out_dir)
@@ -396,8 +393,7 @@ def fit(
     train, selection = choose_selection(manifests, cfg.train)
     check_batch_size(cfg.train, train, prepared_dir)
     run = _build_run(cfg, train, attribute_words, augment, tagged_words)
-    if resume:
-        _resume(run, cfg, out_dir)
+    _resume(run, cfg, out_dir)
     reporter = reporter or LogReporter()
     epochs_this_call = 0
     while run.epoch < cfg.train.epochs and epochs_this_call != stop_after_epochs:
