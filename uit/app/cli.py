@@ -646,20 +646,14 @@ def report(
 
     From the pipeline's outputs; the DVC report stage builds it without the experiments.
     """
-    from uit.app.report import build_report, read_results, write_report
+    from uit.app.report import report_pipeline
     from uit.config import load_config
 
     cfg = load_config(project / params).report
-    results = read_results(project / "runs", project / "metrics")
     frame = _experiment_frame(project, baseline) if experiments else None
-    checkpoints = {
-        r.benchmark: project / "runs" / r.benchmark / "checkpoints/best" for r in results
-    }
-    built = build_report(results, cfg, evals_dir=project / "evals",
-                         prepared_dir=project / "data/prepared",
-                         checkpoints={k: v for k, v in checkpoints.items() if v.is_dir()},
-                         experiments=frame)  # fmt: skip
-    html, markdown = write_report(built, project / out)
+    html, markdown = report_pipeline(cfg, project / "runs", project / "metrics",
+                                     project / "evals", project / "data/prepared", project / out,
+                                     experiments=frame)  # fmt: skip
     console.print(f"wrote {html} and {markdown}")
     if screenshot:
         from uit.app.browser import check_page

@@ -433,6 +433,27 @@ def render_html(report: Report) -> str:
             f"<body>{''.join(body)}</body></html>\n")  # fmt: skip
 
 
+def report_pipeline(
+    cfg: ReportConfig,
+    runs_dir: str | Path,
+    metrics_dir: str | Path,
+    evals_dir: str | Path,
+    prepared_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    experiments: pl.DataFrame | None = None,
+) -> tuple[Path, Path]:
+    """The one way a pipeline's report is built (the DVC stage and ``uit report``): the train
+    stage's run folders and best checkpoints, the evaluate stage's metrics and top 10s, the
+    prepared test sets, and with ``experiments`` the comparison of DVC experiments."""
+    results = read_results(runs_dir, metrics_dir)
+    best = {r.benchmark: Path(runs_dir) / r.benchmark / "checkpoints/best" for r in results}
+    report = build_report(results, cfg, evals_dir=evals_dir, prepared_dir=prepared_dir,
+                          checkpoints={k: v for k, v in best.items() if v.is_dir()},
+                          experiments=experiments)  # fmt: skip
+    return write_report(report, out_dir)
+
+
 def write_report(report: Report, out_dir: str | Path) -> tuple[Path, Path]:
     """``report.html`` and ``report.md`` in ``out_dir``, each written atomically."""
     from uit.io import atomic_write_text
