@@ -140,6 +140,21 @@ def load_objective(checkpoint_dir: str | Path) -> Objective:
     return objective.eval()
 
 
+def group_factors(cfg: OptimConfig) -> dict[str, tuple[float, float]]:
+    """Each parameter group's learning-rate multiplier and weight decay."""
+    return {
+        "encoder": (1.0, cfg.weight_decay),
+        "encoder_bias": (cfg.bias_lr_factor, 0.0),
+        "new": (cfg.new_module_lr_factor, cfg.weight_decay),
+        "new_bias": (cfg.bias_lr_factor, 0.0),
+    }
+
+
+def group_lr(name: str, cfg: OptimConfig) -> float:
+    """The peak learning rate of the parameter group ``name`` (the schedule scales it)."""
+    return cfg.lr * group_factors(cfg)[name][0]
+
+
 def param_groups(objective: Objective, cfg: OptimConfig) -> list[dict[str, Any]]:
     """Adam parameter groups (design §4), each with a ``name`` for inspection.
 
@@ -156,18 +171,12 @@ def param_groups(objective: Objective, cfg: OptimConfig) -> list[dict[str, Any]]
         new = not name.startswith("encoder.")
         bias = name.endswith(".bias") or name.endswith("_bias")
         groups[("new" if new else "encoder") + ("_bias" if bias else "")].append(param)
-    factors = {
-        "encoder": (1.0, cfg.weight_decay),
-        "encoder_bias": (cfg.bias_lr_factor, 0.0),
-        "new": (cfg.new_module_lr_factor, cfg.weight_decay),
-        "new_bias": (cfg.bias_lr_factor, 0.0),
-    }
     return [
         {
             "name": key,
             "params": params,
-            "lr": cfg.lr * factors[key][0],
-            "weight_decay": factors[key][1],
+            "lr": group_lr(key, cfg),
+            "weight_decay": group_factors(cfg)[key][1],
         }
         for key, params in groups.items()
         if params

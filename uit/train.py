@@ -39,7 +39,7 @@ from uit.errors import ConfigError, TrainingError
 from uit.evaluate import EvalOptions, evaluate
 from uit.io import atomic_write_json, atomic_write_text
 from uit.model.build import build_model, build_tokenizer
-from uit.objective import Objective, build_optimizer
+from uit.objective import Objective, build_optimizer, group_lr
 from uit.preflight import Identities, batch_problem
 from uit.text.masking import build_token_masker
 from uit.text.parsed import TaggedWords
@@ -142,8 +142,9 @@ def check_finite(losses: Mapping[str, torch.Tensor], step: int, epoch: int) -> N
 @dataclass
 class StepState:
     """What one training step reads and mutates: the objective and its forward (compiled or
-    not), the optimiser (each group with a ``base_lr``), device, autocast dtype, and the
-    counters that name the step (its mask noise is seeded from ``step``)."""
+    not), the optimiser (groups named as ``uit.objective.param_groups`` names them), device,
+    autocast dtype, and the counters that name the step (its mask noise is seeded from
+    ``step``)."""
 
     objective: Objective
     forward: Callable[..., dict[str, torch.Tensor]]  # the objective, compiled or not
@@ -175,8 +176,6 @@ def build_step_state(
     """The step state of ``objective`` (already on ``device``) under ``cfg.train``'s precision
     and compile switches; ``optimizer`` replaces ``build_optimizer``'s (benchmarks compare)."""
     optimizer = optimizer or build_optimizer(objective, cfg.optim)
-    for group in optimizer.param_groups:
-        group["base_lr"] = group["lr"]
     forward = torch.compile(objective) if cfg.train.compile else objective
     dtype = autocast_dtype(device, cfg.train.precision)
     return StepState(objective, forward, optimizer, device, dtype)
@@ -233,8 +232,8 @@ def train_step(
     finiteness check, backward, clip, step. Returns each loss term as a float (a host sync per
     term, as the finiteness check is)."""
     factor = lr_factor(progress, cfg.train)
-    for group in state.optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factor
+    for group in state.optimizer.param_groups:  # a function of the step alone: resume-proof
+        group["lr"] = group_lr(group["name"], cfg.optim) * factor
     inputs = forward_inputs(state, batch, cfg, progress)
     with autocast(state.device, state.dtype):
         losses = state.forward(**inputs)
@@ -342,10 +341,7 @@ def _resume(run: _Run, cfg: Config, out_dir: Path) -> None:
         )
     run.objective.load_state_dict(checkpoint.weights)
     assert checkpoint.optimizer is not None
-    base_lrs = [group["base_lr"] for group in run.optimizer.param_groups]
     run.optimizer.load_state_dict(checkpoint.optimizer)
-    for group, base in zip(run.optimizer.param_groups, base_lrs, strict=True):
-        group["base_lr"] = base
     state = checkpoint.state
     run.epoch, run.step = state["epoch"] + 1, state["step"]
     run.best, run.best_epoch, run.history = state["best"], state["best_epoch"], state["history"]
