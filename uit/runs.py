@@ -51,7 +51,7 @@ def train_benchmark(
     # Imported here so that evaluation does not import (and depend on) the training code.
     from uit.text.augment import build_augment
     from uit.text.parsed import read_attribute_words, read_tagged_words
-    from uit.train import clear_run, fit, is_interrupted
+    from uit.train import clear_run, decide_run, fit
 
     augmenting, masking = cfg.augment.keep_attributes_p > 0, cfg.augment.mask_tokens
     words, augment, tagged = None, None, None
@@ -67,9 +67,10 @@ def train_benchmark(
             f"{' and '.join(keys)} needs the parsed captions: pass the folder written by "
             "`uit data parse` (or set augment.keep_attributes_p=0 and augment.mask_tokens=false)"
         )
-    if restart and not is_interrupted(out_dir, cfg):
-        if (Path(out_dir) / "checkpoints").exists():
-            log.info("%s holds a finished run or another configuration: starting afresh", out_dir)
+    decision = decide_run(out_dir, cfg, replace=restart)  # the one run-folder policy
+    if decision == "replace":
+        log.info("%s holds a finished run or another configuration: starting afresh", out_dir)
+    if restart and decision != "resume":
         clear_run(out_dir)
     return fit(cfg, prepared_dir, out_dir, attribute_words=words, augment=augment,
                tagged_words=tagged, reporter=reporter)  # fmt: skip

@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -327,18 +327,40 @@ def _end_epoch(
     atomic_write_json(out_dir / SELECTION, summary)
 
 
+RunDecision = Literal["new", "resume", "replace"]
+
+
+def decide_run(out_dir: str | Path, cfg: Config, *, replace: bool) -> RunDecision:
+    """The one run-folder policy: what training does with ``out_dir``.
+
+    - nothing trained there yet: ``new``;
+    - an interrupted run of this very configuration: ``resume`` from its last epoch;
+    - a finished run, or a run of another configuration: ``replace`` it when ``replace``
+      (what the pipeline's train stage wants: its folder persists so that a killed run
+      resumes, but a stale one is never continued); otherwise a finished run of this
+      configuration is ``resume``d (nothing left to do) and another configuration is refused.
+    """
+    state_file = Path(out_dir) / LAST / "state.json"
+    if not state_file.is_file():
+        return "replace" if replace and (Path(out_dir) / LAST).parent.exists() else "new"
+    saved, current = read_state(state_file.parent).get("config"), training_config(cfg)
+    if saved == current and (is_interrupted(out_dir, cfg) or not replace):
+        return "resume"
+    if replace:
+        return "replace"
+    changed = sorted(k for k in current if (saved or {}).get(k) != current[k])
+    raise TrainingError(
+        f"{out_dir} holds a run with another configuration (sections differing: "
+        f"{', '.join(changed)}); use another output folder or delete it to start afresh"
+    )
+
+
 def _resume(run: _Run, cfg: Config, out_dir: Path) -> None:
-    """Continue from ``checkpoints/last`` when it exists and was made with the same config."""
-    if not (out_dir / LAST / "state.json").is_file():
+    """Continue from ``checkpoints/last`` when ``decide_run`` says so (it refuses a folder of
+    another configuration)."""
+    if decide_run(out_dir, cfg, replace=False) != "resume":
         return
     checkpoint = load_checkpoint(out_dir / LAST, with_optimizer=True)
-    saved, current = checkpoint.state["config"], training_config(cfg)
-    if saved != current:
-        changed = sorted(k for k in current if saved.get(k) != current[k])
-        raise TrainingError(
-            f"{out_dir} holds a run with another configuration (sections differing: "
-            f"{', '.join(changed)}); use another output folder or delete it to start afresh"
-        )
     run.objective.load_state_dict(checkpoint.weights)
     assert checkpoint.optimizer is not None
     run.optimizer.load_state_dict(checkpoint.optimizer)
