@@ -37,7 +37,7 @@ class Objective(nn.Module):
         self.tir_decoder = (
             TIRDecoder(encoder.embed_dim, encoder.patch_size, encoder.grid_size,
                        tir.decoder_layers, tir.cross_attn_residual)
-            if tir.weight > 0 else None
+            if loss.tir > 0 else None
         )  # fmt: skip
 
     def forward(
@@ -68,9 +68,9 @@ class Objective(nn.Module):
             weight = cfg.cmt * self.cmt_ramp(epoch_progress)
             losses["cmt"] = weight * cmt_loss(image_feats, text_feats, pids, cfg.cmt_margin)
         if self.tir_decoder is not None:
-            losses["tir"] = self.tir_cfg.weight * self._tir(images, text_tokens, mask_noise)
+            losses["tir"] = self.loss_cfg.tir * self._tir(images, text_tokens, mask_noise)
         if not losses:
-            raise ValueError("every loss weight is 0: enable at least one of loss.* or tir.weight")
+            raise ValueError("every loss weight is 0: enable at least one of loss.*")
         losses["loss"] = torch.stack(list(losses.values())).sum()
         return losses
 
@@ -106,7 +106,7 @@ def restore(
     (B, 3, H, W) in the normalised space; visible patches stay grayscale, masked ones are
     black in the input and predicted in the restoration."""
     if objective.tir_decoder is None:
-        raise ValueError("this model was trained without TIR (tir.weight 0): nothing to restore")
+        raise ValueError("this model was trained without TIR (loss.tir 0): nothing to restore")
     encoder, patch = objective.encoder, objective.encoder.patch_size
     gray = weighted_grayscale(images)
     noise = None if generator is None else objective.draw_mask_noise(len(images), generator)
@@ -134,8 +134,11 @@ def load_objective(checkpoint_dir: str | Path) -> Objective:
         raise UitError(f"{checkpoint_dir}: not a training checkpoint (an exported model has no "
                        "heads)")  # fmt: skip
     model_cfg = inference_config(checkpoint.state, checkpoint_dir)
-    objective = Objective(build_model(model_cfg), classes, LossConfig.model_validate(cfg["loss"]),
-                          TIRConfig.model_validate(cfg["tir"]))  # fmt: skip
+    loss, tir = dict(cfg["loss"]), dict(cfg["tir"])
+    if "weight" in tir:  # checkpoints written before the weight moved to loss.tir
+        loss["tir"] = tir.pop("weight")
+    objective = Objective(build_model(model_cfg), classes, LossConfig.model_validate(loss),
+                          TIRConfig.model_validate(tir))  # fmt: skip
     objective.load_state_dict(checkpoint.weights)
     return objective.eval()
 
