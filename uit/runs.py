@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +24,10 @@ from uit.model.build import build_tokenizer, inference_precision, load_encoder
 from uit.model.encoder import DualEncoder
 
 METRICS, TOP_K = "metrics.json", "top_k.parquet"
-Progress = Callable[[str, int], Callable[[int], None]]
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from uit.console import NewBar
     from uit.train import FitResult, Reporter
 
 
@@ -84,7 +84,7 @@ def evaluate_checkpoint(
     split: str = "test",
     device: str = "auto",
     batch_size: int = 256,
-    progress: Progress | None = None,
+    progress: NewBar | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of any prepared benchmark (in- or cross-domain); write
     ``metrics.json`` and each query's top 10 (``top_k.parquet``) to ``out_dir``."""
@@ -116,7 +116,7 @@ def evaluate_across(
     split: str = "test",
     device: str = "auto",
     batch_size: int = 256,
-    progress: Progress | None = None,
+    progress: NewBar | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate one checkpoint on several benchmarks (in- and cross-domain), loading it once.
 
@@ -153,7 +153,7 @@ def _evaluate_into(
     options: EvalOptions,
     out_dir: Path,
     checkpoint: str,
-    progress: Progress | None,
+    progress: NewBar | None,
 ) -> dict[str, Any]:
     result = evaluate(encoder, manifests.split(split), tokenizer, options, progress)
     metrics = {"benchmark": manifests.benchmark, "split": split, "checkpoint": checkpoint,

@@ -189,7 +189,7 @@ def synth(
             cfg,
             names,
             workers=workers,
-            progress=lambda name, total: add(f"drawing {name}", total),
+            progress=add,
         )
     for name, splits in summaries.items():
         console.print(_split_table(f"{get_spec(name).title} (synthetic, {size})", splits))
@@ -231,7 +231,7 @@ def data_prepare(
         add = adder(progress)
         stats = prepare_benchmark(
             benchmark.value, root, out, drop_missing=drop_missing, check_images=check_images,
-            progress=lambda total: add("checking images", total),
+            progress=add,
         )  # fmt: skip
     _print_stats(stats)
     console.print(f"wrote {out}")
@@ -292,9 +292,7 @@ def data_parse(
     start = time.perf_counter()
     with progress_bars() as progress:
         add = adder(progress)
-        info = parse_benchmark(
-            prepared, out, cfg, progress=lambda total: add("parsing captions", total)
-        )
+        info = parse_benchmark(prepared, out, cfg, progress=add)
     seconds = time.perf_counter() - start
     table = Table(title=f"{info['pipeline']} {info['pipeline_version']} ({info['backend']}, "
                   f"spaCy {info['spacy_version']})")  # fmt: skip
