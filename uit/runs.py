@@ -128,11 +128,18 @@ def evaluate_across(
     out_dir = Path(out_dir)
     combined = {}
     for name, manifests in every.items():
-        metrics = _evaluate_into(encoder, tokenizer, manifests, split, options, out_dir / name,
-                                 str(checkpoint_dir), progress)  # fmt: skip
+        metrics = _evaluate_into(encoder, tokenizer, manifests, split, options,
+                                 top_k_file(out_dir, name).parent, str(checkpoint_dir),
+                                 progress)  # fmt: skip
         combined[name] = {"t2i": metrics["t2i"], "i2t": metrics["i2t"]}
     atomic_write_json(Path(metrics_file), combined)
     return combined
+
+
+def top_k_file(evals_dir: str | Path, tested: str) -> Path:
+    """Where ``evaluate_across`` into ``evals_dir`` put the top 10s on benchmark ``tested``
+    (what the report shows): the one statement of that layout."""
+    return Path(evals_dir) / tested / TOP_K
 
 
 def _split_manifests(prepared_dir: str | Path, split: str) -> Manifests:

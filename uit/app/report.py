@@ -17,6 +17,7 @@ from uit.config import ReportConfig
 from uit.data.formats import SPECS
 from uit.errors import DataError, UitError
 from uit.metrics import METRICS
+from uit.runs import top_k_file
 
 if TYPE_CHECKING:
     import polars as pl
@@ -168,7 +169,8 @@ def build_report(
         return report
     for run in runs:
         test = _test_split(Path(prepared_dir) / run.benchmark)
-        top_k = Path(evals_dir) / run.benchmark / run.benchmark / "top_k.parquet"
+        # the evaluate stage ran evaluate_across into evals_dir/<trained on>
+        top_k = top_k_file(Path(evals_dir) / run.benchmark, run.benchmark)
         strips = random_query_strips(top_k, test, cfg) if top_k.is_file() else []
         checkpoint = (checkpoints or {}).get(run.benchmark)
         if checkpoint is not None and cfg.queries:
