@@ -18,10 +18,10 @@ from uit.config import load_config
 from uit.runs import evaluate_checkpoint, train_benchmark
 
 VARIANTS = {
-    "SDM + ID (baseline)": ["loss.cmt=0", "tir.weight=0", "augment.keep_attributes_p=0"],
-    "+ CMT": ["tir.weight=0", "augment.keep_attributes_p=0"],
+    "SDM + ID (baseline)": ["loss.cmt=0", "loss.tir=0", "augment.keep_attributes_p=0"],
+    "+ CMT": ["loss.tir=0", "augment.keep_attributes_p=0"],
     "+ TIR": ["loss.cmt=0", "augment.keep_attributes_p=0"],
-    "+ attribute augmentation": ["loss.cmt=0", "tir.weight=0"],
+    "+ attribute augmentation": ["loss.cmt=0", "loss.tir=0"],
     "full UIT": [],
 }
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")

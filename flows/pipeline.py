@@ -37,13 +37,12 @@ from prefect.concurrency.sync import concurrency
 from prefect.states import Failed, State
 
 from uit import preflight
-from uit.config import load_config
+from uit.config import BENCHMARKS, load_config
 from uit.data.formats import SPECS
 from uit.errors import ConfigError, UitError
 from uit.io import replaced_dir
+from uit.metrics import METRICS
 
-BENCHMARKS = ("cuhk-pedes", "icfg-pedes", "rstpreid")
-T2I = ("R1", "R5", "R10", "mAP", "mINP")
 P = ParamSpec("P")
 R = TypeVar("R")
 REPORT_FILES = ("report.html", "report.md")
@@ -160,7 +159,7 @@ def publish_metrics(
     the workspace's ``metrics/`` unless an experiment's ``metrics`` are given."""
     if metrics is None:
         metrics = json.loads((Path(project) / "metrics" / f"{benchmark}.json").read_text())
-    rows = [{"tested on": test, **{m: round(values["t2i"][m], 2) for m in T2I}}
+    rows = [{"tested on": test, **{m: round(values["t2i"][m], 2) for m in METRICS}}
             for test, values in metrics.items()]  # fmt: skip
     about = f"metrics (%) of the model trained on {benchmark}"
     create_table_artifact(

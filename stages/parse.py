@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
             args.prepared,
             args.out,
             cfg,
-            progress=lambda total: bar(f"parsing {args.prepared}", total),
+            progress=bar,
         )
 
 

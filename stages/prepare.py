@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
             args.out,
             drop_missing=cfg.drop_missing,
             check_images=cfg.check_images,
-            progress=lambda total: bar(f"checking {args.benchmark} images", total),
+            progress=bar,
         )
 
 

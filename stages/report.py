@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from stages._common import run
+from uit.app.report import report_pipeline
 from uit.config import load_config
-from uit.report import build_report, read_results, write_report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,12 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder for report.html and report.md")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    cfg = load_config(args.params).report
-    results = read_results(args.runs, args.metrics)
-    checkpoints = {r.benchmark: Path(args.runs) / r.benchmark / "checkpoints/best" for r in results}
-    report = build_report(results, cfg, evals_dir=args.evals, prepared_dir=args.prepared,
-                          checkpoints=checkpoints)  # fmt: skip
-    write_report(report, args.out)
+    report_pipeline(load_config(args.params).report, args.runs, args.metrics, args.evals,
+                    args.prepared, args.out)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.params).synth
     with bars() as bar:
         synthesize(args.root, cfg, (FOLDERS[args.folder],),
-                   progress=lambda name, total: bar(f"drawing {name}", total))  # fmt: skip
+                   progress=bar)  # fmt: skip
 
 
 if __name__ == "__main__":

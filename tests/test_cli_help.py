@@ -16,7 +16,7 @@ from click.testing import Result
 from typer.core import TyperGroup, TyperOption
 from typer.testing import CliRunner
 
-from uit.cli import app
+from uit.app.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 

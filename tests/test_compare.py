@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.pipeline_repo import sh
-from uit.cli import app
-from uit.compare import METRICS, Experiment, comparison, format_cell
+from uit.app.cli import app
+from uit.app.compare import METRICS, Experiment, comparison, format_cell
 from uit.errors import UitError
 
 STAGE = """

@@ -69,3 +69,12 @@ def test_missing_or_malformed_file(tmp_path: Path) -> None:
     bad.write_text("synth: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_a_moved_key_names_its_new_place() -> None:
+    """Every loss weight lives under ``loss``: the old ``tir.weight`` is refused, pointing to
+    ``loss.tir``, and the new key switches TIR on and off."""
+    with pytest.raises(ConfigError, match=r"tir\.weight: renamed to loss\.tir"):
+        parse_config({"tir": {"weight": 0}})
+    assert parse_config({"loss": {"tir": 0}}).loss.tir == 0
+    assert "weight" not in Config().tir.model_dump()

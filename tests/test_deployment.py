@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from tests.pipeline_repo import BIN, env, make_repo, sh
-from uit.compare import read_exp_show
+from uit.app.compare import read_exp_show
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a baseline and an experiment
 

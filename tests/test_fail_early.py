@@ -111,7 +111,7 @@ def test_uit_run_on_missing_real_data_prints_the_message_in_a_few_lines(tmp_path
     environ = {**env(), "PYTHONPATH": str(repo), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}  # fmt: skip
     environ.pop("PREFECT_API_URL", None)
-    result = subprocess.run([sys.executable, "-c", "from uit.cli import main; main()", "run",
+    result = subprocess.run([sys.executable, "-c", "from uit.app.cli import main; main()", "run",
                              "--benchmark", "rstpreid"], cwd=repo, env=environ,
                             capture_output=True, text=True, timeout=400)  # fmt: skip
     output = (result.stdout + result.stderr).strip().splitlines()

@@ -18,8 +18,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from uit.app.cli import app
 from uit.checkpoint import save_checkpoint
-from uit.cli import app
 from uit.config import SynthConfig, load_config, parse_config
 from uit.data.prepare import prepare_benchmark
 from uit.data.synth import synthesize
@@ -77,7 +77,7 @@ def fails(*args: object, says: tuple[str, ...], code: int = 1) -> str:
 
 def subprocess_cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    command = [sys.executable, "-c", "from uit.cli import main; main()", *map(str, args)]
+    command = [sys.executable, "-c", "from uit.app.cli import main; main()", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
 
 

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from typer.testing import CliRunner
 
 from tests.conftest import RecordFactory, default_records
-from uit.cli import app
+from uit.app.cli import app
 from uit.data.dataset import ImageDataset, read_manifests
 from uit.data.formats import SPECS
 from uit.data.images import ImageError, load_rgb
@@ -238,14 +238,14 @@ def rename(src, dst):
     if os.path.basename(str(dst)).startswith(".rstpreid.uit-old-"):
         os.kill(os.getpid(), signal.SIGKILL)  # after the old folder moved aside
 os.rename = rename
-from uit.cli import main
+from uit.app.cli import main
 sys.argv = ["uit", *sys.argv[1:]]
 main()
 """
 
 
 def run_cli(
-    *args: str, code: str = "from uit.cli import main; main()"
+    *args: str, code: str = "from uit.app.cli import main; main()"
 ) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,

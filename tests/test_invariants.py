@@ -19,8 +19,8 @@ from open_clip.transformer import QuickGELU
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from uit.app.cli import app
 from uit.checkpoint import read_state
-from uit.cli import app
 from uit.config import parse_config
 from uit.data.dataset import read_manifests
 from uit.data.prepare import prepare_benchmark

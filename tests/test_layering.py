@@ -1,46 +1,110 @@
-"""design §2: dependencies point one way. `uit/` never imports prefect or dvc; typer only in cli."""
+"""design §2: dependencies point one way, and the library stands without the application.
+
+The library (``uit`` without ``uit.app``) never imports the application's dependencies (typer,
+dvc, prefect, matplotlib, ruamel.yaml, selenium), nor ``uit.app``, ``flows`` or ``stages``;
+only ``uit/app/cli.py`` imports typer and starts flows. Checked twice: statically, on every
+import statement of the library, and at run time, in a fresh interpreter that runs the README's
+library snippet and then imports every library module.
+"""
 
 from __future__ import annotations
 
 import ast
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+APP_DEPENDENCIES = {"typer", "click", "dvc", "prefect", "matplotlib", "ruamel", "selenium"}
+LAYERS_ABOVE = {"flows", "stages"}
 
 
 def imported_modules(path: Path) -> set[str]:
+    """Absolute module names imported by ``path`` (relative imports are within its package)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
     return names
 
 
-LIBRARY = sorted((ROOT / "uit").rglob("*.py"))
+def tops(names: set[str]) -> set[str]:
+    return {name.split(".")[0] for name in names}
+
+
+LIBRARY = sorted(p for p in (ROOT / "uit").rglob("*.py") if "app" not in p.relative_to(ROOT).parts)
+APP = sorted((ROOT / "uit" / "app").rglob("*.py"))
 
 
 @pytest.mark.parametrize("path", LIBRARY, ids=lambda p: str(p.relative_to(ROOT)))
-def test_library_never_imports_orchestration(path: Path) -> None:
-    forbidden = {"prefect", "dvc", "flows", "stages"}
-    if path.name == "cli.py":
-        forbidden.discard("flows")  # the CLI may start a flow (`uit run`)
-    else:
-        forbidden.add("typer")
-    assert not imported_modules(path) & forbidden
+def test_the_library_imports_nothing_of_the_application(path: Path) -> None:
+    imported = imported_modules(path)
+    assert not tops(imported) & (APP_DEPENDENCIES | LAYERS_ABOVE)
+    assert not any(name == "uit.app" or name.startswith("uit.app.") for name in imported)
+
+
+@pytest.mark.parametrize("path", APP, ids=lambda p: str(p.relative_to(ROOT)))
+def test_only_the_cli_imports_typer_and_starts_flows(path: Path) -> None:
+    forbidden = {"stages"} if path.name == "cli.py" else {"typer", "flows", "stages"}
+    assert not tops(imported_modules(path)) & forbidden
 
 
 def test_the_checker_sees_imports(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
-    sample.write_text("import prefect.flows\nfrom dvc.api import params_show\nfrom . import x\n")
-    assert imported_modules(sample) == {"prefect", "dvc"}
+    sample.write_text("import prefect.flows\nfrom uit.app import cli\nfrom . import x\n")
+    assert imported_modules(sample) == {"prefect.flows", "uit.app"}
+
+
+def readme_snippet() -> str:
+    """The README's library example: the python block after its marker comment."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"<!-- library snippet -->\s*```python\n(.*?)```", text, re.S)
+    assert found, "README.md lost its library snippet"
+    return found.group(1)
+
+
+CLOSURE = """
+import json, sys
+from pathlib import Path
+after_snippet = sorted(sys.modules)
+import importlib
+for path in sorted(Path({root!r}, "uit").rglob("*.py")):
+    parts = path.relative_to({root!r}).with_suffix("").parts
+    if "app" in parts:
+        continue
+    importlib.import_module(".".join(p for p in parts if p != "__init__"))
+print(json.dumps({{"snippet": after_snippet, "library": sorted(sys.modules)}}))
+"""
+
+
+@pytest.mark.slow
+def test_the_readme_snippet_runs_on_the_library_alone(tmp_path: Path) -> None:
+    """Build uit-tiny, encode two captions and two images, rank: no application module loads.
+    spaCy (a library dependency, for parsing) itself imports typer and click, so the whole
+    library's closure is checked against the rest."""
+    code = readme_snippet() + CLOSURE.format(root=str(ROOT))
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=environ,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines[:2]] == ["1", "2"], result.stdout
+    loaded = json.loads(lines[-1])
+    snippet, library = set(loaded["snippet"]), set(loaded["library"])
+    assert not tops(snippet) & (APP_DEPENDENCIES | LAYERS_ABOVE), sorted(tops(snippet))
+    assert not tops(library) & (APP_DEPENDENCIES - {"typer", "click"} | LAYERS_ABOVE)
+    assert not any(name.startswith("uit.app") for name in snippet | library)
 
 
 def test_layout_of_design_section_2_exists() -> None:
     for name in ("params.yaml", "dvc.yaml", "pyproject.toml", "Makefile", "README.md"):
         assert (ROOT / name).is_file(), name
-    for name in ("uit", "stages", "flows", "tests", "benchmarks"):
-        assert (ROOT / name).is_dir(), name
+    for name in ("uit", "uit/app", "stages", "flows", "tests", "benchmarks", "docs/design.md"):
+        assert (ROOT / name).exists(), name

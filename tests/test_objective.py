@@ -42,16 +42,16 @@ def test_every_enabled_term_is_named_weighted_and_summed(tiny_encoder) -> None:
 
 def test_weights_scale_their_terms(tiny_encoder) -> None:
     images, text, pids = batch(tiny_encoder)
-    base = Objective(tiny_encoder, 3, LossConfig(), TIRConfig(weight=0))(images, text, pids)
-    doubled = Objective(tiny_encoder, 3, LossConfig(cmt=20.0), TIRConfig(weight=0))
+    base = Objective(tiny_encoder, 3, LossConfig(tir=0), TIRConfig())(images, text, pids)
+    doubled = Objective(tiny_encoder, 3, LossConfig(cmt=20.0, tir=0), TIRConfig())
     assert doubled(images, text, pids)["cmt"].item() == pytest.approx(2 * base["cmt"].item())
 
 
 def test_a_zero_weight_switches_the_term_and_its_head_off(tiny_encoder) -> None:
-    objective = Objective(tiny_encoder, 3, LossConfig(id=0.0, cmt=0.0), TIRConfig(weight=0.0))
+    objective = Objective(tiny_encoder, 3, LossConfig(id=0.0, cmt=0.0, tir=0.0), TIRConfig())
     assert objective.id_head is None and objective.tir_decoder is None
     assert set(objective(*batch(tiny_encoder))) == {"sdm", "loss"}
-    nothing = Objective(tiny_encoder, 3, LossConfig(sdm=0, id=0, cmt=0), TIRConfig(weight=0))
+    nothing = Objective(tiny_encoder, 3, LossConfig(sdm=0, id=0, cmt=0, tir=0), TIRConfig())
     with pytest.raises(ValueError, match="every loss weight is 0"):
         nothing(*batch(tiny_encoder))
 
@@ -127,8 +127,8 @@ def test_vit_b_16_at_384x128_runs_the_full_objective_on_cpu() -> None:
 
 def test_cmt_ramps_up_over_its_warmup_epochs(tiny_encoder) -> None:
     images, text, pids = batch(tiny_encoder)
-    full = Objective(tiny_encoder, 3, LossConfig(), TIRConfig(weight=0))(images, text, pids)
-    ramped = Objective(tiny_encoder, 3, LossConfig(cmt_warmup_epochs=4.0), TIRConfig(weight=0))
+    full = Objective(tiny_encoder, 3, LossConfig(tir=0), TIRConfig())(images, text, pids)
+    ramped = Objective(tiny_encoder, 3, LossConfig(cmt_warmup_epochs=4.0, tir=0), TIRConfig())
     assert ramped(images, text, pids, epoch_progress=1.0)["cmt"].item() == pytest.approx(
         full["cmt"].item() / 4
     )
@@ -173,7 +173,7 @@ def test_tir_masks_the_configured_share_and_scores_only_the_masked_patches(
     pred, target, mask = seen["scored"]
     assert torch.equal(mask, masked.mask)  # the pass's own mask, not its complement
     per_patch = ((pred - target) ** 2).mean(dim=-1)  # (B, N)
-    expected = TIRConfig().weight * per_patch[mask.bool()].mean()
+    expected = LossConfig().tir * per_patch[mask.bool()].mean()
     assert losses["tir"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from stages._common import run
 from stages.parse import main as stage_main
 from tests.test_stages import run_stage
-from uit.cli import app
+from uit.app.cli import app
 from uit.config import BENCHMARKS, ParseConfig
 from uit.data.prepare import prepare_benchmark
 from uit.errors import DataError, UitError
@@ -141,7 +141,8 @@ def test_parse_benchmark_writes_parquet_and_json(prepared: Path, tmp_path: Path)
     totals: list[int] = []
     advanced: list[int] = []
 
-    def progress(total: int) -> Any:
+    def progress(description: str, total: int) -> Any:  # uit.console.NewBar
+        assert "captions" in description
         totals.append(total)
         return advanced.append
 
@@ -168,7 +169,7 @@ def test_interrupted_parse_leaves_the_previous_output(prepared: Path, tmp_path: 
     parse_benchmark(prepared, out, BUILTIN)
     before = {name: (out / name).read_bytes() for name in (PARSED_FILE, INFO_FILE)}
 
-    def interrupt(total: int) -> Any:
+    def interrupt(description: str, total: int) -> Any:
         def advance(n: int) -> None:
             raise KeyboardInterrupt
 

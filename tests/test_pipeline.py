@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from tests.pipeline_repo import BIN, ROOT, make_repo, sh
-from uit.browser import browser_available, check_page
-from uit.cli import app
+from uit.app.browser import browser_available, check_page
+from uit.app.cli import app
 from uit.config import Config, SynthConfig
 from uit.data.formats import SPECS
 from uit.data.synth import synthesize

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import RecordFactory, default_records, make_record
-from uit.cli import app
+from uit.app.cli import app
 from uit.data.formats import SPECS
 from uit.data.readers import read_benchmark, read_cuhk_pedes, read_icfg_pedes, read_rstpreid
 

@@ -14,9 +14,9 @@ import yaml
 from dvc.utils.hydra import apply_overrides
 from typer.testing import CliRunner
 
-import uit.profiles
+import uit.app.profiles
 from tests.pipeline_repo import ROOT, make_repo, sh
-from uit.cli import app
+from uit.app.cli import app
 
 PROFILES = ROOT / "profiles"
 # What the user got: two keys on one line, the end of `uit profile paper` on a params.yaml
@@ -122,8 +122,8 @@ def test_the_committed_params_round_trip_byte_for_byte(params: Path) -> None:
     ids=["two-keys-on-one-line", "a-value-changed"],
 )
 def test_a_render_that_does_not_read_back_is_refused(params: Path, monkeypatch, spoil, says):
-    render = uit.profiles._render
-    monkeypatch.setattr(uit.profiles, "_render", lambda document: spoil(render(document)))
+    render = uit.app.profiles._render
+    monkeypatch.setattr(uit.app.profiles, "_render", lambda document: spoil(render(document)))
     committed = params.read_bytes()
     code, output = profile("paper", params)
     assert code == 1 and params.read_bytes() == committed

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageChops
 
+from uit.app.report import RESTORATION_HEIGHT, STRIP_THUMB, STRIP_WIDTH, _restoration_grid, _strip
 from uit.contact_sheet import Tile, build_contact_sheet, thumbnail
-from uit.report import RESTORATION_HEIGHT, STRIP_THUMB, STRIP_WIDTH, _restoration_grid, _strip
 
 
 def noise(path: Path, size: tuple[int, int], seed: int = 0) -> np.ndarray:

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from uit.cli import app
+from uit.app.cli import app
 from uit.config import ParseConfig
 from uit.data.prepare import prepare_benchmark
 from uit.text.parse import parse_benchmark

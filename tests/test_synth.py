@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from uit.cli import app
+from uit.app.cli import app
 from uit.config import BENCHMARKS, SynthConfig
 from uit.data.formats import SPECS
 from uit.data.prepare import prepare_benchmark

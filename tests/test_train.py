@@ -17,8 +17,9 @@ from uit.data.dataset import TrainDataset, hold_out_identities, read_manifests
 from uit.data.prepare import prepare_benchmark
 from uit.data.sampler import IdentityBatchSampler
 from uit.data.transforms import build_train_transform
+from uit.errors import TrainingError
 from uit.model import build_tokenizer
-from uit.train import TrainingError, choose_selection, clear_run, fit, is_interrupted, lr_factor
+from uit.train import choose_selection, clear_run, fit, is_interrupted, lr_factor
 
 
 def tiny_config(**sections) -> Config:

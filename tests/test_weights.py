@@ -492,7 +492,7 @@ def test_openai_tag_loads_from_a_prefilled_hugging_face_cache_offline(
 def _cli(*args: str) -> str:
     from typer.testing import CliRunner
 
-    from uit.cli import app
+    from uit.app.cli import app
 
     result = CliRunner().invoke(app, list(args))
     assert result.exit_code == 0, result.output
@@ -521,7 +521,7 @@ def test_openai_torchscript_through_uit_weights_convert_trains_with_quick_gelu(
 def _refused(*args: str) -> str:
     from typer.testing import CliRunner
 
-    from uit.cli import app
+    from uit.app.cli import app
 
     result = CliRunner().invoke(app, list(args))
     assert result.exit_code == 1 and "Traceback" not in result.output

@@ -112,12 +112,12 @@ class LossConfig(Section):
     # is cheapest to satisfy by collapsing every feature onto one point.
     cmt_warmup_epochs: float = Field(0.0, ge=0.0)
     logit_scale: float = Field(50.0, gt=0.0)  # fixed 1 / temperature 0.02
+    tir: float = Field(10.0, ge=0.0)  # 0: no restoration decoder, no second image pass
 
 
 class TIRConfig(Section):
     """Text-guided image restoration (training only)."""
 
-    weight: float = Field(10.0, ge=0.0)  # 0: no decoder, no second image pass
     mask_ratio: float = Field(0.7, gt=0.0, lt=1.0)
     decoder_layers: int = Field(4, ge=1)
     cross_attn_residual: bool = False  # the released code feeds only the attention output on
@@ -254,6 +254,10 @@ def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
 
 
+# Keys that moved, old -> new: refused with a message that names the new one.
+RENAMED = {"tir.weight": "loss.tir"}  # every loss weight lives under loss
+
+
 def parse_config(raw: Mapping[str, Any], source: str = "params") -> Config:
     """Validate a mapping into a ``Config``; errors name every offending key."""
     try:
@@ -268,6 +272,8 @@ def _describe(error: ValidationError, source: str) -> str:
         key = ".".join(str(part) for part in item["loc"])
         if not key or item["type"] == "value_error":  # a rule across keys names them itself
             lines.append(f"  {item['msg'].removeprefix('Value error, ')}")
+        elif item["type"] == "extra_forbidden" and key in RENAMED:
+            lines.append(f"  {key}: renamed to {RENAMED[key]}; move the value there")
         elif item["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (check its spelling; see params.yaml)")
         else:

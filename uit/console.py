@@ -17,6 +17,12 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+# The one progress protocol of the library's long operations: each takes a ``NewBar``, calls it
+# with a description and a total, and advances what it returns. ``adder`` makes one from rich
+# bars; any function of that shape (a test's recorder, a GUI) works as well.
+Advance = Callable[[int], None]
+NewBar = Callable[[str, int], Advance]
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -29,10 +35,10 @@ def progress_bars() -> Iterator[Progress]:
         yield progress
 
 
-def adder(progress: Progress) -> Callable[[str, int], Callable[[int], None]]:
+def adder(progress: Progress) -> NewBar:
     """``add(description, total)`` adds a bar to ``progress`` and returns its advance callback."""
 
-    def add(description: str, total: int) -> Callable[[int], None]:
+    def add(description: str, total: int) -> Advance:
         task = progress.add_task(description, total=total)
         return lambda n: progress.advance(task, n)
 

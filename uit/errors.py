@@ -32,3 +32,7 @@ class WeightsError(UitError, ValueError):
 
 class CheckpointError(UitError, ValueError):
     """A checkpoint or exported model folder is missing, damaged or does not fit its config."""
+
+
+class TrainingError(UitError):
+    """Training cannot go on (a loss became NaN or Inf, or a run cannot be resumed)."""

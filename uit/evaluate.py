@@ -6,10 +6,10 @@ call with a model trained on another benchmark.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import torch
@@ -19,10 +19,11 @@ from torch.utils.data import DataLoader
 from uit.data.dataset import ImageDataset, Manifests, Tokenizer
 from uit.data.transforms import build_eval_transform
 from uit.device import autocast
-from uit.metrics import ranking_keys, retrieval_metrics
+from uit.metrics import I2T_METRICS, ranking_keys, retrieval_metrics
 from uit.model.encoder import DualEncoder
 
-Progress = Callable[[int], None]
+if TYPE_CHECKING:
+    from uit.console import Advance, NewBar
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def encode_images(
     encoder: DualEncoder,
     paths: Sequence[Path],
     options: EvalOptions,
-    progress: Progress | None = None,
+    progress: Advance | None = None,
 ) -> torch.Tensor:
     """L2-normalised image features (N, D), float32 on the CPU."""
     transform = build_eval_transform(encoder.image_size, encoder.image_mean, encoder.image_std)
@@ -68,7 +69,7 @@ def encode_texts(
     texts: Sequence[str],
     tokenizer: Tokenizer,
     options: EvalOptions,
-    progress: Progress | None = None,
+    progress: Advance | None = None,
 ) -> torch.Tensor:
     """L2-normalised text features (N, D), float32 on the CPU."""
     feats = []
@@ -107,7 +108,7 @@ def evaluate(
     split: Manifests,
     tokenizer: Tokenizer,
     options: EvalOptions,
-    progress: Callable[[str, int], Progress] | None = None,
+    progress: NewBar | None = None,
 ) -> Evaluation:
     """Score a split: its images are the gallery, its captions the queries."""
     encoder.eval()
@@ -120,5 +121,5 @@ def evaluate(
     t2i = retrieval_metrics(similarity, query_pids, gallery_pids)
     i2t = retrieval_metrics(similarity.T, gallery_pids, query_pids, missing="exclude")
     i2t.pop("excluded")  # gallery images whose every caption was dropped have no query to find
-    metrics: dict[str, Any] = {"t2i": t2i, "i2t": {k: i2t[k] for k in ("R1", "R5", "R10", "mAP")}}
+    metrics: dict[str, Any] = {"t2i": t2i, "i2t": {k: i2t[k] for k in I2T_METRICS}}
     return Evaluation(metrics=metrics, top_k=top_k_table(similarity, split, options.top_k))

@@ -24,6 +24,10 @@ import torch
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float] | Sequence[int]
 Missing = Literal["error", "exclude"]
 CHUNK_BYTES = 64 * 2**20  # working memory per chunk of queries
+KS = (1, 5, 10)  # the recalls every table reports
+# The names of the text-to-image metrics, in the order tables show them: the one list.
+METRICS = (*(f"R{k}" for k in KS), "mAP", "mINP")
+I2T_METRICS = METRICS[:-1]  # mINP is reported text-to-image only
 
 
 def _as_tensor(values: ArrayLike, device: torch.device | None = None) -> torch.Tensor:
@@ -200,7 +204,7 @@ def retrieval_metrics(
     query_pids: ArrayLike,
     gallery_pids: ArrayLike,
     *,
-    ks: Sequence[int] = (1, 5, 10),
+    ks: Sequence[int] = KS,
     missing: Missing = "error",
     chunk_bytes: int = CHUNK_BYTES,
 ) -> dict[str, float]:

@@ -37,7 +37,7 @@ class Objective(nn.Module):
         self.tir_decoder = (
             TIRDecoder(encoder.embed_dim, encoder.patch_size, encoder.grid_size,
                        tir.decoder_layers, tir.cross_attn_residual)
-            if tir.weight > 0 else None
+            if loss.tir > 0 else None
         )  # fmt: skip
 
     def forward(
@@ -68,9 +68,9 @@ class Objective(nn.Module):
             weight = cfg.cmt * self.cmt_ramp(epoch_progress)
             losses["cmt"] = weight * cmt_loss(image_feats, text_feats, pids, cfg.cmt_margin)
         if self.tir_decoder is not None:
-            losses["tir"] = self.tir_cfg.weight * self._tir(images, text_tokens, mask_noise)
+            losses["tir"] = self.loss_cfg.tir * self._tir(images, text_tokens, mask_noise)
         if not losses:
-            raise ValueError("every loss weight is 0: enable at least one of loss.* or tir.weight")
+            raise ValueError("every loss weight is 0: enable at least one of loss.*")
         losses["loss"] = torch.stack(list(losses.values())).sum()
         return losses
 
@@ -106,7 +106,7 @@ def restore(
     (B, 3, H, W) in the normalised space; visible patches stay grayscale, masked ones are
     black in the input and predicted in the restoration."""
     if objective.tir_decoder is None:
-        raise ValueError("this model was trained without TIR (tir.weight 0): nothing to restore")
+        raise ValueError("this model was trained without TIR (loss.tir 0): nothing to restore")
     encoder, patch = objective.encoder, objective.encoder.patch_size
     gray = weighted_grayscale(images)
     noise = None if generator is None else objective.draw_mask_noise(len(images), generator)
@@ -134,10 +134,28 @@ def load_objective(checkpoint_dir: str | Path) -> Objective:
         raise UitError(f"{checkpoint_dir}: not a training checkpoint (an exported model has no "
                        "heads)")  # fmt: skip
     model_cfg = inference_config(checkpoint.state, checkpoint_dir)
-    objective = Objective(build_model(model_cfg), classes, LossConfig.model_validate(cfg["loss"]),
-                          TIRConfig.model_validate(cfg["tir"]))  # fmt: skip
+    loss, tir = dict(cfg["loss"]), dict(cfg["tir"])
+    if "weight" in tir:  # checkpoints written before the weight moved to loss.tir
+        loss["tir"] = tir.pop("weight")
+    objective = Objective(build_model(model_cfg), classes, LossConfig.model_validate(loss),
+                          TIRConfig.model_validate(tir))  # fmt: skip
     objective.load_state_dict(checkpoint.weights)
     return objective.eval()
+
+
+def group_factors(cfg: OptimConfig) -> dict[str, tuple[float, float]]:
+    """Each parameter group's learning-rate multiplier and weight decay."""
+    return {
+        "encoder": (1.0, cfg.weight_decay),
+        "encoder_bias": (cfg.bias_lr_factor, 0.0),
+        "new": (cfg.new_module_lr_factor, cfg.weight_decay),
+        "new_bias": (cfg.bias_lr_factor, 0.0),
+    }
+
+
+def group_lr(name: str, cfg: OptimConfig) -> float:
+    """The peak learning rate of the parameter group ``name`` (the schedule scales it)."""
+    return cfg.lr * group_factors(cfg)[name][0]
 
 
 def param_groups(objective: Objective, cfg: OptimConfig) -> list[dict[str, Any]]:
@@ -156,18 +174,12 @@ def param_groups(objective: Objective, cfg: OptimConfig) -> list[dict[str, Any]]
         new = not name.startswith("encoder.")
         bias = name.endswith(".bias") or name.endswith("_bias")
         groups[("new" if new else "encoder") + ("_bias" if bias else "")].append(param)
-    factors = {
-        "encoder": (1.0, cfg.weight_decay),
-        "encoder_bias": (cfg.bias_lr_factor, 0.0),
-        "new": (cfg.new_module_lr_factor, cfg.weight_decay),
-        "new_bias": (cfg.bias_lr_factor, 0.0),
-    }
     return [
         {
             "name": key,
             "params": params,
-            "lr": cfg.lr * factors[key][0],
-            "weight_decay": factors[key][1],
+            "lr": group_lr(key, cfg),
+            "weight_decay": group_factors(cfg)[key][1],
         }
         for key, params in groups.items()
         if params

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from uit.config import Config, ModelConfig, TrainConfig
+from uit.data.dataset import held_out_count
 from uit.data.formats import get_spec
 from uit.data.readers import missing_benchmark
 from uit.errors import UitError
@@ -38,7 +39,7 @@ def held_out(identities: int, train: TrainConfig, has_val: bool) -> int:
     """Identities the model selection takes from training (``uit.data.dataset``'s rule)."""
     if train.selection != "val" or has_val:
         return 0
-    return max(1, round(identities * train.holdout_fraction))
+    return held_out_count(identities, train.holdout_fraction)
 
 
 def synthetic_identities(cfg: Config, benchmark: str) -> Identities | None:

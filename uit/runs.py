@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +24,10 @@ from uit.model.build import build_tokenizer, inference_precision, load_encoder
 from uit.model.encoder import DualEncoder
 
 METRICS, TOP_K = "metrics.json", "top_k.parquet"
-Progress = Callable[[str, int], Callable[[int], None]]
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from uit.console import NewBar
     from uit.train import FitResult, Reporter
 
 
@@ -51,7 +51,7 @@ def train_benchmark(
     # Imported here so that evaluation does not import (and depend on) the training code.
     from uit.text.augment import build_augment
     from uit.text.parsed import read_attribute_words, read_tagged_words
-    from uit.train import clear_run, fit, is_interrupted
+    from uit.train import clear_run, decide_run, fit
 
     augmenting, masking = cfg.augment.keep_attributes_p > 0, cfg.augment.mask_tokens
     words, augment, tagged = None, None, None
@@ -67,9 +67,10 @@ def train_benchmark(
             f"{' and '.join(keys)} needs the parsed captions: pass the folder written by "
             "`uit data parse` (or set augment.keep_attributes_p=0 and augment.mask_tokens=false)"
         )
-    if restart and not is_interrupted(out_dir, cfg):
-        if (Path(out_dir) / "checkpoints").exists():
-            log.info("%s holds a finished run or another configuration: starting afresh", out_dir)
+    decision = decide_run(out_dir, cfg, replace=restart)  # the one run-folder policy
+    if decision == "replace":
+        log.info("%s holds a finished run or another configuration: starting afresh", out_dir)
+    if restart and decision != "resume":
         clear_run(out_dir)
     return fit(cfg, prepared_dir, out_dir, attribute_words=words, augment=augment,
                tagged_words=tagged, reporter=reporter)  # fmt: skip
@@ -83,7 +84,7 @@ def evaluate_checkpoint(
     split: str = "test",
     device: str = "auto",
     batch_size: int = 256,
-    progress: Progress | None = None,
+    progress: NewBar | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of any prepared benchmark (in- or cross-domain); write
     ``metrics.json`` and each query's top 10 (``top_k.parquet``) to ``out_dir``."""
@@ -115,7 +116,7 @@ def evaluate_across(
     split: str = "test",
     device: str = "auto",
     batch_size: int = 256,
-    progress: Progress | None = None,
+    progress: NewBar | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate one checkpoint on several benchmarks (in- and cross-domain), loading it once.
 
@@ -127,11 +128,18 @@ def evaluate_across(
     out_dir = Path(out_dir)
     combined = {}
     for name, manifests in every.items():
-        metrics = _evaluate_into(encoder, tokenizer, manifests, split, options, out_dir / name,
-                                 str(checkpoint_dir), progress)  # fmt: skip
+        metrics = _evaluate_into(encoder, tokenizer, manifests, split, options,
+                                 top_k_file(out_dir, name).parent, str(checkpoint_dir),
+                                 progress)  # fmt: skip
         combined[name] = {"t2i": metrics["t2i"], "i2t": metrics["i2t"]}
     atomic_write_json(Path(metrics_file), combined)
     return combined
+
+
+def top_k_file(evals_dir: str | Path, tested: str) -> Path:
+    """Where ``evaluate_across`` into ``evals_dir`` put the top 10s on benchmark ``tested``
+    (what the report shows): the one statement of that layout."""
+    return Path(evals_dir) / tested / TOP_K
 
 
 def _split_manifests(prepared_dir: str | Path, split: str) -> Manifests:
@@ -152,7 +160,7 @@ def _evaluate_into(
     options: EvalOptions,
     out_dir: Path,
     checkpoint: str,
-    progress: Progress | None,
+    progress: NewBar | None,
 ) -> dict[str, Any]:
     result = evaluate(encoder, manifests.split(split), tokenizer, options, progress)
     metrics = {"benchmark": manifests.benchmark, "split": split, "checkpoint": checkpoint,

@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load, save
@@ -21,9 +22,11 @@ from uit.io import atomic_write_bytes
 from uit.metrics import ranking_keys
 from uit.model.encoder import DualEncoder
 
+if TYPE_CHECKING:
+    from uit.console import Advance
+
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ def gallery_embeddings(
     paths: Sequence[Path],
     options: EvalOptions,
     cache: EmbeddingCache | None = None,
-    progress: Progress | None = None,
+    progress: Advance | None = None,
 ) -> tuple[torch.Tensor, int]:
     """(N, D) normalised features of ``paths``; only images not in ``cache`` are encoded.
     Returns the features and how many images were encoded now.
@@ -163,7 +166,7 @@ def gallery_embeddings(
     return cache.get(digests), len(todo)
 
 
-def _digests(paths: Sequence[Path], cache: EmbeddingCache, progress: Progress | None) -> list[str]:
+def _digests(paths: Sequence[Path], cache: EmbeddingCache, progress: Advance | None) -> list[str]:
     digests = []
     for path in paths:
         digests.append(file_digest(path))

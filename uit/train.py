@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -35,11 +35,11 @@ from uit.data.dataset import Manifests, TrainDataset, hold_out_identities, read_
 from uit.data.sampler import IdentityBatchSampler
 from uit.data.transforms import build_train_transform, sample_seed
 from uit.device import autocast, autocast_dtype, resolve_device
-from uit.errors import ConfigError, UitError
+from uit.errors import ConfigError, TrainingError
 from uit.evaluate import EvalOptions, evaluate
 from uit.io import atomic_write_json, atomic_write_text
 from uit.model.build import build_model, build_tokenizer
-from uit.objective import Objective, build_optimizer
+from uit.objective import Objective, build_optimizer, group_lr
 from uit.preflight import Identities, batch_problem
 from uit.text.masking import build_token_masker
 from uit.text.parsed import TaggedWords
@@ -47,10 +47,6 @@ from uit.text.parsed import TaggedWords
 log = logging.getLogger(__name__)
 LAST, BEST = "checkpoints/last", "checkpoints/best"
 CURVES, SELECTION = "curves.csv", "selection.json"
-
-
-class TrainingError(UitError):
-    """Training cannot go on (a loss became NaN or Inf, or a run cannot be resumed)."""
 
 
 class Reporter(Protocol):
@@ -146,8 +142,9 @@ def check_finite(losses: Mapping[str, torch.Tensor], step: int, epoch: int) -> N
 @dataclass
 class StepState:
     """What one training step reads and mutates: the objective and its forward (compiled or
-    not), the optimiser (each group with a ``base_lr``), device, autocast dtype, and the
-    counters that name the step (its mask noise is seeded from ``step``)."""
+    not), the optimiser (groups named as ``uit.objective.param_groups`` names them), device,
+    autocast dtype, and the counters that name the step (its mask noise is seeded from
+    ``step``)."""
 
     objective: Objective
     forward: Callable[..., dict[str, torch.Tensor]]  # the objective, compiled or not
@@ -179,8 +176,6 @@ def build_step_state(
     """The step state of ``objective`` (already on ``device``) under ``cfg.train``'s precision
     and compile switches; ``optimizer`` replaces ``build_optimizer``'s (benchmarks compare)."""
     optimizer = optimizer or build_optimizer(objective, cfg.optim)
-    for group in optimizer.param_groups:
-        group["base_lr"] = group["lr"]
     forward = torch.compile(objective) if cfg.train.compile else objective
     dtype = autocast_dtype(device, cfg.train.precision)
     return StepState(objective, forward, optimizer, device, dtype)
@@ -237,8 +232,8 @@ def train_step(
     finiteness check, backward, clip, step. Returns each loss term as a float (a host sync per
     term, as the finiteness check is)."""
     factor = lr_factor(progress, cfg.train)
-    for group in state.optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factor
+    for group in state.optimizer.param_groups:  # a function of the step alone: resume-proof
+        group["lr"] = group_lr(group["name"], cfg.optim) * factor
     inputs = forward_inputs(state, batch, cfg, progress)
     with autocast(state.device, state.dtype):
         losses = state.forward(**inputs)
@@ -276,9 +271,9 @@ def _select(run: _Run, cfg: Config, selection: Selection, record: dict[str, floa
     last_epoch = run.epoch + 1 == cfg.train.epochs
     due = (run.epoch + 1) % cfg.train.eval_every == 0 or last_epoch
     if selection.split is not None and due:
-        options = EvalOptions(
-            device=run.device, dtype=run.dtype, batch_size=cfg.train.eval_batch_size
-        )
+        options = EvalOptions(device=run.device, dtype=run.dtype,
+                              batch_size=cfg.train.eval_batch_size,
+                              workers=cfg.train.num_workers)  # fmt: skip
         result = evaluate(run.objective.encoder, selection.split, run.dataset.tokenizer, options)
         record.update({"R1": result.metrics["t2i"]["R1"], "mAP": result.metrics["t2i"]["mAP"]})
     if selection.protocol == "last":
@@ -332,24 +327,43 @@ def _end_epoch(
     atomic_write_json(out_dir / SELECTION, summary)
 
 
+RunDecision = Literal["new", "resume", "replace"]
+
+
+def decide_run(out_dir: str | Path, cfg: Config, *, replace: bool) -> RunDecision:
+    """The one run-folder policy: what training does with ``out_dir``.
+
+    - nothing trained there yet: ``new``;
+    - an interrupted run of this very configuration: ``resume`` from its last epoch;
+    - a finished run, or a run of another configuration: ``replace`` it when ``replace``
+      (what the pipeline's train stage wants: its folder persists so that a killed run
+      resumes, but a stale one is never continued); otherwise a finished run of this
+      configuration is ``resume``d (nothing left to do) and another configuration is refused.
+    """
+    state_file = Path(out_dir) / LAST / "state.json"
+    if not state_file.is_file():
+        return "replace" if replace and (Path(out_dir) / LAST).parent.exists() else "new"
+    saved, current = read_state(state_file.parent).get("config"), training_config(cfg)
+    if saved == current and (is_interrupted(out_dir, cfg) or not replace):
+        return "resume"
+    if replace:
+        return "replace"
+    changed = sorted(k for k in current if (saved or {}).get(k) != current[k])
+    raise TrainingError(
+        f"{out_dir} holds a run with another configuration (sections differing: "
+        f"{', '.join(changed)}); use another output folder or delete it to start afresh"
+    )
+
+
 def _resume(run: _Run, cfg: Config, out_dir: Path) -> None:
-    """Continue from ``checkpoints/last`` when it exists and was made with the same config."""
-    if not (out_dir / LAST / "state.json").is_file():
+    """Continue from ``checkpoints/last`` when ``decide_run`` says so (it refuses a folder of
+    another configuration)."""
+    if decide_run(out_dir, cfg, replace=False) != "resume":
         return
     checkpoint = load_checkpoint(out_dir / LAST, with_optimizer=True)
-    saved, current = checkpoint.state["config"], training_config(cfg)
-    if saved != current:
-        changed = sorted(k for k in current if saved.get(k) != current[k])
-        raise TrainingError(
-            f"{out_dir} holds a run with another configuration (sections differing: "
-            f"{', '.join(changed)}); use another output folder or delete it to start afresh"
-        )
     run.objective.load_state_dict(checkpoint.weights)
     assert checkpoint.optimizer is not None
-    base_lrs = [group["base_lr"] for group in run.optimizer.param_groups]
     run.optimizer.load_state_dict(checkpoint.optimizer)
-    for group, base in zip(run.optimizer.param_groups, base_lrs, strict=True):
-        group["base_lr"] = base
     state = checkpoint.state
     run.epoch, run.step = state["epoch"] + 1, state["step"]
     run.best, run.best_epoch, run.history = state["best"], state["best_epoch"], state["history"]
@@ -383,11 +397,12 @@ def fit(
     augment: Callable[[str, Sequence[str], random.Random], str] | None = None,
     tagged_words: Mapping[int, TaggedWords] | None = None,
     reporter: Reporter | None = None,
-    resume: bool = True,
     stop_after_epochs: int | None = None,
 ) -> FitResult:
     """Train on a prepared benchmark's train split; write checkpoints and curves to ``out_dir``.
 
+    An interrupted run of this configuration in ``out_dir`` is resumed; whether a folder
+    holding anything else is cleared first is the caller's decision (``uit.runs``).
     ``stop_after_epochs`` ends the call early (as an interruption would) for resume tests.
     """
     out_dir = Path(out_dir)
@@ -396,8 +411,7 @@ def fit(
     train, selection = choose_selection(manifests, cfg.train)
     check_batch_size(cfg.train, train, prepared_dir)
     run = _build_run(cfg, train, attribute_words, augment, tagged_words)
-    if resume:
-        _resume(run, cfg, out_dir)
+    _resume(run, cfg, out_dir)
     reporter = reporter or LogReporter()
     epochs_this_call = 0
     while run.epoch < cfg.train.epochs and epochs_this_call != stop_after_epochs:

@@ -125,6 +125,11 @@ def check_images_present(imgs_dir: Path, paths: Sequence[str], prepared_dir: Pat
             )
 
 
+def held_out_count(identities: int, fraction: float) -> int:
+    """How many of ``identities`` training identities model selection holds out."""
+    return max(1, round(identities * fraction))
+
+
 def hold_out_identities(
     train: Manifests, fraction: float, seed: int
 ) -> tuple[Manifests, Manifests]:
@@ -133,7 +138,7 @@ def hold_out_identities(
     Used for model selection on benchmarks without a val split (ICFG-PEDES).
     """
     pids = sorted(train.images["pid"].unique().to_list())
-    count = max(1, round(len(pids) * fraction))
+    count = held_out_count(len(pids), fraction)
     if count >= len(pids):
         raise DataError(f"{train.benchmark}: too few training identities ({len(pids)}) to hold out")
     held = set(random.Random(sample_seed(seed, 17)).sample(pids, count))

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -27,7 +27,9 @@ from uit.data.readers import Annotations, ImageRecord, read_benchmark
 from uit.errors import DataError
 from uit.io import atomic_write_json, ready_output_dir, replaced_dir
 
-Progress = Callable[[int], None]
+if TYPE_CHECKING:
+    from uit.console import Advance, NewBar
+
 
 IMAGES_FILE = "images.parquet"
 CAPTIONS_FILE = "captions.parquet"
@@ -101,7 +103,7 @@ def find_image_problems(
     paths: Sequence[str],
     mode: ImageCheck = "decode",
     workers: int = 4,
-    progress: Progress | None = None,
+    progress: Advance | None = None,
 ) -> ImageProblems:
     """Check that each image exists and, with ``mode="decode"``, that it fully decodes."""
 
@@ -298,17 +300,16 @@ def prepare_benchmark(
     *,
     drop_missing: bool = False,
     check_images: ImageCheck = "decode",
-    progress: Callable[[int], Progress] | None = None,
+    progress: NewBar | None = None,
 ) -> dict[str, Any]:
     """Read, validate and write the manifests of one benchmark; return its statistics.
 
-    ``progress``, when given, is called with the number of images to check and returns a
-    callback that is advanced once per image.
+    ``progress`` (``uit.console.NewBar``) shows the images being checked.
     """
     ready_output_dir(out_dir, OUTPUT_FILES)  # before the slow part, not after it
     annotations = read_benchmark(name, root)
     paths = [record.path for record in annotations.records]
-    advance = progress(len(paths)) if progress is not None else None
+    advance = progress(f"checking {name} images", len(paths)) if progress is not None else None
     problems = find_image_problems(annotations.imgs_dir, paths, check_images, progress=advance)
     check_image_problems(annotations, problems, drop_missing)
     manifests = build_manifests(annotations, problems, out_dir)

@@ -8,10 +8,10 @@ hair"). ``parse.json``: which spaCy backend produced it, and counts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from spacy.language import Language
@@ -25,7 +25,8 @@ from uit.text.lexicon import is_attribute_tag
 from uit.text.parsed import INFO_FILE, PARSED_FILE, SCHEMA, read_table
 from uit.text.pipeline import Backend, build_pipeline
 
-Progress = Callable[[int], None]
+if TYPE_CHECKING:
+    from uit.console import Advance, NewBar
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def parse_doc(doc: Doc) -> ParsedCaption:
 
 
 def parse_texts(
-    nlp: Language, texts: Iterable[str], batch_size: int = 1000, progress: Progress | None = None
+    nlp: Language, texts: Iterable[str], batch_size: int = 1000, progress: Advance | None = None
 ) -> Iterator[ParsedCaption]:
     """Parse with ``nlp.pipe``; ``progress`` is advanced once per batch."""
     done = 0
@@ -121,7 +122,7 @@ def read_captions(prepared_dir: str | Path) -> pl.DataFrame:
 
 
 def parse_captions(
-    nlp: Language, captions: pl.DataFrame, batch_size: int = 1000, progress: Progress | None = None
+    nlp: Language, captions: pl.DataFrame, batch_size: int = 1000, progress: Advance | None = None
 ) -> pl.DataFrame:
     """The parsed table (``SCHEMA``) of a ``caption_id``, ``text`` table, in its order."""
     columns: dict[str, list[Any]] = {name: [] for name in SCHEMA}
@@ -162,16 +163,16 @@ def parse_benchmark(
     out_dir: str | Path,
     cfg: ParseConfig,
     *,
-    progress: Callable[[int], Progress] | None = None,
+    progress: NewBar | None = None,
 ) -> dict[str, Any]:
     """Parse every caption of a prepared benchmark, write the two files, return ``parse.json``.
 
-    ``progress``, when given, is called with the number of captions and returns a callback that
-    is advanced as they are parsed.
+    ``progress`` (``uit.console.NewBar``) shows the captions being parsed.
     """
     captions = read_captions(prepared_dir)
     nlp, backend = build_pipeline(cfg)
-    advance = progress(captions.height) if progress is not None else None
+    label = f"parsing {Path(prepared_dir).name} captions"
+    advance = progress(label, captions.height) if progress is not None else None
     parsed = parse_captions(nlp, captions, cfg.batch_size, advance)
     info = describe(parsed, backend, str(Path(prepared_dir) / CAPTIONS_FILE))
     write_parsed(parsed, info, out_dir)

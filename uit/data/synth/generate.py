@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uit.config import BENCHMARKS, SynthConfig
 from uit.data.formats import SPECS, BenchmarkSpec
@@ -24,6 +24,9 @@ from uit.data.synth.attributes import Identity, sample_families
 from uit.data.synth.captions import STYLES, Caption, write_caption
 from uit.data.synth.render import render_person, sample_shot
 from uit.io import atomic_write_json, atomic_write_text, staging_dir
+
+if TYPE_CHECKING:
+    from uit.console import Advance, NewBar
 
 SIDECAR = "attributes.json"
 
@@ -206,7 +209,7 @@ def generate_benchmark(
     cfg: SynthConfig,
     *,
     workers: int = 1,
-    progress: Callable[[int], None] | None = None,
+    progress: Advance | None = None,
 ) -> dict[str, dict[str, int]]:
     """Write one synthetic benchmark under ``root`` and return its counts per split.
 
@@ -244,7 +247,7 @@ def _dump(records: list[dict[str, Any]]) -> str:
 def _render_all(
     jobs: list[tuple[_Image, str, int, int, str]],
     workers: int,
-    progress: Callable[[int], None] | None,
+    progress: Advance | None,
 ) -> None:
     if workers <= 1:
         for job in jobs:
@@ -274,16 +277,16 @@ def synthesize(
     benchmarks: tuple[str, ...] = BENCHMARKS,
     *,
     workers: int = 1,
-    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    progress: NewBar | None = None,
 ) -> dict[str, dict[str, dict[str, int]]]:
     """Write every requested synthetic benchmark; return their counts per split.
 
-    ``progress(name, total)``, when given, returns a callback advanced once per image drawn.
+    ``progress`` (``uit.console.NewBar``) shows each benchmark's images being drawn.
     """
     summaries = {}
     for name in benchmarks:
         total = _count_images(name, cfg)
-        advance = progress(name, total) if progress else None
+        advance = progress(f"drawing {name}", total) if progress else None
         summaries[name] = generate_benchmark(name, root, cfg, workers=workers, progress=advance)
     return summaries
 

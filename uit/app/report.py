@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 from uit.config import ReportConfig
 from uit.data.formats import SPECS
 from uit.errors import DataError, UitError
+from uit.metrics import METRICS
+from uit.runs import top_k_file
 
 if TYPE_CHECKING:
     import polars as pl
 
     from uit.data.dataset import Manifests
 
-T2I = ("R1", "R5", "R10", "mAP", "mINP")
 NAMES = {name: spec.folder for name, spec in SPECS.items()}  # as the benchmarks name themselves
 
 
@@ -94,7 +95,7 @@ def metric_rows(runs: Sequence[RunResult]) -> list[list[str]]:
         protocol = run.selection.get("protocol", "?")
         if run.selection.get("optimistic"):
             protocol += " (optimistic)"
-        rows.append([NAMES.get(run.benchmark, run.benchmark), *(_fmt(t2i.get(m)) for m in T2I),
+        rows.append([NAMES.get(run.benchmark, run.benchmark), *(_fmt(t2i.get(m)) for m in METRICS),
                      protocol, str(run.selection.get("best_epoch", "-"))])  # fmt: skip
     return rows
 
@@ -127,7 +128,7 @@ def html_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def curves_figure(runs: Sequence[RunResult]) -> Figure:
     """Training loss and selection R@1 per epoch, one line per trained model."""
-    from uit.plotting import png, pyplot
+    from uit.app.plotting import png, pyplot
 
     plt = pyplot()
 
@@ -168,7 +169,8 @@ def build_report(
         return report
     for run in runs:
         test = _test_split(Path(prepared_dir) / run.benchmark)
-        top_k = Path(evals_dir) / run.benchmark / run.benchmark / "top_k.parquet"
+        # the evaluate stage ran evaluate_across into evals_dir/<trained on>
+        top_k = top_k_file(Path(evals_dir) / run.benchmark, run.benchmark)
         strips = random_query_strips(top_k, test, cfg) if top_k.is_file() else []
         checkpoint = (checkpoints or {}).get(run.benchmark)
         if checkpoint is not None and cfg.queries:
@@ -360,7 +362,7 @@ def _restoration_grid(columns: list[Any], mean: Sequence[float], std: Sequence[f
 
 def experiments_section(frame: pl.DataFrame) -> tuple[str, str, str]:
     """The comparison of DVC experiments (``uit compare``): seeds grouped, deltas if asked."""
-    from uit.compare import format_cell
+    from uit.app.compare import format_cell
 
     metric_columns = [c for c in frame.columns if "/" in c and not c.endswith((" std", " delta"))]
     params = [
@@ -389,7 +391,7 @@ PROTOCOL_NOTE = (
 
 
 def render_markdown(report: Report) -> str:
-    header = ["trained on", *T2I, "selection", "epoch"]
+    header = ["trained on", *METRICS, "selection", "epoch"]
     cross_header, cross = cross_domain_rows(report.runs)
     parts = [f"# {report.title}", "", "## In-domain test metrics (text-to-image, %)", "",
              markdown_table(header, metric_rows(report.runs)), "", PROTOCOL_NOTE, "",
@@ -415,7 +417,7 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
 
 
 def render_html(report: Report) -> str:
-    header = ["trained on", *T2I, "selection", "epoch"]
+    header = ["trained on", *METRICS, "selection", "epoch"]
     cross_header, cross = cross_domain_rows(report.runs)
     body = [f"<h1>{html.escape(report.title)}</h1>",
             "<h2>In-domain test metrics (text-to-image, %)</h2>",
@@ -431,6 +433,27 @@ def render_html(report: Report) -> str:
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(report.title)}</title><style>{STYLE}</style></head>"
             f"<body>{''.join(body)}</body></html>\n")  # fmt: skip
+
+
+def report_pipeline(
+    cfg: ReportConfig,
+    runs_dir: str | Path,
+    metrics_dir: str | Path,
+    evals_dir: str | Path,
+    prepared_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    experiments: pl.DataFrame | None = None,
+) -> tuple[Path, Path]:
+    """The one way a pipeline's report is built (the DVC stage and ``uit report``): the train
+    stage's run folders and best checkpoints, the evaluate stage's metrics and top 10s, the
+    prepared test sets, and with ``experiments`` the comparison of DVC experiments."""
+    results = read_results(runs_dir, metrics_dir)
+    best = {r.benchmark: Path(runs_dir) / r.benchmark / "checkpoints/best" for r in results}
+    report = build_report(results, cfg, evals_dir=evals_dir, prepared_dir=prepared_dir,
+                          checkpoints={k: v for k, v in best.items() if v.is_dir()},
+                          experiments=experiments)  # fmt: skip
+    return write_report(report, out_dir)
 
 
 def write_report(report: Report, out_dir: str | Path) -> tuple[Path, Path]:

@@ -189,7 +189,7 @@ def synth(
             cfg,
             names,
             workers=workers,
-            progress=lambda name, total: add(f"drawing {name}", total),
+            progress=add,
         )
     for name, splits in summaries.items():
         console.print(_split_table(f"{get_spec(name).title} (synthetic, {size})", splits))
@@ -231,7 +231,7 @@ def data_prepare(
         add = adder(progress)
         stats = prepare_benchmark(
             benchmark.value, root, out, drop_missing=drop_missing, check_images=check_images,
-            progress=lambda total: add("checking images", total),
+            progress=add,
         )  # fmt: skip
     _print_stats(stats)
     console.print(f"wrote {out}")
@@ -292,9 +292,7 @@ def data_parse(
     start = time.perf_counter()
     with progress_bars() as progress:
         add = adder(progress)
-        info = parse_benchmark(
-            prepared, out, cfg, progress=lambda total: add("parsing captions", total)
-        )
+        info = parse_benchmark(prepared, out, cfg, progress=add)
     seconds = time.perf_counter() - start
     table = Table(title=f"{info['pipeline']} {info['pipeline_version']} ({info['backend']}, "
                   f"spaCy {info['spacy_version']})")  # fmt: skip
@@ -359,6 +357,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1, help="Images or captions per batch.")] = 256,
 ) -> None:
     """Text-to-image (and image-to-text) retrieval metrics of a checkpoint on a split."""
+    from uit.metrics import METRICS
     from uit.runs import evaluate_checkpoint
 
     with progress_bars() as progress:
@@ -372,13 +371,13 @@ def evaluate(
             progress=adder(progress),
         )
     table = Table(title=f"{metrics['benchmark']} {split}: {checkpoint}")
-    for column in ("direction", "R1", "R5", "R10", "mAP", "mINP"):
+    for column in ("direction", *METRICS):
         table.add_column(column, justify="right")
     for direction in ("t2i", "i2t"):
         row = metrics[direction]
         table.add_row(
             direction,
-            *(f"{row[k]:.2f}" if k in row else "-" for k in ("R1", "R5", "R10", "mAP", "mINP")),
+            *(f"{row[k]:.2f}" if k in row else "-" for k in METRICS),
         )
     console.print(table)
     console.print(f"wrote {out}")
@@ -447,7 +446,14 @@ def compare(
 
     The params that differ, then a table per benchmark that fits the terminal (--wide: one).
     """
-    from uit.compare import METRICS, comparison, plot_comparison, read_exp_show, to_csv, wide_table
+    from uit.app.compare import (
+        METRICS,
+        comparison,
+        plot_comparison,
+        read_exp_show,
+        to_csv,
+        wide_table,
+    )
 
     experiments = read_exp_show(_dvc_json(["exp", "show", "--all-branches"], project))
     if not any(e.kind == "experiment" for e in experiments):
@@ -478,7 +484,7 @@ def compare(
 
 def _print_compact(frame: Any, benchmarks: list[str], metrics: tuple[str, ...],
                    baseline: str | None) -> None:  # fmt: skip
-    from uit.compare import compact_view
+    from uit.app.compare import compact_view
 
     view = compact_view(frame, benchmarks, metrics, baseline, console.width)
     for table in view.tables:
@@ -638,23 +644,17 @@ def report(
 
     From the pipeline's outputs; the DVC report stage builds it without the experiments.
     """
+    from uit.app.report import report_pipeline
     from uit.config import load_config
-    from uit.report import build_report, read_results, write_report
 
     cfg = load_config(project / params).report
-    results = read_results(project / "runs", project / "metrics")
     frame = _experiment_frame(project, baseline) if experiments else None
-    checkpoints = {
-        r.benchmark: project / "runs" / r.benchmark / "checkpoints/best" for r in results
-    }
-    built = build_report(results, cfg, evals_dir=project / "evals",
-                         prepared_dir=project / "data/prepared",
-                         checkpoints={k: v for k, v in checkpoints.items() if v.is_dir()},
-                         experiments=frame)  # fmt: skip
-    html, markdown = write_report(built, project / out)
+    html, markdown = report_pipeline(cfg, project / "runs", project / "metrics",
+                                     project / "evals", project / "data/prepared", project / out,
+                                     experiments=frame)  # fmt: skip
     console.print(f"wrote {html} and {markdown}")
     if screenshot:
-        from uit.browser import check_page
+        from uit.app.browser import check_page
 
         check = check_page(html, screenshot)
         problems = check.console_errors + check.broken_images + check.remote_resources
@@ -664,7 +664,7 @@ def report(
 
 
 def _experiment_frame(project: Path, baseline: str | None) -> Any:
-    from uit.compare import comparison, read_exp_show
+    from uit.app.compare import comparison, read_exp_show
 
     try:
         found = read_exp_show(_dvc_json(["exp", "show", "--all-branches"], project))
@@ -688,8 +688,8 @@ def profile(
     profiles: Annotated[Path, typer.Option(help="Folder of profiles.")] = Path("profiles"),
 ) -> None:
     """Switch params.yaml to a profile (comments and other keys are kept)."""
+    from uit.app.profiles import apply_profile, missing_benchmarks
     from uit.config import load_config
-    from uit.profiles import apply_profile, missing_benchmarks
 
     overrides = {"data.root": data_root} if data_root else {}
     changed = apply_profile(params, profiles / f"{name}.yaml", overrides)

@@ -18,8 +18,8 @@ import polars as pl
 from rich.table import Table
 
 from uit.errors import UitError
+from uit.metrics import METRICS
 
-METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 SEED = "train.seed"
 FIXED = ("experiment", "status", "seeds")  # the comparison's columns that are not params
 COLUMN_FRAME = 3  # what a rich table adds to each column: one space either side and a border
@@ -320,7 +320,7 @@ def to_csv(frame: pl.DataFrame) -> str:
 
 def plot_comparison(frame: pl.DataFrame, metric: str, benchmarks: Sequence[str]) -> bytes:
     """A PNG bar chart: ``metric`` per experiment (bars) and benchmark (groups), std as whiskers."""
-    from uit.plotting import png, pyplot
+    from uit.app.plotting import png, pyplot
 
     plt = pyplot()
 
