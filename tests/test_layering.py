@@ -108,3 +108,23 @@ def test_layout_of_design_section_2_exists() -> None:
         assert (ROOT / name).is_file(), name
     for name in ("uit", "uit/app", "stages", "flows", "tests", "benchmarks", "docs/design.md"):
         assert (ROOT / name).exists(), name
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_every_file_of_the_packages(tmp_path: Path) -> None:
+    """A non-editable install gets exactly the tracked files of uit, stages and flows: the
+    model configs (uit-tiny's JSON) included, which open_clip reads at run time."""
+    import zipfile
+
+    source = tmp_path / "source"
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True)
+    source.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "-w", str(tmp_path / "wheel"), str(source)],
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    (wheel,) = (tmp_path / "wheel").glob("uit-*.whl")
+    packed = {n for n in zipfile.ZipFile(wheel).namelist() if not n.startswith("uit-")}
+    tracked = subprocess.run(["git", "ls-files", "uit", "stages", "flows"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    assert packed == set(tracked)
