@@ -33,6 +33,16 @@ from uit.errors import UitError
 
 F = TypeVar("F", bound=Callable[..., Any])
 ONE_OF = f"one of {', '.join(BENCHMARKS)}"  # the names, for the help of --benchmark
+
+
+def benchmark_option(what: str, default: str | None = None) -> Any:
+    """``--benchmark/-b``, shaped the same in every command: one of the registry's names,
+    repeatable where ``default`` says what none means."""
+    repeat = " (repeatable)" if default is not None else ""
+    return typer.Option("--benchmark", "-b", metavar="BENCHMARK", show_default=default or False,
+                        help=f"{what}: {ONE_OF}{repeat}.")  # fmt: skip
+
+
 TYPE_NAMES = {int: "INTEGER", float: "FLOAT", str: "TEXT", Path: "PATH"}
 
 
@@ -157,14 +167,7 @@ def synth(
         SynthSize, typer.Option(help="tiny is for tests; demo fits make demo.")
     ] = "demo",
     benchmark: Annotated[
-        list[Benchmark] | None,
-        typer.Option(
-            "--benchmark",
-            "-b",
-            metavar="BENCHMARK",
-            show_default="all",
-            help=f"Only this benchmark, {ONE_OF} (repeatable).",
-        ),
+        list[Benchmark] | None, benchmark_option("Only this benchmark", "all")
     ] = None,
     image_height: int = 128,
     image_width: int = 64,
@@ -215,7 +218,7 @@ def _save_contact_sheet(root: Path, names: tuple[str, ...], out: Path) -> None:
 def data_prepare(
     benchmark: Annotated[
         Benchmark,
-        typer.Option("--benchmark", "-b", metavar="BENCHMARK", help=f"Which format: {ONE_OF}."),
+        benchmark_option("The format to read"),
     ],
     root: Annotated[Path, typer.Option(help="Folder holding the benchmark's folder.")],
     out: Annotated[Path, typer.Option(help="Folder for the manifests and stats.json.")],
@@ -309,7 +312,7 @@ def data_parse(
 def train(
     benchmark: Annotated[
         Benchmark,
-        typer.Option("--benchmark", "-b", metavar="BENCHMARK", help=f"Train on {ONE_OF}."),
+        benchmark_option("The benchmark to train on"),
     ],
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override: section.key=value (repeatable).")
@@ -406,14 +409,7 @@ def _dvc_json(args: list[str], project: Path) -> Any:
 @friendly_errors
 def compare(
     benchmark: Annotated[
-        list[Benchmark] | None,
-        typer.Option(
-            "--benchmark",
-            "-b",
-            metavar="BENCHMARK",
-            show_default="all with metrics",
-            help=f"Only this benchmark, {ONE_OF} (repeatable).",
-        ),
+        list[Benchmark] | None, benchmark_option("Only this benchmark", "all with metrics")
     ] = None,
     metric: Annotated[
         list[str] | None,
@@ -731,14 +727,7 @@ def quiet_tracebacks(known: tuple[type[BaseException], ...]) -> Iterator[None]:
 @friendly_errors
 def run_pipeline(
     benchmark: Annotated[
-        list[Benchmark] | None,
-        typer.Option(
-            "--benchmark",
-            "-b",
-            metavar="BENCHMARK",
-            show_default="all",
-            help=f"Run only this benchmark, {ONE_OF} (repeatable).",
-        ),
+        list[Benchmark] | None, benchmark_option("Run only this benchmark", "all")
     ] = None,
     set_: Annotated[
         list[str] | None,
