@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
@@ -245,19 +244,6 @@ def experiment_name(experiment: str | None) -> str:
     return experiment or time.strftime("uit-%Y%m%d-%H%M%S")
 
 
-def _experiment_params(project: str, overrides: Sequence[str]) -> dict[str, Any]:
-    """params.yaml with the ``section.key=value`` overrides applied, as the experiment sees it."""
-    params = yaml.safe_load((Path(project) / "params.yaml").read_text()) or {}
-    for override in overrides:
-        dotted, _, value = override.partition("=")
-        *sections, key = dotted.split(".")
-        node = params
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[key] = yaml.safe_load(value)
-    return params
-
-
 def _tracked(root: Path, path: Path) -> bool:
     """Added to DVC (a ``.dvc`` file beside it or beside a folder above it) or in git."""
     for candidate in (path, *path.parents):
@@ -274,14 +260,12 @@ def untracked_data(project: str, overrides: Sequence[str]) -> list[str]:
     """The benchmark folders under ``data.root`` that an experiment's temporary copy of the
     project would lack: inside the project, yet neither tracked by git nor by DVC (nor made by
     the synth stage). A data root outside the project is read where it is."""
-    params = _experiment_params(project, overrides)
-    data = params.get("data") or {}
     root = Path(project).resolve()
-    data_root = (root / str(data.get("root", ""))).resolve()
+    cfg = load_config(root / "params.yaml", overrides)  # as the experiment will see it
+    data_root = (root / cfg.data.root).resolve()
     if not data_root.is_relative_to(root):
         return []
-    synthetic = data.get("source") == "synthetic"
-    made = set((params.get("synth") or {}).get("benchmarks") or []) if synthetic else set()
+    made = set(cfg.synth.benchmarks) if cfg.data.source == "synthetic" else set()
     folders = [spec.folder for spec in SPECS.values() if spec.folder not in made]
     return [str((data_root / f).relative_to(root)) for f in folders
             if not _tracked(root, data_root / f)]  # fmt: skip

@@ -19,7 +19,9 @@ def test_untracked_real_data_in_the_project_is_refused(tmp_path: Path) -> None:
     experiment's temporary workspace: one error naming the key and the fix; DVC-tracked data
     and data outside the project pass."""
     sh("git", "init", "-q", cwd=tmp_path)
-    (tmp_path / "params.yaml").write_text("data:\n  source: real\n  root: data/real\n")
+    (tmp_path / "params.yaml").write_text(
+        "data:\n  source: real\n  root: data/real\nsynth:\n  benchmarks: []\n"
+    )
     for folder in ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid"):
         (tmp_path / "data" / "real" / folder).mkdir(parents=True)
     (tmp_path / "data" / "real" / "CUHK-PEDES.dvc").write_text("outs: []\n")
