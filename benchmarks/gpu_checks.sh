@@ -7,7 +7,7 @@
 #  2. the paper path: the paper profile (ViT-B-16, 384x128, batch 128, random init) on the
 #     synthetic `medium` CUHK-PEDES-style benchmark for 3 epochs: seconds per epoch, peak memory,
 #     loss per epoch, test R@1, and whether `uit evaluate` reproduces the selection metrics;
-#  3. throughput of the real training step (benchmarks/train_step.py: uit.train.train_step,
+#  3. throughput of the real training step (benchmarks/train_step.py: uit.training.train.train_step,
 #     fp32 / bf16 / + fused Adam / + compile): median and spread of seconds per step, compute-only
 #     seconds per CUHK-PEDES-sized epoch, model FLOPs utilisation;
 #  4. images per second of the data pipeline (benchmarks/loader.py) on the synthetic `small`
@@ -29,9 +29,9 @@ timeout 150 python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider 2>
   | tee "$OUT/test_gpu.txt" || true
 python3 - <<PY 2>&1 | tee "$OUT/data.txt"
 import time
-from uit.config import SynthConfig
-from uit.data.prepare import prepare_benchmark
-from uit.data.synth import synthesize
+from uit.core.config import SynthConfig
+from uit.raw.prepare import prepare_benchmark
+from uit.synth import synthesize
 
 start = time.perf_counter()
 for size in ("medium", "small"):

@@ -26,11 +26,12 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from uit.config import ModelConfig
-from uit.data.dataset import TrainDataset, read_manifests
-from uit.data.sampler import IdentityBatchSampler
+from uit.core.config import ModelConfig
+from uit.data.dataset import TrainDataset
+from uit.data.prepared import read_manifests
 from uit.data.transforms import build_train_transform
 from uit.model.build import build_tokenizer
+from uit.training.sampler import IdentityBatchSampler
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 

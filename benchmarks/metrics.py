@@ -1,5 +1,5 @@
-"""Time and memory of ``uit.metrics.retrieval_metrics`` against a full-argsort evaluator, alone
-and beside a memory-bound load.
+"""Time and memory of ``uit.retrieval.metrics.retrieval_metrics`` against a full-argsort
+evaluator, alone and beside a memory-bound load.
 
 Both run on the same ICFG-PEDES-sized similarity matrix (19,848 queries x 4,855 gallery images,
 with ties), each in its own process so that peak memory is measured cleanly. The baseline is the
@@ -71,7 +71,7 @@ def copy_loop(seconds: float, mib: int = 512) -> None:
 
 
 def child(impl: str, queries: int, gallery: int, repeats: int) -> None:
-    from uit.metrics import retrieval_metrics
+    from uit.retrieval.metrics import retrieval_metrics
 
     evaluate = retrieval_metrics if impl == "uit" else full_argsort_metrics
     similarity, query_pids, gallery_pids = make_problem(queries, gallery)

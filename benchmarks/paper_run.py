@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
-from uit.config import load_config, read_yaml
-from uit.runs import evaluate_checkpoint, train_benchmark
+from uit.core.config import load_config, read_yaml
+from uit.retrieval.evaluate import evaluate_checkpoint
+from uit.training.benchmark import train_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "paper.yaml"

@@ -17,11 +17,11 @@ import time
 
 import spacy
 
-from uit.config import ParseConfig
-from uit.data.synth.attributes import sample_identity
-from uit.data.synth.captions import STYLES, write_caption
-from uit.text.parse import parse_texts
-from uit.text.pipeline import build_pipeline, trained_available
+from uit.core.config import ParseConfig
+from uit.parsing.parse import parse_texts
+from uit.parsing.pipeline import build_pipeline, trained_available
+from uit.synth.attributes import sample_identity
+from uit.synth.captions import STYLES, write_caption
 
 
 def make_captions(count: int, seed: int = 0) -> list[str]:

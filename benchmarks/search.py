@@ -1,10 +1,11 @@
 """Top-10 search over a large cached gallery on the CPU, against a vectorised float32 baseline.
 
 Random L2-normalised float16 embeddings stand in for a cached gallery (``--gallery`` images,
-``--dim`` wide: 512 is ViT-B-16's); each query is ranked with ``uit.search.top_k`` (a float16
-scan, a float32 rescoring of a shortlist, ties to the lower index) and with the plain float32
-way (one matrix product over a float32 copy of the same embeddings, then ``torch.topk``). Prints
-the machine, milliseconds per query (min, median and max over ``--queries``) and how many
+``--dim`` wide: 512 is ViT-B-16's); each query is ranked with ``uit.retrieval.search.top_k``
+(a float16 scan, a float32 rescoring of a shortlist, ties to the lower index) and with the plain
+float32 way (one matrix product over a float32 copy of the same embeddings, then
+``torch.topk``). Prints the machine, milliseconds per query (min, median and max over
+``--queries``) and how many
 queries get the same top 10 from both.
 
 Usage: ``python benchmarks/search.py [--gallery 100000] [--dim 512] [--queries 20]``
@@ -19,7 +20,7 @@ import time
 import torch
 from _machine import machine  # benchmarks/ is on sys.path when a script runs
 
-from uit.search import top_k
+from uit.retrieval.search import top_k
 
 
 def float32_top_k(query: torch.Tensor, gallery: torch.Tensor, k: int) -> torch.Tensor:
@@ -48,7 +49,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     gallery = torch.nn.functional.normalize(
         torch.randn(args.gallery, args.dim, generator=generator), dim=-1
-    ).half()  # as uit.search.EmbeddingCache stores them
+    ).half()  # as uit.retrieval.search.EmbeddingCache stores them
     gallery32 = gallery.float()  # the baseline's gallery: the same embeddings, kept in float32
     queries = torch.nn.functional.normalize(
         torch.randn(args.queries, args.dim, generator=generator), dim=-1
@@ -67,7 +68,7 @@ def main() -> None:
     )
     print(f"{'method':<34}{'min ms':>8}{'median ms':>10}{'max ms':>8}{'queries':>9}")
     print(row("float32 matmul + torch.topk", plain))
-    print(row("uit.search.top_k (float16 scan)", fast))
+    print(row("uit.retrieval.search.top_k (float16 scan)", fast))
     speedup = statistics.median(plain) / statistics.median(fast)
     print(
         f"speed-up {speedup:.1f}x (median over median); same top {args.k} as float32: "

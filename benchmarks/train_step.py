@@ -1,5 +1,5 @@
-"""Throughput of the real training step (``uit.train.train_step``) of full UIT (SDM + ID + CMT +
-TIR) on synthetic tensors.
+"""Throughput of the real training step (``uit.training.train.train_step``) of full UIT
+(SDM + ID + CMT + TIR) on synthetic tensors.
 
 Each step is the one ``uit train`` runs: learning-rate update, the batch copied from pinned host
 memory to the device, TIR's mask noise drawn from (seed, step), the forward under autocast, a
@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from uit.config import Config, parse_config
+from uit.core.config import Config, parse_config
 from uit.model import build_model
-from uit.objective import Objective, param_groups
-from uit.train import StepState, build_step_state, train_step
+from uit.model.objective import Objective, param_groups
+from uit.training.train import StepState, build_step_state, train_step
 
 CUHK_TRAIN_PAIRS = 68_126
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
@@ -150,7 +150,8 @@ def main() -> None:
     peak = peak_tflops(device, args.peak_tflops)
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
-        f"{args.model} {args.size}, batch {args.batch_size}, full UIT, uit.train.train_step on "
+        f"{args.model} {args.size}, batch {args.batch_size}, full UIT, "
+        f"uit.training.train.train_step on "
         f"{label}; torch {torch.__version__}; s/step: median (min-max) of {args.windows} windows "
         f"of {args.steps} steps after {args.warmup}; s/epoch: compute only (synthetic tensors, "
         "no data loading)"

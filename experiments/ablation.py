@@ -14,8 +14,9 @@ import statistics
 import time
 from pathlib import Path
 
-from uit.config import load_config
-from uit.runs import evaluate_checkpoint, train_benchmark
+from uit.core.config import load_config
+from uit.retrieval.evaluate import evaluate_checkpoint
+from uit.training.benchmark import train_benchmark
 
 VARIANTS = {
     "SDM + ID (baseline)": ["loss.cmt=0", "loss.tir=0", "augment.keep_attributes_p=0"],

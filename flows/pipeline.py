@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -35,12 +33,14 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.states import Failed, State
 
-from uit import preflight
-from uit.config import BENCHMARKS, load_config
-from uit.data.formats import SPECS
-from uit.errors import ConfigError, UitError
-from uit.io import replaced_dir
-from uit.metrics import METRICS
+from flows import preflight
+from uit.app.dvc import dvc_env, dvc_json
+from uit.core.config import BENCHMARKS, load_config
+from uit.core.errors import ConfigError, UitError
+from uit.core.io import replaced_dir
+from uit.raw.formats import SPECS
+from uit.retrieval.metrics import METRICS
+from uit.training.preflight import check
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,15 +59,6 @@ class DvcError(RuntimeError):
 def gpu_limit_name() -> str:
     """One limit per machine: each machine trains one model at a time on its GPU."""
     return f"uit-gpu-{re.sub(r'[^a-z0-9-]', '-', socket.gethostname().lower())}"
-
-
-def dvc_env(project: str) -> dict[str, str]:
-    """Stages call ``python``: the interpreter running this flow comes first on PATH. DVC keeps
-    its site cache (state, index) inside the project rather than in /var/tmp."""
-    bin_dir = str(Path(sys.executable).parent)
-    site_cache = str(Path(project).resolve() / ".dvc" / "tmp" / "site-cache")
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-            "DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": site_cache}  # fmt: skip
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -219,9 +210,9 @@ def check_ready(
     root = Path(project).resolve()
     cfg = load_config(root / "params.yaml", overrides)
     if after_prepare:
-        preflight.check(preflight.batch_problems(cfg, root, benchmarks))
+        check(preflight.batch_problems(cfg, root, benchmarks))
     else:
-        preflight.check(preflight.problems(cfg, root, benchmarks))
+        check(preflight.problems(cfg, root, benchmarks))
 
 
 def one_line_failure(fn: Callable[P, R]) -> Callable[P, R | State]:
@@ -265,8 +256,8 @@ def untracked_data(project: str, overrides: Sequence[str]) -> list[str]:
     data_root = (root / cfg.data.root).resolve()
     if not data_root.is_relative_to(root):
         return []
-    made = set(cfg.synth.benchmarks) if cfg.data.source == "synthetic" else set()
-    folders = [spec.folder for spec in SPECS.values() if spec.folder not in made]
+    made = set(cfg.data.benchmarks) if cfg.data.source == "synthetic" else set()
+    folders = [spec.folder for name, spec in SPECS.items() if name not in made]
     return [str((data_root / f).relative_to(root)) for f in folders
             if not _tracked(root, data_root / f)]  # fmt: skip
 
@@ -280,15 +271,6 @@ def refuse_untracked_data(project: str, overrides: Sequence[str]) -> None:
             f"holds only what they track: run `dvc add {' '.join(missing)}` (README: Real data "
             "under DVC), or set data.root to a folder outside the project"
         )
-
-
-def dvc_json(args: Sequence[str], project: str) -> Any:
-    """Run a read-only ``dvc ARGS --json`` in ``project`` and parse what it prints."""
-    result = subprocess.run(["dvc", *args, "--json"], cwd=project, env=dvc_env(project),
-                            capture_output=True, text=True)  # fmt: skip
-    if result.returncode != 0:
-        raise DvcError(f"dvc {' '.join(args)} failed in {project}: {result.stderr[-800:]}")
-    return json.loads(result.stdout or "[]")
 
 
 def find_experiment(rows: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:

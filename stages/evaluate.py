@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stages._common import bars, run
-from uit.config import load_config
-from uit.runs import evaluate_across
+from uit.core.boundary import run_stage
+from uit.core.config import load_config
+from uit.core.console import bars
+from uit.retrieval.evaluate import evaluate_across
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,10 +22,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     benchmarks = load_config(args.params).data.benchmarks
-    prepared = {name: Path(args.prepared) / name for name in benchmarks}
+    prepared = {str(name): Path(args.prepared) / name for name in benchmarks}
     with bars() as bar:
         evaluate_across(args.checkpoint, prepared, args.out, args.metrics, progress=bar)
 
 
 if __name__ == "__main__":
-    run(main)
+    run_stage(main)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from stages._common import bars, run
-from uit.config import load_config
-from uit.text.parse import parse_benchmark
+from uit.core.boundary import run_stage
+from uit.core.config import load_config
+from uit.core.console import bars
+from uit.parsing.parse import parse_benchmark
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,4 +27,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_stage(main)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from stages._common import bars, run
-from uit.config import BENCHMARKS, load_config
-from uit.data.prepare import prepare_benchmark
+from uit.core.boundary import run_stage
+from uit.core.config import BENCHMARKS, load_config
+from uit.core.console import bars
+from uit.raw.prepare import prepare_benchmark
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,4 +30,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_stage(main)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from stages._common import run
 from uit.app.report import report_pipeline
-from uit.config import load_config
+from uit.core.boundary import run_stage
+from uit.core.config import load_config
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,4 +24,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_stage(main)

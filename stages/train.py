@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stages._common import run
-from uit.config import load_config
-from uit.console import ProgressReporter, progress_bars
-from uit.preflight import check, prepared_batch_problems
-from uit.runs import train_benchmark
+from uit.core.boundary import run_stage
+from uit.core.config import load_config
+from uit.core.console import ProgressReporter, progress_bars
+from uit.training.benchmark import train_benchmark
+from uit.training.preflight import check, prepared_batch_problems
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,4 +31,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_stage(main)

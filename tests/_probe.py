@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-import uit.config
+import uit.core.config
 
 SEEN: set[str] = set()
 
@@ -47,7 +47,7 @@ class Tracked:
         return value
 
 
-_load = uit.config.load_config
+_load = uit.core.config.load_config
 
 
 def tracked_load_config(*args: Any, **kwargs: Any) -> Any:
@@ -67,7 +67,7 @@ def _dump(stage: str) -> None:
 
 if __name__ == "__main__":
     stage = sys.argv[1]
-    uit.config.load_config = tracked_load_config  # stages import it by name at import time
+    uit.core.config.load_config = tracked_load_config  # stages import it by name at import time
     sys.argv = [stage, *sys.argv[2:]]
     atexit.register(_dump, stage)
     runpy.run_module(stage, run_name="__main__", alter_sys=True)

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from uit.config import SynthConfig
-from uit.data.formats import SPECS
-from uit.data.synth import synthesize
+from uit.core.config import SynthConfig
+from uit.raw.formats import SPECS
+from uit.synth import synthesize
 
 RecordFactory = Callable[..., Path]
 
@@ -86,3 +86,36 @@ def tiny_synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     root = tmp_path_factory.mktemp("synth")
     summaries = synthesize(root, SynthConfig(size="tiny", seed=7))
     return root, summaries
+
+
+@pytest.fixture(scope="session")
+def trained(
+    tiny_synth: tuple[Path, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """A prepared tiny benchmark, a 1-epoch uit-tiny run and a folder of gallery images (shared
+    by the tests of the CLI's failures and of the report)."""
+    import shutil
+
+    from uit.core.config import parse_config
+    from uit.raw.prepare import prepare_benchmark
+    from uit.training.benchmark import train_benchmark
+
+    root, _ = tiny_synth
+    base = tmp_path_factory.mktemp("hostile")
+    prepared = base / "cuhk-pedes"  # a stage finds it by its benchmark name
+    prepare_benchmark("cuhk-pedes", root.resolve(), prepared)
+    cfg = parse_config({
+        "model": {"name": "uit-tiny", "image_height": 64, "image_width": 32,
+                  "context_length": 32},
+        "train": {"epochs": 1, "batch_size": 16, "num_workers": 0, "warmup_epochs": 0.5,
+                  "eval_batch_size": 64, "precision": "fp32"},
+        "optim": {"lr": 1e-4}, "tir": {"decoder_layers": 1},
+        "augment": {"keep_attributes_p": 0.0},
+    })  # fmt: skip
+    train_benchmark(cfg, prepared, base / "run")
+    gallery = base / "gallery"
+    gallery.mkdir()
+    for path in sorted((root / "CUHK-PEDES" / "imgs").rglob("*.png"))[:12]:
+        shutil.copy(path, gallery / path.name)
+    return {"prepared": prepared, "run": base / "run", "gallery": gallery,
+            "best": base / "run" / "checkpoints" / "best"}  # fmt: skip

@@ -55,7 +55,7 @@ def make_repo(path: Path, *, probe: bool = False) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for folder in ("uit", "stages", "flows", "profiles"):
         shutil.copytree(ROOT / folder, path / folder, ignore=ignore)
-    for name in ("dvc.yaml", "prefect.yaml", "prefect.toml", ".gitignore"):
+    for name in ("dvc.yaml", "prefect.yaml", "prefect.toml", ".gitignore", ".dvcignore"):
         if (ROOT / name).is_file():
             shutil.copy(ROOT / name, path / name)
     dvc_yaml = (path / "dvc.yaml").read_text()

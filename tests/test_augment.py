@@ -9,8 +9,9 @@ import polars as pl
 import pytest
 import torch
 
-from uit.config import AugmentConfig
-from uit.data.dataset import Manifests, TrainDataset
+from uit.core.config import AugmentConfig
+from uit.data.dataset import TrainDataset
+from uit.data.prepared import Manifests
 from uit.text.augment import augment_caption, build_augment
 
 TEXT = "A woman with long black hair wears a red backpack."

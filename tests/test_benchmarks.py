@@ -30,5 +30,5 @@ def test_search_benchmark_prints_a_table_the_machine_and_agreement() -> None:
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
     out = result.stdout
     assert "cores, torch" in out and "threads" in out
-    assert "float32 matmul + torch.topk" in out and "uit.search.top_k" in out
+    assert "float32 matmul + torch.topk" in out and "uit.retrieval.search.top_k" in out
     assert "same top 10 as float32: 3/3 queries" in out

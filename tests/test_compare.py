@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from tests.pipeline_repo import sh
 from uit.app.cli import app
 from uit.app.compare import METRICS, Experiment, comparison, format_cell
-from uit.errors import UitError
+from uit.core.errors import UitError
 
 STAGE = """
 import json, pathlib, yaml

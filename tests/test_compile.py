@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from uit.config import Config, parse_config
+from uit.core.config import Config, parse_config
 from uit.model import build_model
-from uit.objective import Objective
-from uit.train import StepState, build_step_state, forward_inputs
+from uit.model.objective import Objective
+from uit.training.train import StepState, build_step_state, forward_inputs
 
 
 def tiny_config() -> Config:

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from uit.config import BENCHMARKS, Config, apply_overrides, load_config, parse_config
-from uit.errors import ConfigError
+from uit.core.config import BENCHMARKS, Config, apply_overrides, load_config, parse_config
+from uit.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,3 +78,6 @@ def test_a_moved_key_names_its_new_place() -> None:
         parse_config({"tir": {"weight": 0}})
     assert parse_config({"loss": {"tir": 0}}).loss.tir == 0
     assert "weight" not in Config().tir.model_dump()
+    with pytest.raises(ConfigError, match=r"synth\.benchmarks: no longer a key: the synth stage "
+                       r"draws data\.benchmarks"):  # fmt: skip
+        parse_config({"synth": {"benchmarks": ["CUHK-PEDES"]}})

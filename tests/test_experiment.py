@@ -11,7 +11,7 @@ import pytest
 
 from flows import pipeline
 from tests.pipeline_repo import sh
-from uit.errors import ConfigError
+from uit.core.errors import ConfigError
 
 
 def test_untracked_real_data_in_the_project_is_refused(tmp_path: Path) -> None:
@@ -19,9 +19,7 @@ def test_untracked_real_data_in_the_project_is_refused(tmp_path: Path) -> None:
     experiment's temporary workspace: one error naming the key and the fix; DVC-tracked data
     and data outside the project pass."""
     sh("git", "init", "-q", cwd=tmp_path)
-    (tmp_path / "params.yaml").write_text(
-        "data:\n  source: real\n  root: data/real\nsynth:\n  benchmarks: []\n"
-    )
+    (tmp_path / "params.yaml").write_text("data:\n  source: real\n  root: data/real\n")
     for folder in ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid"):
         (tmp_path / "data" / "real" / folder).mkdir(parents=True)
     (tmp_path / "data" / "real" / "CUHK-PEDES.dvc").write_text("outs: []\n")
@@ -29,5 +27,5 @@ def test_untracked_real_data_in_the_project_is_refused(tmp_path: Path) -> None:
                        r"data/real/RSTPReid .*`dvc add data/real/ICFG-PEDES"):  # fmt: skip
         pipeline.refuse_untracked_data(str(tmp_path), [])
     pipeline.refuse_untracked_data(str(tmp_path), [f"data.root={tmp_path.parent / 'elsewhere'}"])
-    synthetic = ["data.source=synthetic", "synth.benchmarks=[CUHK-PEDES, ICFG-PEDES, RSTPReid]"]
+    synthetic = ["data.source=synthetic"]
     assert pipeline.untracked_data(str(tmp_path), synthetic) == []  # the synth stage makes them

@@ -17,9 +17,9 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows import pipeline
 from tests.pipeline_repo import env, make_repo, sh, tiny_params
-from uit.data.formats import get_spec
-from uit.data.readers import missing_benchmark
-from uit.errors import UitError
+from uit.core.errors import UitError
+from uit.raw.formats import get_spec
+from uit.raw.readers import missing_benchmark
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ BATCH_LINE = (
     "14 training identities"
 )
 REAL = {"data": {"source": "real", "root": "data/real", "check_images": "exists"},
-        "synth": {"benchmarks": [], "size": "tiny"}}  # fmt: skip
+        "synth": {"size": "tiny"}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -122,16 +122,16 @@ def test_uit_run_on_missing_real_data_prints_the_message_in_a_few_lines(tmp_path
 
 
 def test_stage_logs_keep_uit_info_and_drop_open_clips(tmp_path: Path) -> None:
-    """A stage builds the model through ``stages._common.run``: uit's INFO lines show,
+    """A stage builds the model through ``uit.core.boundary.run_stage``: uit's INFO lines show,
     open_clip's do not (without ``run``'s logging set-up they do: the control)."""
     script = (
         "import logging, sys\n"
-        "from stages._common import run\n"
-        "from uit.config import ModelConfig\n"
+        "from uit.core.boundary import run_stage as run\n"
+        "from uit.core.config import ModelConfig\n"
         "from uit.model.build import build_model\n"
         "def main():\n"
         "    build_model(ModelConfig(name='uit-tiny', image_height=64, image_width=32))\n"
-        "    logging.getLogger('uit.runs').info('resumed at epoch 3')\n"
+        "    logging.getLogger('uit.training.benchmark').info('resumed at epoch 3')\n"
         "if sys.argv[1] == 'stage':\n"
         "    run(main)\n"
         "else:\n"

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from uit.config import Config, parse_config
-from uit.data.prepare import prepare_benchmark
+from uit.core.config import Config, parse_config
 from uit.model import build_model
-from uit.objective import Objective, param_groups
-from uit.train import StepState, build_step_state, fit, forward_inputs, train_step
+from uit.model.objective import Objective, param_groups
+from uit.raw.prepare import prepare_benchmark
+from uit.training.train import StepState, build_step_state, fit, forward_inputs, train_step
 
 # cuBLAS is deterministic only with a fixed workspace, set before its first use in the process.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -19,39 +19,14 @@ import torch
 from typer.testing import CliRunner
 
 from uit.app.cli import app
-from uit.checkpoint import save_checkpoint
-from uit.config import SynthConfig, load_config, parse_config
-from uit.data.prepare import prepare_benchmark
-from uit.data.synth import synthesize
-from uit.errors import CheckpointError, ConfigError
-from uit.io import atomic_write_text
-from uit.runs import train_benchmark
+from uit.core.config import SynthConfig, load_config
+from uit.core.errors import CheckpointError, ConfigError
+from uit.core.io import atomic_write_text
+from uit.model.checkpoint import save_checkpoint
+from uit.raw.prepare import prepare_benchmark
+from uit.synth import synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_synth, tmp_path_factory) -> dict[str, Path]:
-    """A prepared tiny benchmark, a 1-epoch uit-tiny run and a folder of gallery images."""
-    root, _ = tiny_synth
-    base = tmp_path_factory.mktemp("hostile")
-    prepared = base / "cuhk-pedes"  # a stage finds it by its benchmark name
-    prepare_benchmark("cuhk-pedes", root.resolve(), prepared)
-    cfg = parse_config({
-        "model": {"name": "uit-tiny", "image_height": 64, "image_width": 32,
-                  "context_length": 32},
-        "train": {"epochs": 1, "batch_size": 16, "num_workers": 0, "warmup_epochs": 0.5,
-                  "eval_batch_size": 64, "precision": "fp32"},
-        "optim": {"lr": 1e-4}, "tir": {"decoder_layers": 1},
-        "augment": {"keep_attributes_p": 0.0},
-    })  # fmt: skip
-    train_benchmark(cfg, prepared, base / "run")
-    gallery = base / "gallery"
-    gallery.mkdir()
-    for path in sorted((root / "CUHK-PEDES" / "imgs").rglob("*.png"))[:12]:
-        shutil.copy(path, gallery / path.name)
-    return {"prepared": prepared, "run": base / "run", "gallery": gallery,
-            "best": base / "run" / "checkpoints" / "best"}  # fmt: skip
 
 
 def snapshot(*folders: Path) -> dict[str, str]:
@@ -151,12 +126,12 @@ def test_a_failed_pipeline_task_leads_with_the_stage_message() -> None:
 
 
 def test_ctrl_c_is_one_line_and_exit_130(trained, tmp_path, monkeypatch) -> None:
-    import uit.runs
+    import uit.retrieval.evaluate
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(uit.runs, "evaluate_checkpoint", interrupted)
+    monkeypatch.setattr(uit.retrieval.evaluate, "evaluate_checkpoint", interrupted)
     output = fails("evaluate", trained["best"], trained["prepared"], "--out", tmp_path / "e",
                    says=("interrupted",), code=130)  # fmt: skip
     assert len(output.strip().splitlines()) == 1
@@ -164,25 +139,25 @@ def test_ctrl_c_is_one_line_and_exit_130(trained, tmp_path, monkeypatch) -> None
 
 def test_a_read_only_output_names_the_path(trained, tmp_path, monkeypatch) -> None:
     """As root a chmod does not bite: the OS error is raised where the file would be written."""
-    import uit.runs
+    import uit.retrieval.evaluate
 
     target = tmp_path / "ro" / "metrics.json"
 
     def denied(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied", str(target))
 
-    monkeypatch.setattr(uit.runs, "atomic_write_json", denied)
+    monkeypatch.setattr(uit.retrieval.evaluate, "atomic_write_json", denied)
     fails("evaluate", trained["best"], trained["prepared"], "--out", tmp_path / "ro",
           says=(str(target), "permission denied"))  # fmt: skip
 
 
 def test_a_bug_shows_its_traceback_behind_a_line_saying_so(trained, tmp_path, monkeypatch):
-    import uit.runs
+    import uit.retrieval.evaluate
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("an internal invariant broke")
 
-    monkeypatch.setattr(uit.runs, "evaluate_checkpoint", broken)
+    monkeypatch.setattr(uit.retrieval.evaluate, "evaluate_checkpoint", broken)
     code, output = cli("evaluate", trained["best"], trained["prepared"], "--out", tmp_path / "e")
     assert code == 1
     assert output.index("this is a bug in uit") < output.index("Traceback")
@@ -401,8 +376,13 @@ def test_a_truncated_search_cache_is_rebuilt(trained, tmp_path) -> None:
 def test_a_warm_cache_advances_the_bar_over_the_whole_gallery(trained, tmp_path) -> None:
     """Cached images advance the bar as they are hashed (a warm search's bar sat at 0 of N),
     encoded ones by batch: N in all however warm the cache; warm and cold searches agree."""
-    from uit.runs import load_for_inference
-    from uit.search import EmbeddingCache, checkpoint_digest, gallery_embeddings, list_gallery
+    from uit.retrieval.evaluate import load_for_inference
+    from uit.retrieval.search import (
+        EmbeddingCache,
+        checkpoint_digest,
+        gallery_embeddings,
+        list_gallery,
+    )
 
     paths = list_gallery(trained["gallery"])
     encoder, _, options = load_for_inference(trained["best"], "cpu", 4)
@@ -433,8 +413,8 @@ def test_an_empty_query_and_an_empty_gallery(trained, tmp_path) -> None:
 WRITER = """
 import sys
 from pathlib import Path
-from uit.runs import load_for_inference
-from uit.search import EmbeddingCache, checkpoint_digest, gallery_embeddings, list_gallery
+from uit.retrieval.evaluate import load_for_inference
+from uit.retrieval.search import EmbeddingCache, checkpoint_digest, gallery_embeddings, list_gallery
 
 checkpoint, gallery, cache_dir = sys.argv[1:4]
 paths = list_gallery(gallery)

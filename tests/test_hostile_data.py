@@ -27,11 +27,12 @@ from typer.testing import CliRunner
 
 from tests.conftest import RecordFactory, default_records
 from uit.app.cli import app
-from uit.data.dataset import ImageDataset, read_manifests
-from uit.data.formats import SPECS
+from uit.core.errors import DataError
+from uit.data.dataset import ImageDataset
 from uit.data.images import ImageError, load_rgb
-from uit.data.prepare import MAX_CAPTION_CHARS, clean_caption
-from uit.errors import DataError
+from uit.data.prepared import MAX_CAPTION_CHARS, read_manifests
+from uit.raw.formats import SPECS
+from uit.raw.prepare import clean_caption
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]

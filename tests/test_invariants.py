@@ -20,14 +20,14 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from uit.app.cli import app
-from uit.checkpoint import read_state
-from uit.config import parse_config
-from uit.data.dataset import read_manifests
-from uit.data.prepare import prepare_benchmark
-from uit.evaluate import EvalOptions, evaluate
+from uit.core.config import parse_config
+from uit.data.prepared import read_manifests
 from uit.model.build import build_tokenizer, export_encoder
-from uit.objective import load_objective
-from uit.runs import train_benchmark
+from uit.model.checkpoint import read_state
+from uit.model.objective import load_objective
+from uit.raw.prepare import prepare_benchmark
+from uit.retrieval.evaluate import EvalOptions, evaluate
+from uit.training.benchmark import train_benchmark
 
 TAG = "openai_like"  # a pretrained tag of uit-tiny whose weights need QuickGELU
 
@@ -160,8 +160,8 @@ def test_quick_gelu_false_contradicting_the_architecture_is_refused(
 ) -> None:
     from open_clip import factory
 
-    from uit.config import ModelConfig
-    from uit.errors import ConfigError
+    from uit.core.config import ModelConfig
+    from uit.core.errors import ConfigError
     from uit.model.build import build_model, register_configs
 
     register_configs()
@@ -176,9 +176,9 @@ def test_quick_gelu_false_contradicting_the_architecture_is_refused(
 
 
 def test_export_records_the_activation_and_precision(tmp_path: Path) -> None:
-    from uit.checkpoint import save_checkpoint
-    from uit.config import training_config
+    from uit.core.config import training_config
     from uit.model.build import build_model
+    from uit.model.checkpoint import save_checkpoint
 
     cfg = _config(tmp_path, {"quick_gelu": True}, precision="bf16")
     encoder = build_model(cfg.model)

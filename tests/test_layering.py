@@ -50,6 +50,41 @@ def test_the_library_imports_nothing_of_the_application(path: Path) -> None:
     assert not any(name == "uit.app" or name.startswith("uit.app.") for name in imported)
 
 
+# The library's folders in dependency order (design §2): each imports only those before it.
+ORDER = ("core", "data", "raw", "synth", "text", "parsing", "model", "retrieval", "training")
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """``imported_modules`` without the imports under ``if TYPE_CHECKING:`` (annotations only)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            node.body = []
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_the_layer_folders_are_the_whole_library() -> None:
+    folders = {p.name for p in (ROOT / "uit").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == {*ORDER, "app"}
+    assert {p.name for p in (ROOT / "uit").glob("*.py")} == {"__init__.py"}
+
+
+@pytest.mark.parametrize("path", [p for p in LIBRARY if p.parent != ROOT / "uit"],
+                         ids=lambda p: str(p.relative_to(ROOT)))  # fmt: skip
+def test_each_layer_imports_only_the_layers_before_it(path: Path) -> None:
+    own = ORDER.index(path.relative_to(ROOT / "uit").parts[0])
+    for name in runtime_imports(path):
+        parts = name.split(".")
+        if parts[0] == "uit" and len(parts) > 1 and parts[1] in ORDER:
+            assert ORDER.index(parts[1]) <= own, f"{path.relative_to(ROOT)} imports {name}"
+
+
 @pytest.mark.parametrize("path", APP, ids=lambda p: str(p.relative_to(ROOT)))
 def test_only_the_cli_imports_typer_and_starts_flows(path: Path) -> None:
     forbidden = {"stages"} if path.name == "cli.py" else {"typer", "flows", "stages"}

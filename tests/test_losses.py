@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from uit.losses import cmt_loss, id_loss, itc_loss, sdm_loss, tir_loss
+from uit.model.losses import cmt_loss, id_loss, itc_loss, sdm_loss, tir_loss
 
 
 def unit(*rows: tuple[float, ...]) -> torch.Tensor:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from uit.metrics import retrieval_metrics
+from uit.retrieval.metrics import retrieval_metrics
 
 
 def naive_metrics(
@@ -164,8 +164,8 @@ def test_cuda_scores_are_evaluated_on_the_gpu_with_the_same_results() -> None:
 
 
 def test_search_top_indices_follow_the_same_tie_rule_as_ranking_keys() -> None:
-    from uit.metrics import ranking_keys
-    from uit.search import top_indices
+    from uit.retrieval.metrics import ranking_keys
+    from uit.retrieval.search import top_indices
 
     generator = torch.Generator().manual_seed(0)
     for gallery in (1, 2, 7, 40, 300):

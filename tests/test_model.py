@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from uit.config import ModelConfig
-from uit.errors import ConfigError, UitError
+from uit.core.config import ModelConfig
+from uit.core.errors import ConfigError, UitError
 from uit.model import TIRDecoder, build_model, patchify, weighted_grayscale
 from uit.model.encoder import mask_noise, random_masking
 from uit.model.tir import sincos_2d
@@ -168,7 +168,7 @@ def test_pretrained_errors_are_clear(tmp_path: Path) -> None:
 def test_a_tag_without_network_says_where_to_put_the_weights(tmp_path: Path) -> None:
     # A fresh process with the hub offline, as on a machine without network access.
     script = (
-        "from uit.config import ModelConfig\n"
+        "from uit.core.config import ModelConfig\n"
         "from uit.model import build_model\n"
         f"cfg = ModelConfig(name='ViT-B-16', pretrained='openai', cache_dir={str(tmp_path)!r})\n"
         "build_model(cfg)\n"

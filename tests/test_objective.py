@@ -8,10 +8,10 @@ import open_clip
 import pytest
 import torch
 
-import uit.objective
-from uit.config import LossConfig, ModelConfig, OptimConfig, TIRConfig
+import uit.model.objective
+from uit.core.config import LossConfig, ModelConfig, OptimConfig, TIRConfig
 from uit.model import build_model
-from uit.objective import Objective, build_optimizer, param_groups
+from uit.model.objective import Objective, build_optimizer, param_groups
 
 CAPTIONS = ["a woman in a red coat with a black backpack", "a man in blue jeans and white shoes"]
 
@@ -148,7 +148,7 @@ def test_tir_masks_the_configured_share_and_scores_only_the_masked_patches(
                                                                    mask_ratio=ratio))  # fmt: skip
     seen: dict[str, Any] = {}
     encode = objective.encoder.encode_masked_image
-    score = uit.objective.tir_loss
+    score = uit.model.objective.tir_loss
 
     def spy_encode(images: torch.Tensor, mask_ratio: float, *args: Any, **kwargs: Any) -> Any:
         seen["ratio"], seen["masked"] = mask_ratio, encode(images, mask_ratio, *args, **kwargs)
@@ -159,7 +159,7 @@ def test_tir_masks_the_configured_share_and_scores_only_the_masked_patches(
         return score(pred, target, mask)
 
     monkeypatch.setattr(objective.encoder, "encode_masked_image", spy_encode)
-    monkeypatch.setattr(uit.objective, "tir_loss", spy_loss)
+    monkeypatch.setattr(uit.model.objective, "tir_loss", spy_loss)
     noise = objective.draw_mask_noise(4, torch.Generator().manual_seed(0))
     losses = objective(*batch(tiny_encoder), mask_noise=noise)
     height, width = tiny_encoder.image_size

@@ -15,18 +15,25 @@ from spacy.language import Language
 from spacy.training import Example
 from typer.testing import CliRunner
 
-from stages._common import run
 from stages.parse import main as stage_main
 from tests.test_stages import run_stage
 from uit.app.cli import app
-from uit.config import BENCHMARKS, ParseConfig
-from uit.data.prepare import prepare_benchmark
-from uit.errors import DataError, UitError
-from uit.text.evaluate import TruthCaption, evaluate_parser, read_ground_truth, score_attributes
-from uit.text.lexicon import is_attribute_tag, load_lexicon
-from uit.text.parse import parse_benchmark, parse_doc
-from uit.text.parsed import INFO_FILE, PARSED_FILE, SCHEMA, read_attribute_words, read_parsed
-from uit.text.pipeline import build_builtin_pipeline, build_pipeline, resolve_backend
+from uit.core.boundary import run_stage as run
+from uit.core.config import BENCHMARKS, ParseConfig
+from uit.core.errors import DataError, UitError
+from uit.parsing.accuracy import TruthCaption, evaluate_parser, read_ground_truth, score_attributes
+from uit.parsing.lexicon import load_lexicon
+from uit.parsing.parse import parse_benchmark, parse_doc
+from uit.parsing.pipeline import build_builtin_pipeline, build_pipeline, resolve_backend
+from uit.raw.prepare import prepare_benchmark
+from uit.text.parsed import (
+    INFO_FILE,
+    PARSED_FILE,
+    SCHEMA,
+    is_attribute_tag,
+    read_attribute_words,
+    read_parsed,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILTIN = ParseConfig(backend="builtin", batch_size=64)
@@ -141,7 +148,7 @@ def test_parse_benchmark_writes_parquet_and_json(prepared: Path, tmp_path: Path)
     totals: list[int] = []
     advanced: list[int] = []
 
-    def progress(description: str, total: int) -> Any:  # uit.console.NewBar
+    def progress(description: str, total: int) -> Any:  # uit.core.console.NewBar
         assert "captions" in description
         totals.append(total)
         return advanced.append

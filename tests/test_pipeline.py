@@ -25,11 +25,11 @@ from typer.testing import CliRunner
 from tests.pipeline_repo import BIN, ROOT, make_repo, sh
 from uit.app.browser import browser_available, check_page
 from uit.app.cli import app
-from uit.config import Config, SynthConfig
-from uit.data.formats import SPECS
-from uit.data.synth import synthesize
-from uit.evaluate import EvalOptions, encode_images, encode_texts
+from uit.core.config import Config, SynthConfig
 from uit.model.build import build_tokenizer, load_encoder
+from uit.raw.formats import SPECS
+from uit.retrieval.evaluate import EvalOptions, encode_images, encode_texts
+from uit.synth import synthesize
 
 pytestmark = pytest.mark.slow
 
@@ -284,22 +284,20 @@ def test_a_loss_change_reruns_only_training_evaluation_and_report(
     assert "no-cmt" in names
 
 
-def test_paper_profile_drops_synth_and_real_data_is_dvc_tracked(tmp_path: Path) -> None:
+def test_paper_profile_draws_nothing_and_real_data_is_dvc_tracked(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     synthesize(repo / "data" / "real", SynthConfig(size="tiny", seed=1), ("rstpreid",))
     profile = sh(str(BIN / "uit"), "profile", "paper", "--data-root", "data/real", cwd=repo)
     assert "data.source" in profile.stdout and "model.name" in profile.stdout
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert params["model"]["name"] == "ViT-B-16" and params["synth"]["benchmarks"] == []
+    assert params["model"]["name"] == "ViT-B-16" and "benchmarks" not in params["synth"]
     assert params["train"]["epochs"] == 60 and params["synth"]["size"] == "tiny"  # others kept
-    stages = sh("dvc", "stage", "list", cwd=repo).stdout
-    assert "synth@" not in stages and "prepare@rstpreid" in stages
     sh("dvc", "add", "data/real/RSTPReid", cwd=repo)
-    sh("dvc", "repro", "prepare@rstpreid", cwd=repo)
+    sh("dvc", "repro", "synth", "prepare@rstpreid", cwd=repo)
+    assert list((repo / "data/synthetic").iterdir()) == []  # real source: nothing drawn
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["prepare@rstpreid"]
-    assert any(dep["path"] == "data/real/RSTPReid" and dep.get("md5") for dep in lock["deps"])
-    sh(str(BIN / "uit"), "profile", "demo", cwd=repo)
-    assert "synth@CUHK-PEDES" in sh("dvc", "stage", "list", cwd=repo).stdout
+    assert any(dep["path"] == "data/real" and dep.get("md5") for dep in lock["deps"])
+    assert not any(dep["path"].startswith("data/synthetic") for dep in lock["deps"])
 
 
 def test_a_killed_training_resumes_from_its_last_epoch(tmp_path: Path) -> None:

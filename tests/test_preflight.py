@@ -1,5 +1,6 @@
-"""The checks before training (uit/preflight.py) as pure functions: each problem is one line that
-names the parameter or file and the fix, and each rule is the one the later code applies."""
+"""The checks before training (uit/training/preflight.py, flows/preflight.py) as pure
+functions: each problem is one line that names the parameter or file and the fix, and each rule
+is the one the later code applies."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ from typing import Any
 
 import pytest
 
-from uit import preflight
-from uit.config import BENCHMARKS, Config, ModelConfig, TrainConfig, parse_config
-from uit.data.formats import get_spec
-from uit.data.prepare import prepare_benchmark
-from uit.data.readers import read_benchmark
-from uit.data.sampler import IdentityBatchSampler
-from uit.errors import DataError
+from flows import preflight
+from uit.core.config import BENCHMARKS, Config, ModelConfig, TrainConfig, parse_config
+from uit.core.errors import DataError
+from uit.raw.formats import get_spec
+from uit.raw.prepare import prepare_benchmark
+from uit.raw.readers import read_benchmark
+from uit.training import preflight as run_checks
+from uit.training.sampler import IdentityBatchSampler
 
-REAL = {"data": {"source": "real", "root": "data/real"}, "synth": {"benchmarks": []}}
+REAL = {"data": {"source": "real", "root": "data/real"}}
 
 
 def config(**sections: dict[str, Any]) -> Config:
@@ -41,13 +43,13 @@ def test_the_batch_rule_is_the_samplers(identities: int, instances: int) -> None
     labels = [pid for pid in range(identities) for _ in range(2)]
     for batch_size in range(max(2, instances), 12 * instances + 1, instances):
         train = TrainConfig(batch_size=batch_size, instances_per_id=instances)
-        found = preflight.Identities("rstpreid", identities, "test")
+        found = run_checks.Identities("rstpreid", identities, "test")
         try:
             IdentityBatchSampler(labels, batch_size, instances)
             refused = False
         except ValueError:
             refused = True
-        assert (preflight.batch_problem(train, found) is not None) == refused, batch_size
+        assert (run_checks.batch_problem(train, found) is not None) == refused, batch_size
 
 
 def test_synthetic_counts_match_the_prepared_data(
@@ -61,12 +63,12 @@ def test_synthetic_counts_match_the_prepared_data(
         prepared = tmp_path / name
         prepare_benchmark(name, root, prepared, check_images="exists")
         before = preflight.synthetic_identities(cfg, name)
-        after = preflight.prepared_identities(cfg, prepared)
+        after = run_checks.prepared_identities(cfg, prepared)
         assert before is not None and after is not None
         assert before.count == after.count > 0, name
-    icfg = preflight.prepared_identities(cfg, tmp_path / "icfg-pedes")
+    icfg = run_checks.prepared_identities(cfg, tmp_path / "icfg-pedes")
     last_cfg = config(train={"selection": "last"})
-    last = preflight.prepared_identities(last_cfg, tmp_path / "icfg-pedes")
+    last = run_checks.prepared_identities(last_cfg, tmp_path / "icfg-pedes")
     assert icfg is not None and last is not None and last.count > icfg.count  # the held-out ones
 
 
@@ -97,10 +99,16 @@ def test_missing_real_data_says_what_the_reader_says(tmp_path: Path) -> None:
 def test_synthetic_data_that_a_stage_draws_need_not_exist_yet(tmp_path: Path) -> None:
     cfg = config()
     assert preflight.data_problems(cfg, tmp_path, list(BENCHMARKS)) == []
-    partial = config(synth={"size": "tiny", "benchmarks": ["CUHK-PEDES"]})
+    partial = config(data={"benchmarks": ["cuhk-pedes"]})
     [problem] = preflight.data_problems(partial, tmp_path, ["cuhk-pedes", "rstpreid"])
     folder = get_spec("rstpreid").dataset_dir(partial.data.root)
     assert problem.startswith(f"RSTPReid not found: expected the folder {folder} ")
+    elsewhere = config(data={"root": "data/mine"})
+    [problem] = preflight.data_problems(elsewhere, tmp_path, ["cuhk-pedes"])
+    assert problem == (
+        "data.root is data/mine but the synth stage draws into data/synthetic: set data.root: "
+        "data/synthetic (or data.source: real for data of your own)"
+    )
 
 
 def test_a_missing_weights_file_names_model_pretrained(tmp_path: Path) -> None:
@@ -117,8 +125,8 @@ def test_a_missing_weights_file_names_model_pretrained(tmp_path: Path) -> None:
 def test_check_raises_every_problem_one_line_each(tmp_path: Path) -> None:
     cfg = parse_config({**REAL, "model": {"pretrained": "w.safetensors"}})
     found = preflight.problems(cfg, tmp_path, ["cuhk-pedes", "rstpreid"])
-    with pytest.raises(preflight.PreflightError) as raised:
-        preflight.check(found)
+    with pytest.raises(run_checks.PreflightError) as raised:
+        run_checks.check(found)
     lines = str(raised.value).splitlines()
     assert len(lines) == 3 and lines[2].startswith("model.pretrained: weights file")
-    preflight.check([])  # nothing found, nothing raised
+    run_checks.check([])  # nothing found, nothing raised

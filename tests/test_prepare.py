@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from tests.conftest import RecordFactory, default_records, make_record
 from uit.app.cli import app
-from uit.data.formats import SPECS
-from uit.data.readers import read_benchmark, read_cuhk_pedes, read_icfg_pedes, read_rstpreid
+from uit.raw.formats import SPECS
+from uit.raw.readers import read_benchmark, read_cuhk_pedes, read_icfg_pedes, read_rstpreid
 
 runner = CliRunner()
 

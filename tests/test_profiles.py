@@ -58,7 +58,7 @@ def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     repo = make_repo(tmp_path_factory.mktemp("dvc") / "repo")
     (repo / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
     sh("git", "commit", "-qam", "the project's params.yaml", cwd=repo)
-    sh("dvc", "exp", "run", "-S", "synth.size=tiny", "synth@CUHK-PEDES", cwd=repo)
+    sh("dvc", "exp", "run", "-S", "synth.size=tiny", "synth", cwd=repo)
     return repo, (repo / "params.yaml").read_text()
 
 
@@ -67,37 +67,44 @@ def test_paper_then_demo_on_a_params_file_dvc_rewrote(dvc_repo: tuple[Path, str]
     repo, rewritten = dvc_repo
     params = repo / "params.yaml"
     # DVC's layout, which once made `uit profile paper` put two keys on one line
-    assert "  benchmarks:  " in rewritten and "\n  - CUHK-PEDES\n" in rewritten
+    assert "  benchmarks:  " in rewritten and "\n  - cuhk-pedes\n" in rewritten
     assert yaml.safe_load(rewritten)["synth"]["size"] == "tiny"
     assert "profile demo; 0 values changed" in words(profile("demo", params)[1])
     assert params.read_text() == rewritten  # nothing changed, nothing written
 
     code, output = profile("paper", params)
-    assert code == 0 and "18 values changed" in words(output), output
+    assert code == 0 and "17 values changed" in words(output), output
     paper = yaml.safe_load(params.read_text())
-    assert paper["synth"] == {**yaml.safe_load(rewritten)["synth"], "benchmarks": []}
+    assert paper["synth"] == yaml.safe_load(rewritten)["synth"]
     assert paper["model"]["name"] == "ViT-B-16" and paper["train"]["epochs"] == 60
-    assert "benchmarks: []" in params.read_text() and "# folders to draw" in params.read_text()
+    assert "# what every stage runs on" in params.read_text()
     diff = sh("dvc", "params", "diff", cwd=repo).stdout  # DVC reads the file
     assert "model.name" in diff and "ViT-B-16" in diff, diff
 
     code, output = profile("demo", params)
-    assert code == 0 and "18 values changed" in words(output), output
+    assert code == 0 and "17 values changed" in words(output), output
     assert yaml.safe_load(params.read_text()) == yaml.safe_load(rewritten)
     sh("dvc", "status", cwd=repo)  # DVC reads the file (and dvc.yaml's ${...}) again
     assert sh("dvc", "params", "diff", "--all", cwd=repo).returncode == 0
 
 
-def test_keys_after_a_block_list_keep_their_own_lines(params: Path) -> None:
+def test_keys_after_a_block_list_keep_their_own_lines(params: Path, tmp_path: Path) -> None:
     """The cause, without running a pipeline: DVC's own params writer (what `dvc exp run -S`
-    calls) turns flow lists into block lists, with the comment after `benchmarks:`."""
+    calls) turns flow lists into block lists, with the comment after `benchmarks:`; a profile
+    that then replaces that list once put the next key on the comment's line."""
     apply_overrides(str(params), ["synth.size=tiny"])
     rewritten = params.read_text()
-    assert "\n  - CUHK-PEDES\n" in rewritten
-    assert profile("paper", params)[0] == 0
-    assert "\n  seed: 0\n  size: tiny " in params.read_text()
-    assert profile("demo", params)[0] == 0
-    assert yaml.safe_load(params.read_text()) == yaml.safe_load(rewritten)
+    assert "\n  - cuhk-pedes\n" in rewritten
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "one.yaml").write_text("data:\n  benchmarks: [rstpreid]\n")
+    code, output = cli("profile", "one", "--params", params, "--profiles", profiles)
+    assert code == 0, output
+    text = params.read_text()
+    assert "\n  drop_missing: false " in text and "# what every stage runs on" in text
+    expected = yaml.safe_load(rewritten)
+    expected["data"]["benchmarks"] = ["rstpreid"]
+    assert yaml.safe_load(text) == expected
 
 
 def test_a_file_with_the_profile_values_is_left_untouched(params: Path) -> None:
@@ -151,7 +158,7 @@ def test_a_key_given_twice_is_one_line(params: Path) -> None:
     params.write_text(text)
     code, output = profile("paper", params)
     assert code == 1 and params.read_text() == text
-    assert 'duplicate key "seed"' in one_line(output) and f"{params} line 12" in output
+    assert 'duplicate key "seed"' in one_line(output) and f"{params} line 11" in output
 
 
 def test_a_yaml_error_is_one_line_in_uit_train_report_and_run(tmp_path: Path) -> None:
@@ -170,7 +177,7 @@ def test_a_yaml_error_is_one_line_in_a_stage(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text(BROKEN)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "stages.synth", "CUHK-PEDES", "--root", str(tmp_path / "d"),
+    command = [sys.executable, "-m", "stages.synth", "--out", str(tmp_path / "d"),
                "--params", str(params)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert done.returncode == 1 and not (tmp_path / "d").exists()

@@ -13,12 +13,11 @@ import polars as pl
 import pytest
 import torch
 
-from uit.config import AugmentConfig, ModelConfig, parse_config
-from uit.data.dataset import Manifests, TrainDataset
-from uit.data.sampler import IdentityBatchSampler
-from uit.errors import ConfigError, DataError
+from uit.core.config import AugmentConfig, ModelConfig, parse_config
+from uit.core.errors import ConfigError, DataError
+from uit.data.dataset import TrainDataset
+from uit.data.prepared import Manifests
 from uit.model import build_tokenizer
-from uit.runs import train_benchmark
 from uit.text.masking import (
     MASK_TOKEN_ID,
     attribute_flags,
@@ -26,7 +25,9 @@ from uit.text.masking import (
     mask_caption,
 )
 from uit.text.parsed import PARSED_FILE, SCHEMA, TaggedWords, read_tagged_words
-from uit.train import _build_run
+from uit.training.benchmark import train_benchmark
+from uit.training.sampler import IdentityBatchSampler
+from uit.training.train import _build_run
 
 SOT, EOT = 49406, 49407
 

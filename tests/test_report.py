@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageChops
 
+from uit.app.contact_sheet import Tile, build_contact_sheet, thumbnail
 from uit.app.report import RESTORATION_HEIGHT, STRIP_THUMB, STRIP_WIDTH, _restoration_grid, _strip
-from uit.contact_sheet import Tile, build_contact_sheet, thumbnail
 
 
 def noise(path: Path, size: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -64,3 +64,30 @@ def test_restorations_are_scaled_up_to_be_seen_not_beyond() -> None:
         columns = [torch.rand(2, 3, height, width) for _ in range(3)]
         grid = _restoration_grid(columns, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
         assert grid.height == 2 * (shown + 6) and shown >= RESTORATION_HEIGHT
+
+
+def test_the_report_reads_each_checkpoint_once(trained, tmp_path: Path, monkeypatch) -> None:
+    """The free sentences and the TIR restorations of a benchmark come from one read of its
+    checkpoint's weights (they were two: the encoder, then the whole training model)."""
+    import uit.model.checkpoint
+    from uit.app.report import RunResult, build_report
+    from uit.core.config import ReportConfig
+
+    reads: list[Path] = []
+    real = uit.model.checkpoint.load_checkpoint
+
+    def counting(directory: Path, **kwargs: bool) -> uit.model.checkpoint.Checkpoint:
+        reads.append(Path(directory))
+        return real(directory, **kwargs)
+
+    monkeypatch.setattr(uit.model.checkpoint, "load_checkpoint", counting)
+    cfg = ReportConfig(queries=("a person in a red coat",), random_queries=0, restorations=1,
+                       top_k=3)  # fmt: skip
+    report = build_report([RunResult("cuhk-pedes", {}, [], {})], cfg, evals_dir=tmp_path,
+                          prepared_dir=trained["prepared"].parent,
+                          checkpoints={"cuhk-pedes": trained["best"]})  # fmt: skip
+    assert reads == [trained["best"]]
+    titles = [title for title, _, _ in report.sections]
+    assert titles == ["Retrievals on CUHK-PEDES test (model trained on CUHK-PEDES)",
+                      "TIR restorations (CUHK-PEDES)"]  # fmt: skip
+    assert "free sentence" in report.sections[0][1] and "<img" in report.sections[1][2]

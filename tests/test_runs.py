@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from uit.app.cli import app
-from uit.config import ParseConfig
-from uit.data.prepare import prepare_benchmark
-from uit.text.parse import parse_benchmark
+from uit.core.config import ParseConfig
+from uit.parsing.parse import parse_benchmark
+from uit.raw.prepare import prepare_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

@@ -20,9 +20,10 @@ def run_stage(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_synth_then_prepare_stages(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(
-        "synth:\n  size: tiny\n  seed: 5\ndata:\n  check_images: exists\n"
+        "synth:\n  size: tiny\n  seed: 5\n"
+        "data:\n  root: raw\n  benchmarks: [rstpreid]\n  check_images: exists\n"
     )
-    synth = run_stage("stages.synth", "RSTPReid", "--root", "raw", cwd=tmp_path)
+    synth = run_stage("stages.synth", "--out", "raw", cwd=tmp_path)
     assert synth.returncode == 0, synth.stderr
     sidecar = json.loads((tmp_path / "raw" / "RSTPReid" / "attributes.json").read_text())
     assert sidecar["generator"] == {"seed": 5, "size": "tiny", "benchmark": "rstpreid"}
@@ -35,7 +36,7 @@ def test_synth_then_prepare_stages(tmp_path: Path) -> None:
 
 def test_stage_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("synth:\n  colour: blue\n")
-    result = run_stage("stages.synth", "CUHK-PEDES", "--root", "raw", cwd=tmp_path)
+    result = run_stage("stages.synth", "--out", "raw", cwd=tmp_path)
     assert result.returncode == 1
     assert "synth.colour: unknown key" in result.stderr
     assert "Traceback" not in result.stderr

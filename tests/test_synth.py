@@ -13,14 +13,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from uit.app.cli import app
-from uit.config import BENCHMARKS, SynthConfig
-from uit.data.formats import SPECS
-from uit.data.prepare import prepare_benchmark
-from uit.data.readers import read_benchmark
-from uit.data.synth import SIZES, generate_benchmark
-from uit.data.synth.attributes import Identity, sample_families
-from uit.data.synth.captions import STYLES, write_caption
-from uit.data.synth.generate import SIDECAR
+from uit.core.config import BENCHMARKS, SynthConfig
+from uit.raw.formats import SPECS
+from uit.raw.prepare import prepare_benchmark
+from uit.raw.readers import read_benchmark
+from uit.synth import SIZES, generate_benchmark
+from uit.synth.attributes import Identity, sample_families
+from uit.synth.captions import STYLES, write_caption
+from uit.synth.generate import SIDECAR
 
 
 def sidecar(root: Path, name: str) -> dict:

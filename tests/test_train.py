@@ -12,14 +12,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from uit.config import Config, TrainConfig, parse_config
-from uit.data.dataset import TrainDataset, hold_out_identities, read_manifests
-from uit.data.prepare import prepare_benchmark
-from uit.data.sampler import IdentityBatchSampler
+from uit.core.config import Config, TrainConfig, parse_config
+from uit.core.errors import TrainingError
+from uit.data.dataset import TrainDataset, hold_out_identities
+from uit.data.prepared import read_manifests
 from uit.data.transforms import build_train_transform
-from uit.errors import TrainingError
 from uit.model import build_tokenizer
-from uit.train import choose_selection, clear_run, fit, is_interrupted, lr_factor
+from uit.raw.prepare import prepare_benchmark
+from uit.training.sampler import IdentityBatchSampler
+from uit.training.train import choose_selection, clear_run, fit, is_interrupted, lr_factor
 
 
 def tiny_config(**sections) -> Config:

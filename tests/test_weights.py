@@ -20,8 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from uit.config import ModelConfig
-from uit.errors import UitError, WeightsError
+from uit.core.config import ModelConfig
+from uit.core.errors import UitError, WeightsError
 from uit.model.build import build_model, load_encoder, register_configs
 from uit.model.weights import (
     RELEASED_LOGIT_SCALE,
@@ -534,11 +534,11 @@ def test_a_released_checkpoint_scores_through_uit_evaluate_as_the_source_model(
     """`uit weights convert best.pth DIR` then `uit evaluate DIR PREPARED` gives the metrics of
     the released CLIP itself (QuickGELU, its own image size), computed here without uit's
     loaders."""
-    from uit.data.dataset import read_manifests
-    from uit.data.prepare import prepare_benchmark
-    from uit.evaluate import EvalOptions, evaluate
+    from uit.data.prepared import read_manifests
     from uit.model.build import build_tokenizer
     from uit.model.encoder import DualEncoder
+    from uit.raw.prepare import prepare_benchmark
+    from uit.retrieval.evaluate import EvalOptions, evaluate
 
     prepared = tmp_path / "prepared"
     prepare_benchmark("cuhk-pedes", tiny_synth[0].resolve(), prepared)

@@ -1,6 +1,6 @@
 """The ``uit`` command line: the front door to data, training, evaluation and search.
 
-Every command goes through one error boundary (``uit.boundary``): bad input of any kind (a
+Every command goes through one error boundary (``uit.core.boundary``): bad input of any kind (a
 ``UitError``, a damaged file, a bad path) becomes a one-paragraph message and exit code 1, Ctrl-C
 exit code 130; only a bug shows a traceback, behind a line that says it is one.
 
@@ -26,10 +26,10 @@ import typer
 from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from uit.boundary import report_failure
-from uit.config import BENCHMARKS, Benchmark, ImageCheck, SynthSize
-from uit.console import ProgressReporter, adder, console, err_console, progress_bars
-from uit.errors import UitError
+from uit.core.boundary import report_failure
+from uit.core.config import BENCHMARKS, Benchmark, ImageCheck, SynthSize
+from uit.core.console import ProgressReporter, adder, console, err_console, progress_bars
+from uit.core.errors import UitError
 
 F = TypeVar("F", bound=Callable[..., Any])
 ONE_OF = f"one of {', '.join(BENCHMARKS)}"  # the names, for the help of --benchmark
@@ -177,9 +177,9 @@ def synth(
     ] = None,
 ) -> None:
     """Generate the synthetic benchmark in the exact formats of the three real ones."""
-    from uit.config import parse_config
-    from uit.data.formats import get_spec
-    from uit.data.synth import synthesize
+    from uit.core.config import parse_config
+    from uit.raw.formats import get_spec
+    from uit.synth import synthesize
 
     names = tuple(b.value for b in benchmark) if benchmark else BENCHMARKS
     options = {"seed": seed, "size": size, "image_height": image_height, "image_width": image_width}
@@ -204,8 +204,8 @@ def synth(
 def _save_contact_sheet(root: Path, names: tuple[str, ...], out: Path) -> None:
     import io
 
-    from uit.data.synth.sheet import synthetic_contact_sheet
-    from uit.io import atomic_write_bytes
+    from uit.app.synth_sheet import synthetic_contact_sheet
+    from uit.core.io import atomic_write_bytes
 
     buffer = io.BytesIO()
     synthetic_contact_sheet(root, names).save(buffer, format="PNG", optimize=True)
@@ -228,7 +228,7 @@ def data_prepare(
     check_images: Annotated[ImageCheck, typer.Option(help="decode opens every image.")] = "decode",
 ) -> None:
     """Validate a benchmark and write its Parquet manifests and stats.json."""
-    from uit.data.prepare import prepare_benchmark
+    from uit.raw.prepare import prepare_benchmark
 
     with progress_bars() as progress:
         add = adder(progress)
@@ -241,7 +241,7 @@ def data_prepare(
 
 
 def _print_stats(stats: dict[str, Any]) -> None:
-    from uit.data.formats import get_spec
+    from uit.raw.formats import get_spec
 
     console.print(_split_table(get_spec(stats["benchmark"]).title, stats["splits"]))
     dropped = {k: v for k, v in stats["dropped"].items() if v}
@@ -261,8 +261,8 @@ def data_stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print stats.json as is.")] = False,
 ) -> None:
     """Identities, images and captions per split of a prepared benchmark."""
-    from uit.boundary import PREPARED, reading
-    from uit.data.prepare import read_stats
+    from uit.core.boundary import PREPARED, reading
+    from uit.data.prepared import read_stats
 
     with reading(prepared, *PREPARED):
         stats = read_stats(prepared)
@@ -287,8 +287,8 @@ def data_parse(
     batch_size: Annotated[int, typer.Option(help="Captions per nlp.pipe batch.")] = 1000,
 ) -> None:
     """Tag every caption with spaCy and write its attribute words and phrases."""
-    from uit.config import parse_config
-    from uit.text.parse import parse_benchmark
+    from uit.core.config import parse_config
+    from uit.parsing.parse import parse_benchmark
 
     options = {"backend": backend, "trained_model": trained_model, "batch_size": batch_size}
     cfg = parse_config({"parse": options}, source="options").parse
@@ -329,8 +329,8 @@ def train(
     ] = None,
 ) -> None:
     """Train (or resume) a model on one benchmark with params.yaml plus overrides."""
-    from uit.config import load_config
-    from uit.runs import train_benchmark
+    from uit.core.config import load_config
+    from uit.training.benchmark import train_benchmark
 
     cfg = load_config(params, set_ or [])
     out = out or Path("runs/adhoc") / benchmark.value
@@ -360,8 +360,8 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1, help="Images or captions per batch.")] = 256,
 ) -> None:
     """Text-to-image (and image-to-text) retrieval metrics of a checkpoint on a split."""
-    from uit.metrics import METRICS
-    from uit.runs import evaluate_checkpoint
+    from uit.retrieval.evaluate import evaluate_checkpoint
+    from uit.retrieval.metrics import METRICS
 
     with progress_bars() as progress:
         metrics = evaluate_checkpoint(
@@ -384,25 +384,6 @@ def evaluate(
         )
     console.print(table)
     console.print(f"wrote {out}")
-
-
-def _dvc_json(args: list[str], project: Path) -> Any:
-    """Run a read-only DVC command with ``--json`` in ``project`` and parse what it prints."""
-    import os
-    import subprocess
-
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "DVC_NO_ANALYTICS": "1"}  # fmt: skip
-    env.setdefault("DVC_SITE_CACHE_DIR", str(project.resolve() / ".dvc" / "tmp" / "site-cache"))
-    try:
-        result = subprocess.run(["dvc", *args, "--json"], cwd=project, env=env,
-                                capture_output=True, text=True)  # fmt: skip
-    except FileNotFoundError:
-        raise UitError("dvc is not installed in this environment (pip install -e .)") from None
-    if result.returncode != 0:
-        raise UitError(f"dvc {' '.join(args)} failed in {project}: {result.stderr.strip()[-800:]}")
-    return json.loads(result.stdout or "[]")
 
 
 @app.command()
@@ -450,8 +431,9 @@ def compare(
         to_csv,
         wide_table,
     )
+    from uit.app.dvc import dvc_json
 
-    experiments = read_exp_show(_dvc_json(["exp", "show", "--all-branches"], project))
+    experiments = read_exp_show(dvc_json(["exp", "show", "--all-branches"], project))
     if not any(e.kind == "experiment" for e in experiments):
         err_console.print("No DVC experiments yet (`uit run --set key=value` or `dvc exp run -S "
                           "key=value` makes one); showing the workspace and commits.")  # fmt: skip
@@ -464,7 +446,7 @@ def compare(
                        sort=sort, group=group)  # fmt: skip
     chosen = names or sorted({c.split("/")[0] for c in frame.columns if "/" in c})
     if plot:
-        from uit.io import atomic_write_bytes
+        from uit.core.io import atomic_write_bytes
 
         atomic_write_bytes(plot, plot_comparison(frame, metrics[0], chosen))
         err_console.print(f"wrote {plot}")
@@ -524,9 +506,14 @@ def search(
     """Rank the images of a gallery for a sentence (the gallery is encoded once, then cached)."""
     if not query.strip():
         raise UitError('the query is empty: give a sentence, e.g. "a woman in a red coat"')
-    from uit.evaluate import encode_texts
-    from uit.runs import load_for_inference
-    from uit.search import EmbeddingCache, checkpoint_digest, gallery_embeddings, list_gallery, rank
+    from uit.retrieval.evaluate import encode_texts, load_for_inference
+    from uit.retrieval.search import (
+        EmbeddingCache,
+        checkpoint_digest,
+        gallery_embeddings,
+        list_gallery,
+        rank,
+    )
 
     paths = list_gallery(_gallery_source(gallery), split)
     encoder, tokenizer, options = load_for_inference(checkpoint, device, batch_size)
@@ -554,8 +541,8 @@ def search(
 
 
 def _search_sheet(query: str, hits: list[Any], out: Path) -> None:
-    from uit.contact_sheet import Tile, build_contact_sheet
-    from uit.io import atomic_write_bytes
+    from uit.app.contact_sheet import Tile, build_contact_sheet
+    from uit.core.io import atomic_write_bytes
 
     tiles = [Tile(hit.path, f"#{hit.rank} {hit.score:.3f} {hit.path.name}") for hit in hits]
     image = build_contact_sheet(tiles, columns=min(5, len(tiles)), text_lines=3,
@@ -641,7 +628,7 @@ def report(
     From the pipeline's outputs; the DVC report stage builds it without the experiments.
     """
     from uit.app.report import report_pipeline
-    from uit.config import load_config
+    from uit.core.config import load_config
 
     cfg = load_config(project / params).report
     frame = _experiment_frame(project, baseline) if experiments else None
@@ -661,9 +648,10 @@ def report(
 
 def _experiment_frame(project: Path, baseline: str | None) -> Any:
     from uit.app.compare import comparison, read_exp_show
+    from uit.app.dvc import dvc_json
 
     try:
-        found = read_exp_show(_dvc_json(["exp", "show", "--all-branches"], project))
+        found = read_exp_show(dvc_json(["exp", "show", "--all-branches"], project))
     except UitError as error:  # not a DVC repository, or DVC failed: the report goes on
         err_console.print(f"no experiments in the report: {error}")
         return None
@@ -685,7 +673,7 @@ def profile(
 ) -> None:
     """Switch params.yaml to a profile (comments and other keys are kept)."""
     from uit.app.profiles import apply_profile, missing_benchmarks
-    from uit.config import load_config
+    from uit.core.config import load_config
 
     overrides = {"data.root": data_root} if data_root else {}
     changed = apply_profile(params, profiles / f"{name}.yaml", overrides)
@@ -742,7 +730,7 @@ def run_pipeline(
     project = project.resolve()
     if not (project / "dvc.yaml").is_file():
         raise UitError(f"{project} has no dvc.yaml: run `uit run` in the project folder")
-    from uit.config import load_config
+    from uit.core.config import load_config
 
     load_config(project / "params.yaml")  # a broken file fails here in one line, not inside DVC
     # Prefect's temporary server keeps its database under the project, not in the home folder.

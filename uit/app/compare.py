@@ -17,8 +17,8 @@ from typing import Any
 import polars as pl
 from rich.table import Table
 
-from uit.errors import UitError
-from uit.metrics import METRICS
+from uit.core.errors import UitError
+from uit.retrieval.metrics import METRICS
 
 SEED = "train.seed"
 FIXED = ("experiment", "status", "seeds")  # the comparison's columns that are not params

@@ -18,10 +18,10 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
-from uit.config import Config, parse_config, parse_yaml, read_params_text, yaml_error_line
-from uit.data.formats import SPECS
-from uit.errors import ConfigError, DataError
-from uit.io import atomic_write_text
+from uit.core.config import Config, parse_config, parse_yaml, read_params_text, yaml_error_line
+from uit.core.errors import ConfigError, DataError
+from uit.core.io import atomic_write_text
+from uit.raw.formats import SPECS
 
 _ABSENT = object()  # a key the params file does not hold
 

@@ -13,18 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from uit.config import ReportConfig
-from uit.data.formats import SPECS
-from uit.errors import DataError, UitError
-from uit.metrics import METRICS
-from uit.runs import top_k_file
+from uit.core.config import Benchmark, ReportConfig
+from uit.core.errors import DataError, UitError
+from uit.retrieval.evaluate import top_k_file
+from uit.retrieval.metrics import METRICS
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from uit.data.dataset import Manifests
+    from uit.data.prepared import Manifests
 
-NAMES = {name: spec.folder for name, spec in SPECS.items()}  # as the benchmarks name themselves
+NAMES = {b.value: b.label for b in Benchmark}  # as the benchmarks name themselves
 
 
 @dataclass
@@ -173,18 +172,38 @@ def build_report(
         top_k = top_k_file(Path(evals_dir) / run.benchmark, run.benchmark)
         strips = random_query_strips(top_k, test, cfg) if top_k.is_file() else []
         checkpoint = (checkpoints or {}).get(run.benchmark)
-        if checkpoint is not None and cfg.queries:
-            strips += chosen_query_strips(checkpoint, test, cfg)
+        restorations = None
+        if checkpoint is not None and (cfg.queries or cfg.restorations):
+            objective, encoder = _load_once(checkpoint, cfg)  # the weights are read once
+            if cfg.restorations:  # on the CPU, before the encoder moves to the search device
+                restorations = restoration_section(run.benchmark, objective, checkpoint, test, cfg)
+            if cfg.queries:
+                strips += chosen_query_strips(encoder, checkpoint, test, cfg)
         if strips:
             report.sections.append(_strips_section(run.benchmark, strips))
-        if checkpoint is not None and cfg.restorations:
-            report.sections.append(restoration_section(run.benchmark, checkpoint, test, cfg))
+        if restorations is not None:
+            report.sections.append(restorations)
     return report
 
 
+def _load_once(checkpoint: Path, cfg: ReportConfig) -> tuple[Any, Any]:
+    """The whole training model (for restorations) and its dual encoder (for the free
+    sentences) from one read of the weights; an exported model has only the encoder."""
+    from uit.model.build import load_encoder
+    from uit.model.objective import load_objective
+
+    if cfg.restorations:
+        try:
+            objective = load_objective(checkpoint)
+            return objective, objective.encoder
+        except (ValueError, UitError) as error:
+            return error, (load_encoder(checkpoint)[0] if cfg.queries else None)
+    return None, load_encoder(checkpoint)[0]
+
+
 def _test_split(prepared: Path) -> Manifests:
-    from uit.boundary import PREPARED, reading
-    from uit.data.dataset import read_manifests
+    from uit.core.boundary import PREPARED, reading
+    from uit.data.prepared import read_manifests
 
     with reading(prepared, *PREPARED):
         return read_manifests(prepared).split("test")
@@ -220,7 +239,7 @@ RESTORATION_HEIGHT = 192  # px: the least height of a TIR restoration's tiles
 def _strip(sentence: str, tiles: list[Any], summary: str) -> Strip:
     """One row of thumbnails at their full size on the page (a row wider than the page wraps,
     rather than being shrunk by the browser until the people are a few pixels high)."""
-    from uit.contact_sheet import build_contact_sheet
+    from uit.app.contact_sheet import build_contact_sheet
 
     sheet = build_contact_sheet(tiles, columns=len(tiles), thumb_size=STRIP_THUMB, text_lines=2,
                                 font_size=12, title=sentence[:300], min_cell_width=STRIP_THUMB[0],
@@ -235,7 +254,7 @@ def random_query_strips(top_k_file: Path, test: Manifests, cfg: ReportConfig) ->
 
     import polars as pl
 
-    from uit.contact_sheet import Tile
+    from uit.app.contact_sheet import Tile
 
     table = pl.read_parquet(top_k_file)
     rows = random.Random(cfg.seed).sample(
@@ -255,14 +274,19 @@ def random_query_strips(top_k_file: Path, test: Manifests, cfg: ReportConfig) ->
     return strips
 
 
-def chosen_query_strips(checkpoint: Path, test: Manifests, cfg: ReportConfig) -> list[Strip]:
-    """``report.queries``, free sentences, searched in the test gallery (no ground truth)."""
-    from uit.contact_sheet import Tile
-    from uit.evaluate import encode_texts
-    from uit.runs import load_for_inference
-    from uit.search import gallery_embeddings, rank
+def chosen_query_strips(
+    encoder: Any, checkpoint: Path, test: Manifests, cfg: ReportConfig
+) -> list[Strip]:
+    """``report.queries``, free sentences, searched in the test gallery (no ground truth), with
+    ``checkpoint``'s encoder in the precision it was trained in (as ``uit search`` does)."""
+    from uit.app.contact_sheet import Tile
+    from uit.model.build import build_tokenizer
+    from uit.retrieval.evaluate import encode_texts, inference_options
+    from uit.retrieval.search import gallery_embeddings, rank
 
-    encoder, tokenizer, options = load_for_inference(checkpoint)
+    options = inference_options(checkpoint)
+    encoder = encoder.to(options.device).eval()
+    tokenizer = build_tokenizer(_model_config(checkpoint))
     paths = test.paths()
     feats, _ = gallery_embeddings(encoder, paths, options)
     texts = encode_texts(encoder, list(cfg.queries), tokenizer, options)
@@ -289,22 +313,22 @@ def _strips_section(benchmark: str, strips: list[Strip]) -> tuple[str, str, str]
 
 
 def restoration_section(
-    benchmark: str, checkpoint: Path, test: Manifests, cfg: ReportConfig
+    benchmark: str, objective: Any, checkpoint: Path, test: Manifests, cfg: ReportConfig
 ) -> tuple[str, str, str]:
-    """TIR restorations of a few test images: masked grayscale input, restoration, original."""
+    """TIR restorations of a few test images: masked grayscale input, restoration, original.
+    ``objective`` is ``checkpoint``'s training model, or why it could not be loaded."""
     import random
 
     import torch
 
     from uit.data.transforms import build_eval_transform
     from uit.model.build import build_tokenizer
-    from uit.objective import load_objective, restore
+    from uit.model.objective import restore
 
     name = NAMES.get(benchmark, benchmark)
-    try:
-        objective = load_objective(checkpoint)
-    except (ValueError, UitError) as error:
-        return f"TIR restorations ({name})", f"Not available: {error}", html.escape(str(error))
+    if isinstance(objective, Exception):
+        error = str(objective)
+        return f"TIR restorations ({name})", f"Not available: {error}", html.escape(error)
     encoder = objective.encoder
     chosen = random.Random(cfg.seed).sample(range(test.images.height),
                                             min(cfg.restorations, test.images.height))  # fmt: skip
@@ -334,8 +358,8 @@ def _first_caption(test: Manifests, image_id: int) -> str:
 
 
 def _model_config(checkpoint: Path) -> Any:
-    from uit.checkpoint import read_state
     from uit.model.build import inference_config
+    from uit.model.checkpoint import read_state
 
     return inference_config(read_state(checkpoint), checkpoint)
 
@@ -458,7 +482,7 @@ def report_pipeline(
 
 def write_report(report: Report, out_dir: str | Path) -> tuple[Path, Path]:
     """``report.html`` and ``report.md`` in ``out_dir``, each written atomically."""
-    from uit.io import atomic_write_text
+    from uit.core.io import atomic_write_text
 
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "report.html", render_html(report))

@@ -1,1 +1,2 @@
-"""Datasets: the three on-disk formats, prepared manifests and the synthetic benchmark."""
+"""Prepared benchmarks: the prepared folder and reading it back (``prepared``), images, and the
+torch datasets and transforms over it (``dataset``, ``transforms``)."""

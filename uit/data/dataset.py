@@ -7,10 +7,8 @@ Training uses one sample per caption with pids relabelled to 0..N-1 over the tra
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,17 +16,10 @@ import polars as pl
 import torch
 from torch.utils.data import Dataset
 
+from uit.core.errors import DataError
 from uit.data.images import load_rgb
-from uit.data.prepare import (
-    CAPTIONS_FILE,
-    IMAGES_FILE,
-    IMGS_DIR_BASE,
-    STATS_FILE,
-    read_stats,
-    resolve_inside,
-)
+from uit.data.prepared import Manifests
 from uit.data.transforms import Transform, sample_seed, seeded
-from uit.errors import DataError
 
 if TYPE_CHECKING:
     from uit.text.parsed import TaggedWords
@@ -37,92 +28,6 @@ Tokenizer = Callable[[list[str]], torch.Tensor]
 Augment = Callable[[str, Sequence[str], random.Random], str]
 # (tokens, words, tags, rng) -> masked tokens: uit.text.masking.TokenMasker
 MaskTokens = Callable[[torch.Tensor, Sequence[str], Sequence[str], random.Random], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Manifests:
-    """A prepared benchmark: its two tables and where its images are."""
-
-    images: pl.DataFrame
-    captions: pl.DataFrame
-    imgs_dir: Path
-    benchmark: str
-
-    def split(self, name: str) -> Manifests:
-        return Manifests(
-            self.images.filter(pl.col("split") == name),
-            self.captions.filter(pl.col("split") == name),
-            self.imgs_dir,
-            self.benchmark,
-        )
-
-    def has_split(self, name: str) -> bool:
-        return self.images.filter(pl.col("split") == name).height > 0
-
-    def paths(self) -> list[Path]:
-        return [self.imgs_dir / p for p in self.images["path"].to_list()]
-
-
-def read_manifests(prepared_dir: str | Path, imgs_dir: str | Path | None = None) -> Manifests:
-    """Load a prepared benchmark; images are found where ``stats.json`` says unless overridden.
-
-    Every listed image must still be a file inside imgs/ where it resolves (symlinks followed):
-    a stale prepared folder fails here, in seconds, rather than in a loader worker mid-epoch."""
-    prepared_dir = Path(prepared_dir)
-    stats = read_stats(prepared_dir)
-    images = pl.read_parquet(prepared_dir / IMAGES_FILE)
-    folder = Path(imgs_dir) if imgs_dir else locate_imgs_dir(prepared_dir, stats)
-    check_images_present(folder, images["path"].to_list(), prepared_dir)
-    return Manifests(
-        images=images,
-        captions=pl.read_parquet(prepared_dir / CAPTIONS_FILE),
-        imgs_dir=folder,
-        benchmark=stats["benchmark"],
-    )
-
-
-def locate_imgs_dir(prepared_dir: Path, stats: Mapping[str, Any]) -> Path:
-    """The imgs/ folder that ``stats.json`` records, from any working directory.
-
-    Recorded relative to the prepared folder: taken lexically from the path it was given by (as
-    prepare computed it), then physically (symlinks followed). Older prepared folders recorded it
-    relative to prepare's working directory; that is tried as is."""
-    recorded = str(stats["imgs_dir"])
-    if stats.get(IMGS_DIR_BASE) == "prepared_dir":
-        candidates = [
-            Path(os.path.normpath(prepared_dir.absolute() / recorded)),
-            Path(os.path.realpath(prepared_dir)) / recorded,
-        ]
-        where = f"relative to {prepared_dir}"
-    else:
-        candidates = [Path(recorded)]
-        where = f"relative to the working directory prepare ran in, not this one ({Path.cwd()})"
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    raise DataError(
-        f"{prepared_dir / STATS_FILE}: the images folder {recorded!r} ({where}) does not exist: "
-        "the benchmark moved or the prepared folder is stale: re-run `uit data prepare`"
-    )
-
-
-def check_images_present(imgs_dir: Path, paths: Sequence[str], prepared_dir: Path) -> None:
-    """Refuse image paths that lead outside ``imgs_dir`` or name no file any more."""
-    outside: list[str] = []
-    missing: list[str] = []
-    for path, real in zip(paths, resolve_inside(imgs_dir, paths), strict=True):
-        if real is None:
-            outside.append(path)
-        elif not real.is_file():
-            missing.append(path)
-    for kind, found in (("lead outside it through a symbolic link", outside),
-                        ("are missing", missing)):  # fmt: skip
-        if found:
-            raise DataError(
-                f"{prepared_dir / IMAGES_FILE}: {len(found)} image(s) listed under {imgs_dir} "
-                f"{kind} (e.g. {found[0]}): the prepared folder is stale: re-run "
-                "`uit data prepare` (it checks every image again)"
-            )
 
 
 def held_out_count(identities: int, fraction: float) -> int:

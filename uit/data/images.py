@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from uit.errors import DataError
+from uit.core.errors import DataError
 
 # PIL only warns between MAX_IMAGE_PIXELS and twice that: make the warning an error (and
 # _refuse_bomb refuses those images anyway, where something resets the warning filters).

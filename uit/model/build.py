@@ -14,8 +14,8 @@ import open_clip
 import torch
 from open_clip.model import CLIP
 
-from uit.config import ModelConfig
-from uit.errors import CheckpointError, ConfigError, UitError, WeightsError, bounded
+from uit.core.config import ModelConfig
+from uit.core.errors import CheckpointError, ConfigError, UitError, WeightsError, bounded
 from uit.model.encoder import DualEncoder
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def load_encoder(checkpoint_dir: str | Path) -> tuple[DualEncoder, ModelConfig]:
 
     The architecture comes from the checkpoint's own config; no pretrained weights are fetched.
     """
-    from uit.checkpoint import load_checkpoint
+    from uit.model.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(checkpoint_dir)
     cfg = inference_config(checkpoint.state, checkpoint_dir)
@@ -277,7 +277,7 @@ def load_encoder(checkpoint_dir: str | Path) -> tuple[DualEncoder, ModelConfig]:
 def check_weights_fit(weights: dict[str, torch.Tensor], cfg: ModelConfig, source: Path) -> None:
     """Refuse a checkpoint whose ``state.json`` names an architecture (``model.name``) that its
     ``weights.safetensors`` (dual-encoder names, ``clip.*``) do not have."""
-    from uit.checkpoint import STATE, WEIGHTS
+    from uit.model.checkpoint import STATE, WEIGHTS
     from uit.model.weights import check_architecture, describe_state_dict
 
     register_configs()
@@ -301,7 +301,7 @@ def export_encoder(checkpoint_dir: str | Path, out_dir: str | Path) -> tuple[int
     ``out_dir``; returns how many tensors were kept and how many training-only ones dropped.
 
     ``out_dir`` must be new, empty or a previous export; anything else is refused, not deleted."""
-    from uit.checkpoint import check_export_target, load_checkpoint, save_checkpoint
+    from uit.model.checkpoint import check_export_target, load_checkpoint, save_checkpoint
 
     check_export_target(Path(out_dir), Path(checkpoint_dir))  # before the slow part
     encoder, cfg = load_encoder(checkpoint_dir)  # checks that the weights fit the architecture

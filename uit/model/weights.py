@@ -43,11 +43,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor
 
-from uit.checkpoint import save_checkpoint
-from uit.config import ModelConfig
-from uit.errors import WeightsError
-from uit.io import atomic_write_bytes
+from uit.core.config import ModelConfig
+from uit.core.errors import WeightsError
+from uit.core.io import atomic_write_bytes
 from uit.model.build import build_model, register_configs
+from uit.model.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
 

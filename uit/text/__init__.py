@@ -1,6 +1,3 @@
-"""Captions as attributes: spaCy parsing (design §3.3) and the attribute-keeping augmentation.
-
-``lexicon`` and ``pipeline`` build the parser, ``parse`` runs it over a prepared benchmark,
-``evaluate`` measures it against the synthetic ground truth, ``augment`` is the training-time
-augmentation. Import the submodules directly; spaCy loads only with the parser.
-"""
+"""Captions on the training side, without spaCy: reading the parse stage's output (``parsed``),
+the attribute-keeping augmentation (``augment``) and the released code's token masking
+(``masking``). The parser itself is ``uit.parsing``."""

@@ -3,7 +3,7 @@
 With probability ``p`` per training sample, a caption is replaced by its attribute words joined by
 spaces ("A woman with long black hair wears a red backpack." -> "woman long black hair red
 backpack"), so the model learns to match the words that identify a person without the sentence
-around them. The attribute words come from the ``parse`` stage (``uit.text.parse``).
+around them. The attribute words come from the ``parse`` stage (``uit.parsing.parse``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from uit.config import AugmentConfig
+from uit.core.config import AugmentConfig
 
 if TYPE_CHECKING:
     import torch

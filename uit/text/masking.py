@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from uit.config import AugmentConfig
-from uit.errors import ConfigError
+from uit.core.config import AugmentConfig
+from uit.core.errors import ConfigError
 
 MASK_TOKEN_ID = 49405  # the released <|mask|>: the id of CLIP's last BPE merge ("jekyll")
 CLIP_VOCABULARY = {"size": 49408, "sot": 49406, "eot": 49407}

@@ -7,8 +7,15 @@ from pathlib import Path
 
 import polars as pl
 
-from uit.errors import DataError
-from uit.text.lexicon import is_attribute_tag
+from uit.core.errors import DataError
+
+ATTRIBUTE_TAG_PREFIXES = ("PRP", "NN", "JJ")  # design §3.3: pronouns, nouns, adjectives
+
+
+def is_attribute_tag(tag: str) -> bool:
+    """True for the Penn tags of attribute words: PRP*, NN*, JJ*."""
+    return tag.startswith(ATTRIBUTE_TAG_PREFIXES)
+
 
 PARSED_FILE = "attributes.parquet"
 INFO_FILE = "parse.json"

@@ -1,0 +1,148 @@
+"""A prepared benchmark folder (what stage prepare writes, design §3.2) and reading it back.
+
+``images.parquet``: image_id, pid, split, path (relative to the benchmark's imgs/ folder).
+``captions.parquet``: caption_id, image_id, pid, split, text.
+``stats.json``: counts per split and everything dropped, with the reason, and where imgs/ is.
+
+Everything that reads a prepared folder (the parse stage, training, evaluation, the report)
+imports this module, not the raw-annotation readers behind ``uit.data.prepare``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from uit.core.errors import DataError
+
+IMAGES_FILE = "images.parquet"
+CAPTIONS_FILE = "captions.parquet"
+STATS_FILE = "stats.json"
+# Real captions are a few hundred characters; a longer one is broken or hostile (and would make
+# tagging slow): it is dropped and counted as "oversized_caption" in stats.json.
+MAX_CAPTION_CHARS = 2000
+# stats.json's "imgs_dir" is relative to the prepared folder when this key says so (older
+# prepared folders recorded it relative to the working directory of `uit data prepare`).
+IMGS_DIR_BASE = "imgs_dir_relative_to"
+
+
+@dataclass(frozen=True)
+class Manifests:
+    """A prepared benchmark: its two tables and where its images are."""
+
+    images: pl.DataFrame
+    captions: pl.DataFrame
+    imgs_dir: Path
+    benchmark: str
+
+    def split(self, name: str) -> Manifests:
+        return Manifests(
+            self.images.filter(pl.col("split") == name),
+            self.captions.filter(pl.col("split") == name),
+            self.imgs_dir,
+            self.benchmark,
+        )
+
+    def has_split(self, name: str) -> bool:
+        return self.images.filter(pl.col("split") == name).height > 0
+
+    def paths(self) -> list[Path]:
+        return [self.imgs_dir / p for p in self.images["path"].to_list()]
+
+
+def read_manifests(prepared_dir: str | Path, imgs_dir: str | Path | None = None) -> Manifests:
+    """Load a prepared benchmark; images are found where ``stats.json`` says unless overridden.
+
+    Every listed image must still be a file inside imgs/ where it resolves (symlinks followed):
+    a stale prepared folder fails here, in seconds, rather than in a loader worker mid-epoch."""
+    prepared_dir = Path(prepared_dir)
+    stats = read_stats(prepared_dir)
+    images = pl.read_parquet(prepared_dir / IMAGES_FILE)
+    folder = Path(imgs_dir) if imgs_dir else locate_imgs_dir(prepared_dir, stats)
+    check_images_present(folder, images["path"].to_list(), prepared_dir)
+    return Manifests(
+        images=images,
+        captions=pl.read_parquet(prepared_dir / CAPTIONS_FILE),
+        imgs_dir=folder,
+        benchmark=stats["benchmark"],
+    )
+
+
+def locate_imgs_dir(prepared_dir: Path, stats: Mapping[str, Any]) -> Path:
+    """The imgs/ folder that ``stats.json`` records, from any working directory.
+
+    Recorded relative to the prepared folder: taken lexically from the path it was given by (as
+    prepare computed it), then physically (symlinks followed). Older prepared folders recorded it
+    relative to prepare's working directory; that is tried as is."""
+    recorded = str(stats["imgs_dir"])
+    if stats.get(IMGS_DIR_BASE) == "prepared_dir":
+        candidates = [
+            Path(os.path.normpath(prepared_dir.absolute() / recorded)),
+            Path(os.path.realpath(prepared_dir)) / recorded,
+        ]
+        where = f"relative to {prepared_dir}"
+    else:
+        candidates = [Path(recorded)]
+        where = f"relative to the working directory prepare ran in, not this one ({Path.cwd()})"
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise DataError(
+        f"{prepared_dir / STATS_FILE}: the images folder {recorded!r} ({where}) does not exist: "
+        "the benchmark moved or the prepared folder is stale: re-run `uit data prepare`"
+    )
+
+
+def check_images_present(imgs_dir: Path, paths: Sequence[str], prepared_dir: Path) -> None:
+    """Refuse image paths that lead outside ``imgs_dir`` or name no file any more."""
+    outside: list[str] = []
+    missing: list[str] = []
+    for path, real in zip(paths, resolve_inside(imgs_dir, paths), strict=True):
+        if real is None:
+            outside.append(path)
+        elif not real.is_file():
+            missing.append(path)
+    for kind, found in (("lead outside it through a symbolic link", outside),
+                        ("are missing", missing)):  # fmt: skip
+        if found:
+            raise DataError(
+                f"{prepared_dir / IMAGES_FILE}: {len(found)} image(s) listed under {imgs_dir} "
+                f"{kind} (e.g. {found[0]}): the prepared folder is stale: re-run "
+                "`uit data prepare` (it checks every image again)"
+            )
+
+
+def resolve_inside(imgs_dir: Path, paths: Sequence[str]) -> list[Path | None]:
+    """Where each ``imgs_dir / path`` really is (symlinks followed), or None when that is outside
+    ``imgs_dir`` (itself resolved: an imgs/ that links to a dataset store elsewhere is fine).
+
+    Folders are resolved once each, so 40,000 images cost about one ``lstat`` each."""
+    root = os.path.join(os.path.realpath(imgs_dir), "")  # with a trailing separator
+    real_folder = functools.lru_cache(maxsize=None)(os.path.realpath)
+    resolved: list[Path | None] = []
+    for path in paths:
+        folder, name = os.path.split(os.path.join(imgs_dir, path))
+        real = os.path.join(real_folder(folder), name)
+        if name in ("", ".", "..") or os.path.islink(real):
+            real = os.path.realpath(real)
+        resolved.append(Path(real) if real.startswith(root) else None)
+    return resolved
+
+
+def read_stats(prepared_dir: str | Path) -> dict[str, Any]:
+    """Load ``stats.json`` of a prepared benchmark, with a clear error when it is absent."""
+    path = Path(prepared_dir) / STATS_FILE
+    if not path.is_file():
+        raise DataError(
+            f"{path} not found: {prepared_dir} is not a prepared benchmark. "
+            "Run `uit data prepare --benchmark BENCHMARK --root RAW_ROOT --out OUT_DIR` first."
+        )
+    stats: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return stats

@@ -1,0 +1,194 @@
+"""The training objective: the dual encoder plus its training-only heads, as named losses.
+
+The objective owns the ID head and the TIR decoder; neither is part of the exported model. A term
+whose weight is 0 is not computed, and its head is not built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from uit.core.config import LossConfig, OptimConfig, TIRConfig
+from uit.core.errors import UitError
+from uit.model.encoder import DualEncoder, mask_noise
+from uit.model.heads import IDHead
+from uit.model.losses import cmt_loss, id_loss, itc_loss, sdm_loss, tir_loss
+from uit.model.tir import TIRDecoder, patchify, unpatchify, weighted_grayscale
+
+
+class Objective(nn.Module):
+    """``forward(images, text, pids)`` -> {"sdm": ..., "id": ..., ..., "loss": total}.
+
+    Each named term is already multiplied by its weight, so ``loss`` is their sum.
+    """
+
+    def __init__(
+        self, encoder: DualEncoder, num_classes: int, loss: LossConfig, tir: TIRConfig
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.loss_cfg = loss
+        self.tir_cfg = tir
+        self.id_head = IDHead(encoder.embed_dim, num_classes) if loss.id > 0 else None
+        self.tir_decoder = (
+            TIRDecoder(encoder.embed_dim, encoder.patch_size, encoder.grid_size,
+                       tir.decoder_layers, tir.cross_attn_residual)
+            if loss.tir > 0 else None
+        )  # fmt: skip
+
+    def forward(
+        self,
+        images: Tensor,
+        text: Tensor,
+        pids: Tensor,
+        mask_noise: Tensor | None = None,
+        epoch_progress: float | None = None,
+    ) -> dict[str, Tensor]:
+        """``mask_noise`` (B, N patches) picks TIR's masked patches (``draw_mask_noise``; None:
+        the global generator). ``epoch_progress`` (fractional epochs so far) drives the CMT
+        ramp; None: full weight."""
+        cfg = self.loss_cfg
+        image_feats = self.encoder.encode_image(images)  # (B, D)
+        text_feats, text_tokens = self.encoder.encode_text_tokens(text)  # (B, D), (B, L, D)
+        image_feats, text_feats = image_feats.float(), text_feats.float()
+        losses: dict[str, Tensor] = {}
+        if cfg.sdm > 0:
+            losses["sdm"] = cfg.sdm * sdm_loss(image_feats, text_feats, pids, cfg.logit_scale)
+        if cfg.itc > 0:
+            losses["itc"] = cfg.itc * itc_loss(image_feats, text_feats, cfg.logit_scale)
+        if self.id_head is not None:
+            logits = self.id_head(torch.cat([image_feats, text_feats])).float()
+            image_logits, text_logits = logits.chunk(2)
+            losses["id"] = cfg.id * id_loss(image_logits, text_logits, pids)
+        if cfg.cmt > 0:
+            weight = cfg.cmt * self.cmt_ramp(epoch_progress)
+            losses["cmt"] = weight * cmt_loss(image_feats, text_feats, pids, cfg.cmt_margin)
+        if self.tir_decoder is not None:
+            losses["tir"] = self.loss_cfg.tir * self._tir(images, text_tokens, mask_noise)
+        if not losses:
+            raise ValueError("every loss weight is 0: enable at least one of loss.*")
+        losses["loss"] = torch.stack(list(losses.values())).sum()
+        return losses
+
+    def cmt_ramp(self, epoch_progress: float | None) -> float:
+        warmup = self.loss_cfg.cmt_warmup_epochs
+        if epoch_progress is None or warmup <= 0:
+            return 1.0
+        return min(1.0, epoch_progress / warmup)
+
+    def draw_mask_noise(self, batch: int, generator: torch.Generator) -> Tensor | None:
+        """TIR's mask noise (B, N) for a batch of ``batch``, on the generator's device; None
+        without TIR. Drawn outside ``forward`` so that a compiled forward has no graph break."""
+        if self.tir_decoder is None:
+            return None
+        height, width = self.encoder.grid_size
+        return mask_noise(batch, height * width, generator)
+
+    def _tir(self, images: Tensor, text_tokens: Tensor, noise: Tensor | None) -> Tensor:
+        assert self.tir_decoder is not None
+        masked = self.encoder.encode_masked_image(
+            weighted_grayscale(images), self.tir_cfg.mask_ratio, noise
+        )
+        pred = self.tir_decoder(masked.tokens, text_tokens, masked.ids_restore).float()
+        target = patchify(images, self.encoder.patch_size).float()  # colour, normalised
+        return tir_loss(pred, target, masked.mask)
+
+
+@torch.no_grad()
+def restore(
+    objective: Objective, images: Tensor, text: Tensor, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """TIR for pictures: (masked grayscale input, its restoration from the caption), both
+    (B, 3, H, W) in the normalised space; visible patches stay grayscale, masked ones are
+    black in the input and predicted in the restoration."""
+    if objective.tir_decoder is None:
+        raise ValueError("this model was trained without TIR (loss.tir 0): nothing to restore")
+    encoder, patch = objective.encoder, objective.encoder.patch_size
+    gray = weighted_grayscale(images)
+    noise = None if generator is None else objective.draw_mask_noise(len(images), generator)
+    masked = encoder.encode_masked_image(gray, objective.tir_cfg.mask_ratio, noise)
+    _, text_tokens = encoder.encode_text_tokens(text)
+    pred = objective.tir_decoder(masked.tokens, text_tokens, masked.ids_restore).float()
+    mask, visible = masked.mask.unsqueeze(-1), patchify(gray, patch).float()  # (B, N, 1)
+    mean, std = (
+        images.new_tensor(v).view(1, 3, 1, 1) for v in (encoder.image_mean, encoder.image_std)
+    )
+    black = patchify((-mean / std).expand_as(images), patch).float()  # masked: black when shown
+    shown = unpatchify(visible * (1 - mask) + black * mask, patch, encoder.grid_size)
+    restored = unpatchify(visible * (1 - mask) + pred * mask, patch, encoder.grid_size)
+    return shown, restored
+
+
+def load_objective(checkpoint_dir: str | Path) -> Objective:
+    """The whole training model of a checkpoint (encoder and heads), for TIR pictures."""
+    from uit.model.build import build_model, inference_config
+    from uit.model.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(checkpoint_dir)
+    cfg, classes = checkpoint.state.get("config", {}), checkpoint.state.get("num_classes")
+    if not {"model", "loss", "tir"} <= set(cfg) or classes is None:
+        raise UitError(f"{checkpoint_dir}: not a training checkpoint (an exported model has no "
+                       "heads)")  # fmt: skip
+    model_cfg = inference_config(checkpoint.state, checkpoint_dir)
+    loss, tir = dict(cfg["loss"]), dict(cfg["tir"])
+    if "weight" in tir:  # checkpoints written before the weight moved to loss.tir
+        loss["tir"] = tir.pop("weight")
+    objective = Objective(build_model(model_cfg), classes, LossConfig.model_validate(loss),
+                          TIRConfig.model_validate(tir))  # fmt: skip
+    objective.load_state_dict(checkpoint.weights)
+    return objective.eval()
+
+
+def group_factors(cfg: OptimConfig) -> dict[str, tuple[float, float]]:
+    """Each parameter group's learning-rate multiplier and weight decay."""
+    return {
+        "encoder": (1.0, cfg.weight_decay),
+        "encoder_bias": (cfg.bias_lr_factor, 0.0),
+        "new": (cfg.new_module_lr_factor, cfg.weight_decay),
+        "new_bias": (cfg.bias_lr_factor, 0.0),
+    }
+
+
+def group_lr(name: str, cfg: OptimConfig) -> float:
+    """The peak learning rate of the parameter group ``name`` (the schedule scales it)."""
+    return cfg.lr * group_factors(cfg)[name][0]
+
+
+def param_groups(objective: Objective, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """Adam parameter groups (design §4), each with a ``name`` for inspection.
+
+    Weights of the pretrained encoder: lr, weight decay. Weights of new modules (ID head, TIR
+    decoder with its cross-attention): ``new_module_lr_factor`` x lr. Every bias: ``bias_lr_factor``
+    x lr and no weight decay. Frozen parameters (the unused logit scale) are left out.
+    """
+    groups: dict[str, list[nn.Parameter]] = {
+        "encoder": [], "encoder_bias": [], "new": [], "new_bias": []
+    }  # fmt: skip
+    for name, param in objective.named_parameters():
+        if not param.requires_grad:
+            continue
+        new = not name.startswith("encoder.")
+        bias = name.endswith(".bias") or name.endswith("_bias")
+        groups[("new" if new else "encoder") + ("_bias" if bias else "")].append(param)
+    return [
+        {
+            "name": key,
+            "params": params,
+            "lr": group_lr(key, cfg),
+            "weight_decay": group_factors(cfg)[key][1],
+        }
+        for key, params in groups.items()
+        if params
+    ]
+
+
+def build_optimizer(objective: Objective, cfg: OptimConfig) -> torch.optim.Adam:
+    """Adam over ``param_groups``; the fused CUDA kernel when the parameters live on a GPU."""
+    on_cuda = all(p.is_cuda for p in objective.parameters())
+    return torch.optim.Adam(
+        param_groups(objective, cfg), lr=cfg.lr, eps=cfg.eps, fused=on_cuda or None
+    )

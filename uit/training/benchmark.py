@@ -1,0 +1,63 @@
+"""Train on a prepared benchmark folder: what ``uit train`` and the train stage call.
+
+This does the file I/O around ``uit.training.train.fit`` (parsed words, the run-folder policy),
+so the two front doors share one code path.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from uit.core.config import Config
+from uit.core.errors import DataError
+from uit.text.augment import build_augment
+from uit.text.parsed import read_attribute_words, read_tagged_words
+from uit.training.train import clear_run, decide_run, fit
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from uit.training.train import FitResult, Reporter
+
+
+def train_benchmark(
+    cfg: Config,
+    prepared_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    parsed_dir: str | Path | None = None,
+    reporter: Reporter | None = None,
+    restart: bool = False,
+) -> FitResult:
+    """Fit on a prepared benchmark; attribute words (for the augmentation) and tagged words (for
+    the token masking) come from ``parsed_dir`` when ``augment.keep_attributes_p`` is above 0 or
+    ``augment.mask_tokens`` is on.
+
+    ``restart``: start afresh unless ``out_dir`` holds an interrupted run of this configuration
+    (what a pipeline stage wants: its output folder persists so that a killed run resumes, but a
+    finished run or one of another configuration is replaced, never continued).
+    """
+
+    augmenting, masking = cfg.augment.keep_attributes_p > 0, cfg.augment.mask_tokens
+    words, augment, tagged = None, None, None
+    if parsed_dir is not None:
+        if augmenting:
+            words, augment = read_attribute_words(parsed_dir), build_augment(cfg.augment)
+        if masking:
+            tagged = read_tagged_words(parsed_dir)
+    elif augmenting or masking:
+        keys = [key for key, on in (("augment.keep_attributes_p > 0", augmenting),
+                                    ("augment.mask_tokens", masking)) if on]  # fmt: skip
+        raise DataError(
+            f"{' and '.join(keys)} needs the parsed captions: pass the folder written by "
+            "`uit data parse` (or set augment.keep_attributes_p=0 and augment.mask_tokens=false)"
+        )
+    decision = decide_run(out_dir, cfg, replace=restart)  # the one run-folder policy
+    if decision == "replace":
+        log.info("%s holds a finished run or another configuration: starting afresh", out_dir)
+    if restart and decision != "resume":
+        clear_run(out_dir)
+    return fit(cfg, prepared_dir, out_dir, attribute_words=words, augment=augment,
+               tagged_words=tagged, reporter=reporter)  # fmt: skip
