@@ -328,21 +328,32 @@ def train(
         Path | None, typer.Option(help="Run folder.", show_default="runs/adhoc/BENCHMARK")
     ] = None,
 ) -> None:
-    """Train (or resume) a model on one benchmark with params.yaml plus overrides."""
+    """Train (or resume) a model on one benchmark with params.yaml plus overrides.
+
+    Under torchrun (``torchrun --nproc-per-node N -m uit.app.cli train ...``) each process
+    trains on its share of every batch; ``train.nproc_per_node`` above 1 starts torchrun itself.
+    """
     from uit.core.config import load_config
     from uit.training.benchmark import train_benchmark
+    from uit.training.distributed import launch, launched_world, should_launch
 
     cfg = load_config(params, set_ or [])
     out = out or Path("runs/adhoc") / benchmark.value
-    with progress_bars() as progress:
-        result = train_benchmark(
-            cfg,
-            prepared or Path("data/prepared") / benchmark.value,
-            out,
-            parsed_dir=parsed or Path("data/parsed") / benchmark.value,
-            reporter=ProgressReporter(progress),
-        )
-    console.print(f"best epoch {result.best_epoch} {result.best}; checkpoints in {out}/checkpoints")
+    prepared = prepared or Path("data/prepared") / benchmark.value
+    parsed = parsed or Path("data/parsed") / benchmark.value
+    if should_launch(cfg.train.nproc_per_node):
+        argv = ["train", "--benchmark", benchmark.value, "--params", str(params),
+                "--prepared", str(prepared), "--parsed", str(parsed), "--out", str(out),
+                *(arg for value in set_ or [] for arg in ("--set", value))]  # fmt: skip
+        launch("uit.app.cli", argv, cfg.train.nproc_per_node)
+        return
+    main_rank = launched_world().is_main
+    with progress_bars() as progress:  # one set of bars: rank 0's
+        reporter = ProgressReporter(progress) if main_rank else None
+        result = train_benchmark(cfg, prepared, out, parsed_dir=parsed, reporter=reporter)
+    if main_rank:
+        where = f"checkpoints in {out}/checkpoints"
+        console.print(f"best epoch {result.best_epoch} {result.best}; {where}")
 
 
 @app.command()
@@ -757,3 +768,7 @@ def run_pipeline(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":  # torchrun -m uit.app.cli train ...
+    main()

@@ -116,6 +116,9 @@ class LossConfig(Section):
     cmt_warmup_epochs: float = Field(0.0, ge=0.0)
     logit_scale: float = Field(50.0, gt=0.0)  # fixed 1 / temperature 0.02
     tir: float = Field(10.0, ge=0.0)  # 0: no restoration decoder, no second image pass
+    # With several processes, SDM, CMT and ITC see the all-gathered global batch (the maths of
+    # one process); false: each process's own slice, as the released code does.
+    gather: bool = True
 
 
 class TIRConfig(Section):
@@ -158,6 +161,9 @@ class TrainConfig(Section):
     eval_batch_size: int = Field(256, ge=1)
     max_steps_per_epoch: int = Field(0, ge=0)  # 0: every batch; else a cap (smoke runs)
     compile: bool = False  # torch.compile the objective (about 1.7x faster steps on an H200)
+    # Processes (GPUs) on this machine: above 1, the train stage and `uit train` start torchrun
+    # themselves. Not part of a run's identity: a run resumes on any number of processes.
+    nproc_per_node: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _whole_identities_per_batch(self) -> TrainConfig:
@@ -201,9 +207,16 @@ class Config(Section):
 TRAINING_SECTIONS = ("augment", "model", "loss", "tir", "optim", "train")
 
 
+# Keys that say how a run is executed, not what it trains: left out of a run's identity.
+EXECUTION_KEYS = {"train": ("nproc_per_node",)}
+
+
 def training_config(cfg: Config) -> dict[str, Any]:
-    """The training sections of ``cfg`` as plain JSON values."""
-    return {name: getattr(cfg, name).model_dump(mode="json") for name in TRAINING_SECTIONS}
+    """The training sections of ``cfg`` as plain JSON values (less ``EXECUTION_KEYS``)."""
+    return {
+        name: getattr(cfg, name).model_dump(mode="json", exclude=set(EXECUTION_KEYS.get(name, ())))
+        for name in TRAINING_SECTIONS
+    }
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ whose weight is 0 is not computed, and its head is not built.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,23 @@ class Objective(nn.Module):
     """``forward(images, text, pids)`` -> {"sdm": ..., "id": ..., ..., "loss": total}.
 
     Each named term is already multiplied by its weight, so ``loss`` is their sum.
+
+    ``gather_batch`` (several processes, ``loss.gather``) turns a process's slice (B / world, ...)
+    into the global batch (B, ...) for the batch-wide terms SDM, ITC and CMT; ID and TIR stay
+    per sample on the slice (their mean over processes is the global mean).
     """
 
     def __init__(
-        self, encoder: DualEncoder, num_classes: int, loss: LossConfig, tir: TIRConfig
+        self,
+        encoder: DualEncoder,
+        num_classes: int,
+        loss: LossConfig,
+        tir: TIRConfig,
+        gather_batch: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
+        self.gather_batch = gather_batch
         self.loss_cfg = loss
         self.tir_cfg = tir
         self.id_head = IDHead(encoder.embed_dim, num_classes) if loss.id > 0 else None
@@ -56,23 +67,35 @@ class Objective(nn.Module):
         text_feats, text_tokens = self.encoder.encode_text_tokens(text)  # (B, D), (B, L, D)
         image_feats, text_feats = image_feats.float(), text_feats.float()
         losses: dict[str, Tensor] = {}
+        batch_image, batch_text, batch_pids = self._batch_wide(image_feats, text_feats, pids)
         if cfg.sdm > 0:
-            losses["sdm"] = cfg.sdm * sdm_loss(image_feats, text_feats, pids, cfg.logit_scale)
+            losses["sdm"] = cfg.sdm * sdm_loss(batch_image, batch_text, batch_pids, cfg.logit_scale)
         if cfg.itc > 0:
-            losses["itc"] = cfg.itc * itc_loss(image_feats, text_feats, cfg.logit_scale)
+            losses["itc"] = cfg.itc * itc_loss(batch_image, batch_text, cfg.logit_scale)
         if self.id_head is not None:
             logits = self.id_head(torch.cat([image_feats, text_feats])).float()
             image_logits, text_logits = logits.chunk(2)
             losses["id"] = cfg.id * id_loss(image_logits, text_logits, pids)
         if cfg.cmt > 0:
             weight = cfg.cmt * self.cmt_ramp(epoch_progress)
-            losses["cmt"] = weight * cmt_loss(image_feats, text_feats, pids, cfg.cmt_margin)
+            losses["cmt"] = weight * cmt_loss(batch_image, batch_text, batch_pids, cfg.cmt_margin)
         if self.tir_decoder is not None:
             losses["tir"] = self.loss_cfg.tir * self._tir(images, text_tokens, mask_noise)
         if not losses:
             raise ValueError("every loss weight is 0: enable at least one of loss.*")
         losses["loss"] = torch.stack(list(losses.values())).sum()
         return losses
+
+    def _batch_wide(
+        self, image_feats: Tensor, text_feats: Tensor, pids: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """What SDM, ITC and CMT see: the global batch when gathering, else this slice."""
+        cfg = self.loss_cfg
+        batch_terms = cfg.sdm > 0 or cfg.itc > 0 or cfg.cmt > 0
+        if self.gather_batch is None or not cfg.gather or not batch_terms:
+            return image_feats, text_feats, pids
+        gather = self.gather_batch
+        return gather(image_feats), gather(text_feats), gather(pids)
 
     def cmt_ramp(self, epoch_progress: float | None) -> float:
         warmup = self.loss_cfg.cmt_warmup_epochs

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from uit.core.config import Config
+from uit.core.device import resolve_device
 from uit.core.errors import DataError
 from uit.text.augment import build_augment
 from uit.text.parsed import read_attribute_words, read_tagged_words
+from uit.training.distributed import session, wait_for_all
 from uit.training.train import clear_run, decide_run, fit
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,9 @@ def train_benchmark(
     ``restart``: start afresh unless ``out_dir`` holds an interrupted run of this configuration
     (what a pipeline stage wants: its output folder persists so that a killed run resumes, but a
     finished run or one of another configuration is replaced, never continued).
+
+    Under torchrun, every process calls this: it joins the process group for the run, all ranks
+    read the run folder before rank 0 alone clears it.
     """
 
     augmenting, masking = cfg.augment.keep_attributes_p > 0, cfg.augment.mask_tokens
@@ -54,10 +59,13 @@ def train_benchmark(
             f"{' and '.join(keys)} needs the parsed captions: pass the folder written by "
             "`uit data parse` (or set augment.keep_attributes_p=0 and augment.mask_tokens=false)"
         )
-    decision = decide_run(out_dir, cfg, replace=restart)  # the one run-folder policy
-    if decision == "replace":
-        log.info("%s holds a finished run or another configuration: starting afresh", out_dir)
-    if restart and decision != "resume":
-        clear_run(out_dir)
-    return fit(cfg, prepared_dir, out_dir, attribute_words=words, augment=augment,
-               tagged_words=tagged, reporter=reporter)  # fmt: skip
+    with session(resolve_device(cfg.train.device)) as world:
+        decision = decide_run(out_dir, cfg, replace=restart)  # the one run-folder policy
+        wait_for_all(world)
+        if decision == "replace" and world.is_main:
+            log.info("%s holds a finished run or another configuration: starting afresh", out_dir)
+        if restart and decision != "resume" and world.is_main:
+            clear_run(out_dir)
+        wait_for_all(world)
+        return fit(cfg, prepared_dir, out_dir, attribute_words=words, augment=augment,
+                   tagged_words=tagged, reporter=reporter)  # fmt: skip

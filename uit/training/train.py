@@ -3,6 +3,11 @@
 The loop's sections run in a fixed order each step: schedule, forward, finiteness check,
 backward, clip, step. Randomness comes only from (seed, epoch, index) or (seed, step), so a run
 resumed from its last checkpoint ends with the same weights as one that was never interrupted.
+
+On several processes (``uit.training.distributed``) each rank trains on its slice of the same
+global batch and DDP averages the gradients; loss terms are averaged over ranks before the
+finiteness check, so a NaN stops every rank at the same step. Rank 0 alone evaluates the
+selection split (its verdict is shared) and writes checkpoints, curves and the selection.
 """
 
 from __future__ import annotations
@@ -42,6 +47,15 @@ from uit.model.objective import Objective, build_optimizer, group_lr
 from uit.retrieval.evaluate import EvalOptions, evaluate
 from uit.text.masking import build_token_masker
 from uit.text.parsed import TaggedWords
+from uit.training.distributed import (
+    World,
+    current_world,
+    gather_batch,
+    mean_over_ranks,
+    process_device,
+    share_from_main,
+    wait_for_all,
+)
 from uit.training.preflight import Identities, batch_problem
 from uit.training.sampler import IdentityBatchSampler
 
@@ -132,6 +146,7 @@ def check_batch_size(cfg: TrainConfig, train: Manifests, prepared_dir: str | Pat
 
 
 def check_finite(losses: Mapping[str, torch.Tensor], step: int, epoch: int) -> None:
+    """Stop at a NaN or Inf term (on several processes: averaged over ranks, so all stop)."""
     for name, value in losses.items():
         if not torch.isfinite(value):
             raise TrainingError(
@@ -144,16 +159,17 @@ def check_finite(losses: Mapping[str, torch.Tensor], step: int, epoch: int) -> N
 class StepState:
     """What one training step reads and mutates: the objective and its forward (compiled or
     not), the optimiser (groups named as ``uit.model.objective.param_groups`` names them), device,
-    autocast dtype, and the counters that name the step (its mask noise is seeded from
-    ``step``)."""
+    autocast dtype, the process's place in the job, and the counters that name the step (its
+    mask noise is seeded from ``step``)."""
 
     objective: Objective
-    forward: Callable[..., dict[str, torch.Tensor]]  # the objective, compiled or not
+    forward: Callable[..., dict[str, torch.Tensor]]  # the objective: DDP, compiled, or neither
     optimizer: torch.optim.Optimizer
     device: torch.device
     dtype: torch.dtype | None
     epoch: int = 0
     step: int = 0
+    world: World = field(default_factory=World)
 
 
 @dataclass(kw_only=True)
@@ -173,22 +189,29 @@ def build_step_state(
     cfg: Config,
     device: torch.device,
     optimizer: torch.optim.Optimizer | None = None,
+    world: World | None = None,
 ) -> StepState:
     """The step state of ``objective`` (already on ``device``) under ``cfg.train``'s precision
-    and compile switches; ``optimizer`` replaces ``build_optimizer``'s (benchmarks compare)."""
+    and compile switches; ``optimizer`` replaces ``build_optimizer``'s (benchmarks compare). On
+    several processes the forward is DDP's, which averages gradients over ranks."""
+    world = world or World()
     optimizer = optimizer or build_optimizer(objective, cfg.optim)
-    forward = torch.compile(objective) if cfg.train.compile else objective
+    forward: Callable[..., dict[str, torch.Tensor]] = objective
+    if world.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        forward = torch.nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+    forward = torch.compile(forward) if cfg.train.compile else forward
     dtype = autocast_dtype(device, cfg.train.precision)
-    return StepState(objective, forward, optimizer, device, dtype)
+    return StepState(objective, forward, optimizer, device, dtype, world=world)
 
 
 def _build_run(
     cfg: Config, train: Manifests, attribute_words: Mapping[int, Sequence[str]] | None,
     augment: Callable[[str, Sequence[str], random.Random], str] | None,
-    tagged_words: Mapping[int, TaggedWords] | None,
+    tagged_words: Mapping[int, TaggedWords] | None, world: World,
 ) -> _Run:  # fmt: skip
-    seed_everything(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)  # the same on every rank: same weights, same global plans
+    device = process_device(world, resolve_device(cfg.train.device))
     encoder = build_model(cfg.model)
     transform = build_train_transform(encoder.image_size, encoder.image_mean, encoder.image_std)
     tokenizer = build_tokenizer(cfg.model)
@@ -197,14 +220,15 @@ def _build_run(
                            tagged_words=tagged_words,
                            mask_tokens=build_token_masker(cfg.augment, tokenizer))  # fmt: skip
     sampler = IdentityBatchSampler(dataset.labels, cfg.train.batch_size, cfg.train.instances_per_id,
-                                   seed=cfg.train.seed,
+                                   seed=cfg.train.seed, rank=world.rank, world_size=world.size,
                                    random_instances=cfg.train.random_instances)  # fmt: skip
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.train.num_workers,
                         pin_memory=device.type == "cuda")  # fmt: skip
-    objective = Objective(encoder, dataset.num_classes, cfg.loss, cfg.tir).to(device)
-    state = build_step_state(objective, cfg, device)
+    gather = gather_batch if world.distributed else None
+    objective = Objective(encoder, dataset.num_classes, cfg.loss, cfg.tir, gather).to(device)
+    state = build_step_state(objective, cfg, device, world=world)
     return _Run(objective=state.objective, forward=state.forward, optimizer=state.optimizer,
-                device=device, dtype=state.dtype, loader=loader, dataset=dataset,
+                device=device, dtype=state.dtype, world=world, loader=loader, dataset=dataset,
                 sampler=sampler)  # fmt: skip
 
 
@@ -212,18 +236,32 @@ def forward_inputs(
     state: StepState, batch: Mapping[str, torch.Tensor], cfg: Config, progress: float
 ) -> dict[str, Any]:
     """The objective's keyword arguments for one step: the batch moved to the device, TIR's
-    mask noise drawn there from (seed, step), and the fractional epoch."""
+    mask noise drawn there from (seed, step) for the global batch (this rank takes its slice's
+    rows, so a sample's mask does not depend on the number of processes), and the fractional
+    epoch."""
     images = batch["images"].to(state.device, non_blocking=True)
     generator = torch.Generator(device=state.device).manual_seed(
         sample_seed(cfg.train.seed, state.step)
     )
+    rows, world = len(images), state.world
+    noise = state.objective.draw_mask_noise(rows * world.size, generator)
     return {
         "images": images,
         "text": batch["text"].to(state.device, non_blocking=True),
         "pids": batch["pids"].to(state.device, non_blocking=True),
-        "mask_noise": state.objective.draw_mask_noise(len(images), generator),
+        "mask_noise": None if noise is None else noise[world.rank * rows : (world.rank + 1) * rows],
         "epoch_progress": progress,
     }
+
+
+def reported_losses(losses: Mapping[str, torch.Tensor], world: World) -> dict[str, torch.Tensor]:
+    """Each term, detached, as one process on the global batch reports it: the mean over ranks
+    (batch-wide terms are already global when gathered; per-sample ones average to it)."""
+    if not world.distributed:
+        return {name: value.detach() for name, value in losses.items()}
+    names = list(losses)
+    means = mean_over_ranks(torch.stack([losses[name].detach() for name in names]), world)
+    return dict(zip(names, means, strict=True))
 
 
 def train_step(
@@ -238,14 +276,15 @@ def train_step(
     inputs = forward_inputs(state, batch, cfg, progress)
     with autocast(state.device, state.dtype):
         losses = state.forward(**inputs)
-    check_finite(losses, state.step, state.epoch)
+    reported = reported_losses(losses, state.world)
+    check_finite(reported, state.step, state.epoch)
     state.optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     if cfg.train.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(state.objective.parameters(), cfg.train.grad_clip)
     state.optimizer.step()
     state.step += 1
-    return {name: float(value.detach()) for name, value in losses.items()}
+    return {name: float(value) for name, value in reported.items()}
 
 
 def _train_epoch(run: _Run, cfg: Config, reporter: Reporter) -> dict[str, float]:
@@ -268,21 +307,26 @@ def _train_epoch(run: _Run, cfg: Config, reporter: Reporter) -> dict[str, float]
 
 
 def _select(run: _Run, cfg: Config, selection: Selection, record: dict[str, float]) -> bool:
-    """Evaluate on the selection split when due; return whether this epoch is the new best."""
+    """Evaluate on the selection split when due; return whether this epoch is the new best.
+    Rank 0 evaluates and every rank takes its scores, so all agree on the best epoch."""
     last_epoch = run.epoch + 1 == cfg.train.epochs
     due = (run.epoch + 1) % cfg.train.eval_every == 0 or last_epoch
     if selection.split is not None and due:
-        options = EvalOptions(device=run.device, dtype=run.dtype,
-                              batch_size=cfg.train.eval_batch_size,
-                              workers=cfg.train.num_workers)  # fmt: skip
-        result = evaluate(run.objective.encoder, selection.split, run.dataset.tokenizer, options)
-        record.update({"R1": result.metrics["t2i"]["R1"], "mAP": result.metrics["t2i"]["mAP"]})
+        scores = _selection_scores(run, cfg, selection.split) if run.world.is_main else None
+        record.update(share_from_main(scores, run.world))
     if selection.protocol == "last":
         return True
     if "R1" not in record:
         return False
     score = (record["R1"], record["mAP"])
     return not run.best or score > (run.best["R1"], run.best["mAP"])
+
+
+def _selection_scores(run: _Run, cfg: Config, split: Manifests) -> dict[str, float]:
+    options = EvalOptions(device=run.device, dtype=run.dtype, batch_size=cfg.train.eval_batch_size,
+                          workers=cfg.train.num_workers)  # fmt: skip
+    result = evaluate(run.objective.encoder, split, run.dataset.tokenizer, options)
+    return {"R1": result.metrics["t2i"]["R1"], "mAP": result.metrics["t2i"]["mAP"]}
 
 
 def _state(run: _Run, cfg: Config, selection: Selection) -> dict[str, Any]:
@@ -296,6 +340,7 @@ def _state(run: _Run, cfg: Config, selection: Selection) -> dict[str, Any]:
         "best_epoch": run.best_epoch,
         "selection": {"protocol": selection.protocol, "optimistic": selection.optimistic},
         "history": run.history,
+        "world_size": run.world.size,  # processes that trained the last epoch (not identity)
         "rng": rng_state(),
     }
 
@@ -317,6 +362,14 @@ def _end_epoch(
     if is_best:
         run.best = {k: record[k] for k in ("R1", "mAP") if k in record}
         run.best_epoch = run.epoch + 1
+    if run.world.is_main:
+        _write_epoch(run, cfg, selection, out_dir, is_best)
+
+
+def _write_epoch(
+    run: _Run, cfg: Config, selection: Selection, out_dir: Path, is_best: bool
+) -> None:
+    """Checkpoints (best when ``is_best``, last always), curves and selection, each atomic."""
     state = _state(run, cfg, selection)
     weights = run.objective.state_dict()
     if is_best:
@@ -405,13 +458,15 @@ def fit(
     An interrupted run of this configuration in ``out_dir`` is resumed; whether a folder
     holding anything else is cleared first is the caller's decision (``uit.training.benchmark``).
     ``stop_after_epochs`` ends the call early (as an interruption would) for resume tests.
+    Under torchrun, the process group must already be joined (``uit.training.distributed.
+    session``; ``uit.training.benchmark.train_benchmark`` does it).
     """
     out_dir = Path(out_dir)
     with reading(prepared_dir, *PREPARED):
         manifests = read_manifests(prepared_dir)
     train, selection = choose_selection(manifests, cfg.train)
     check_batch_size(cfg.train, train, prepared_dir)
-    run = _build_run(cfg, train, attribute_words, augment, tagged_words)
+    run = _build_run(cfg, train, attribute_words, augment, tagged_words, current_world())
     _resume(run, cfg, out_dir)
     reporter = reporter or LogReporter()
     epochs_this_call = 0
@@ -421,4 +476,5 @@ def fit(
         reporter.end_epoch(record)
         run.epoch += 1
         epochs_this_call += 1
+    wait_for_all(run.world)  # every rank returns once rank 0's files are written
     return FitResult(run.best_epoch, run.best, run.epoch, run.history)
