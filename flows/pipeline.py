@@ -254,16 +254,17 @@ def _tracked(root: Path, path: Path) -> bool:
 
 
 def untracked_data(project: str, overrides: Sequence[str]) -> list[str]:
-    """The benchmark folders under ``data.root`` that an experiment's temporary copy of the
-    project would lack: inside the project, yet neither tracked by git nor by DVC (nor made by
-    the synth stage). A data root outside the project is read where it is."""
+    """The folders under ``data.root`` of the benchmarks in ``data.benchmarks`` that an
+    experiment's temporary copy of the project would lack: inside the project, yet neither
+    tracked by git nor by DVC (nor made by the synth stage). A data root outside the project is
+    read where it is."""
     root = Path(project).resolve()
     cfg = load_config(root / "params.yaml", overrides)  # as the experiment will see it
     data_root = (root / cfg.data.root).resolve()
     if not data_root.is_relative_to(root):
         return []
     made = set(cfg.data.benchmarks) if cfg.data.source == "synthetic" else set()
-    folders = [spec.folder for name, spec in SPECS.items() if name not in made]
+    folders = [SPECS[name].folder for name in cfg.data.benchmarks if name not in made]
     return [str((data_root / f).relative_to(root)) for f in folders
             if not _tracked(root, data_root / f)]  # fmt: skip
 
