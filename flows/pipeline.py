@@ -338,7 +338,7 @@ def dvc_default_remote(project: str) -> str | None:
     """The name of DVC's default remote (``dvc remote add -d``), or None when none is set."""
     found = subprocess.run(["dvc", "remote", "default"], cwd=project, env=dvc_env(project),
                            capture_output=True, text=True)  # fmt: skip
-    return found.stdout.strip() or None if found.returncode == 0 else None
+    return (found.stdout.strip() or None) if found.returncode == 0 else None
 
 
 def unpublished_reason(name: str, remote: str, project: str) -> str | None:
@@ -366,8 +366,9 @@ def push_experiment(name: str, remote: str, project: str) -> None:
         lines = [line.strip() for line in (pushed.stdout + pushed.stderr).splitlines()]
         errors = [ln.removeprefix("ERROR:").strip() for ln in lines if ln.startswith("ERROR:")]
         reason = (errors or [line for line in lines if line] or [f"exit {pushed.returncode}"])[-1]
+        clone = Path(project).resolve()
         raise UitError(f"experiment {name} ran but `dvc exp push {remote} {name}` failed: "
-                       f"{reason}; the experiment stays in this clone ({project}): run that "
+                       f"{reason}; the experiment stays in this clone ({clone}): run that "
                        "command there once the remote is reachable")  # fmt: skip
 
 
