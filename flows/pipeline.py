@@ -10,14 +10,16 @@ the results; the ML lives in ``uit`` and the DAG in ``dvc.yaml``.
   the project and is recorded as a DVC experiment, and the workspace keeps its own state.
 
 DVC allows one writer per workspace, so the tasks of a flow run one after another. Parallel
-training means more workers, each in its own clone (or ``dvc exp run --queue``), pushing to the
-shared git and DVC remotes.
+training means more workers, each in its own clone (or ``dvc exp run --queue``): each experiment
+is pushed to the clone's git remote and DVC's default remote (``dvc exp push``), so that
+``dvc exp pull`` and ``uit compare`` bring them together in any clone.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import socket
 import subprocess
@@ -45,6 +47,7 @@ from uit.training.preflight import check
 P = ParamSpec("P")
 R = TypeVar("R")
 REPORT_FILES = ("report.html", "report.md")
+MACHINE_ENV = "UIT_MACHINE"  # names this machine's GPU limit instead of the host name
 TRANSIENT = re.compile(r"Unable to acquire lock|is busy|Resource temporarily unavailable", re.I)
 DVC_HINTS = re.compile(  # DVC's advice after a repro; the pipeline commits nothing itself
     r"To track the changes with git|^git add |To enable auto staging|dvc config core\.autostage|"
@@ -57,8 +60,11 @@ class DvcError(RuntimeError):
 
 
 def gpu_limit_name() -> str:
-    """One limit per machine: each machine trains one model at a time on its GPU."""
-    return f"uit-gpu-{re.sub(r'[^a-z0-9-]', '-', socket.gethostname().lower())}"
+    """One limit per machine: each machine trains one model at a time on its GPUs. The machine
+    is the host name, or ``UIT_MACHINE`` where set (two workers on one host that stand for two
+    machines, or hosts whose names clash)."""
+    machine = os.environ.get(MACHINE_ENV) or socket.gethostname()
+    return f"uit-gpu-{re.sub(r'[^a-z0-9-]', '-', machine.lower())}"
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -248,16 +254,17 @@ def _tracked(root: Path, path: Path) -> bool:
 
 
 def untracked_data(project: str, overrides: Sequence[str]) -> list[str]:
-    """The benchmark folders under ``data.root`` that an experiment's temporary copy of the
-    project would lack: inside the project, yet neither tracked by git nor by DVC (nor made by
-    the synth stage). A data root outside the project is read where it is."""
+    """The folders under ``data.root`` of the benchmarks in ``data.benchmarks`` that an
+    experiment's temporary copy of the project would lack: inside the project, yet neither
+    tracked by git nor by DVC (nor made by the synth stage). A data root outside the project is
+    read where it is."""
     root = Path(project).resolve()
     cfg = load_config(root / "params.yaml", overrides)  # as the experiment will see it
     data_root = (root / cfg.data.root).resolve()
     if not data_root.is_relative_to(root):
         return []
     made = set(cfg.data.benchmarks) if cfg.data.source == "synthetic" else set()
-    folders = [spec.folder for name, spec in SPECS.items() if name not in made]
+    folders = [SPECS[name].folder for name in cfg.data.benchmarks if name not in made]
     return [str((data_root / f).relative_to(root)) for f in folders
             if not _tracked(root, data_root / f)]  # fmt: skip
 
@@ -320,11 +327,73 @@ def publish_experiment_report(name: str, out: Path) -> None:
     get_run_logger().info(where)
 
 
+def git_remote_url(remote: str, project: str) -> str | None:
+    """The URL of the clone's git remote ``remote``, or None when it has none of that name."""
+    found = subprocess.run(["git", "remote", "get-url", remote], cwd=project,
+                           capture_output=True, text=True)  # fmt: skip
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def dvc_default_remote(project: str) -> str | None:
+    """The name of DVC's default remote (``dvc remote add -d``), or None when none is set."""
+    found = subprocess.run(["dvc", "remote", "default"], cwd=project, env=dvc_env(project),
+                           capture_output=True, text=True)  # fmt: skip
+    return (found.stdout.strip() or None) if found.returncode == 0 else None
+
+
+def unpublished_reason(name: str, remote: str, project: str) -> str | None:
+    """Why experiment ``name`` cannot be pushed from this clone, and how to make it so, in one
+    line; None when the git remote and DVC's default remote are both configured."""
+    missing = []
+    if git_remote_url(remote, project) is None:
+        missing.append(f"no git remote {remote!r} (`git remote add {remote} URL`, or the flow's "
+                       "git_remote parameter)")  # fmt: skip
+    if dvc_default_remote(project) is None:
+        missing.append("no default DVC remote (`dvc remote add -d storage URL`, then commit "
+                       ".dvc/config)")  # fmt: skip
+    if not missing:
+        return None
+    return (f"experiment {name} stays in this clone, not published: {' and '.join(missing)}; "
+            f"then `dvc exp push {remote} {name}` publishes it")  # fmt: skip
+
+
+def push_experiment(name: str, remote: str, project: str) -> None:
+    """``dvc exp push REMOTE NAME``: the experiment's commit to the git remote, its cached
+    outputs to DVC's default remote. A failure is one line; the experiment stays local."""
+    pushed = subprocess.run(["dvc", "exp", "push", remote, name], cwd=project,
+                            env=dvc_env(project), capture_output=True, text=True)  # fmt: skip
+    if pushed.returncode != 0:
+        lines = [line.strip() for line in (pushed.stdout + pushed.stderr).splitlines()]
+        errors = [ln.removeprefix("ERROR:").strip() for ln in lines if ln.startswith("ERROR:")]
+        reason = (errors or [line for line in lines if line] or [f"exit {pushed.returncode}"])[-1]
+        clone = Path(project).resolve()
+        raise UitError(f"experiment {name} ran but `dvc exp push {remote} {name}` failed: "
+                       f"{reason}; the experiment stays in this clone ({clone}): run that "
+                       "command there once the remote is reachable")  # fmt: skip
+
+
+@task
+def publish_experiment(name: str, remote: str, project: str) -> bool:
+    """Push experiment ``name`` to the clone's git remote and DVC's default remote, so that
+    ``dvc exp pull`` brings it to any clone; where either is missing, say so and push nothing."""
+    logger = get_run_logger()
+    reason = unpublished_reason(name, remote, project)
+    if reason:
+        logger.warning(reason)
+        return False
+    push_experiment(name, remote, project)
+    logger.info(f"experiment {name} pushed to {remote} ({git_remote_url(remote, project)}) and "
+                f"DVC's default remote: `dvc exp pull {remote} {name}` then `uit compare` "
+                "in any clone")  # fmt: skip
+    return True
+
+
 def run_experiment(benchmarks: Sequence[str], overrides: Sequence[str], name: str,
-                   project: str) -> str:  # fmt: skip
+                   project: str, git_remote: str = "origin") -> str:  # fmt: skip
     """One ``dvc exp run --temp``: it runs in a temporary copy of the project (git's files with
     the workspace's changes, DVC's outputs from the cache), so the workspace keeps its params,
-    lock, metrics and outputs; the results are the experiment's, published from DVC."""
+    lock, metrics and outputs; the results are the experiment's, published from DVC and
+    pushed to the clone's remotes."""
     refuse_untracked_data(project, overrides)
     args = ["exp", "run", "--temp", "-n", name, *(a for o in overrides for a in ("-S", o))]
     with concurrency(ensure_gpu_limit(), occupy=1):
@@ -334,6 +403,7 @@ def run_experiment(benchmarks: Sequence[str], overrides: Sequence[str], name: st
         publish_metrics(project, benchmark, name, experiment_metrics(entry, benchmark))
     out = fetch_report(str(entry["rev"]), name, project)
     publish_experiment_report(name, out)
+    publish_experiment(name, git_remote, project)
     return str(out / "report.html")
 
 
@@ -344,14 +414,17 @@ def pipeline(
     overrides: list[str] | None = None,
     experiment: str | None = None,
     project: str = ".",
+    git_remote: str = "origin",
 ) -> str:
     """Preprocess, train and evaluate, report. ``overrides`` (``section.key=value``) or an
     ``experiment`` name run as one DVC experiment in a temporary copy of the project; the
-    workspace is left as it was."""
+    workspace is left as it was, and the experiment is pushed to ``git_remote`` and DVC's
+    default remote where both are configured."""
     chosen = _benchmarks(benchmarks)
     check_ready(chosen, overrides or [], project, after_prepare=False)
     if overrides or experiment:
-        return run_experiment(chosen, overrides or [], experiment_name(experiment), project)
+        name = experiment_name(experiment)
+        return run_experiment(chosen, overrides or [], name, project, git_remote)
     preprocess(chosen, project)
     check_ready(chosen, [], project, after_prepare=True)
     train(chosen, project)

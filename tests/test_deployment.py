@@ -162,6 +162,11 @@ def test_deployment_runs_the_pipeline_and_an_experiment_through_a_worker(
     assert "No_CMT" in (artifacts["metrics-no-cmt-rstpreid"]["description"] or "")
     assert "dvc exp apply No_CMT" in (artifacts["report-no-cmt"]["description"] or "")
     assert "No_CMT" not in (artifacts["metrics-rstpreid"]["description"] or "")
+    # a clone without a git remote or a DVC remote keeps the experiment and says so, in one line
+    assert (
+        "experiment No_CMT stays in this clone, not published: no git remote 'origin'"
+        in (tmp_path / "worker.log").read_text()
+    )
     # Prefect's database and the CLI's files are in the project; the home folder is untouched
     assert (repo / ".prefect" / "prefect.db").is_file()
     assert list((tmp_path / "home").iterdir()) == []

@@ -29,3 +29,8 @@ def test_untracked_real_data_in_the_project_is_refused(tmp_path: Path) -> None:
     pipeline.refuse_untracked_data(str(tmp_path), [f"data.root={tmp_path.parent / 'elsewhere'}"])
     synthetic = ["data.source=synthetic"]
     assert pipeline.untracked_data(str(tmp_path), synthetic) == []  # the synth stage makes them
+    # only the benchmarks the experiment runs on: the others' folders are not needed
+    assert pipeline.untracked_data(str(tmp_path), ["data.benchmarks=[cuhk-pedes]"]) == []
+    assert pipeline.untracked_data(str(tmp_path), ["data.benchmarks=[rstpreid]"]) == [
+        "data/real/RSTPReid"
+    ]

@@ -91,3 +91,29 @@ def test_the_report_reads_each_checkpoint_once(trained, tmp_path: Path, monkeypa
     assert titles == ["Retrievals on CUHK-PEDES test (model trained on CUHK-PEDES)",
                       "TIR restorations (CUHK-PEDES)"]  # fmt: skip
     assert "free sentence" in report.sections[0][1] and "<img" in report.sections[1][2]
+
+
+def test_a_model_trained_without_tir_has_no_restorations_and_the_report_says_so(
+    trained, tmp_path: Path, monkeypatch
+) -> None:
+    """An experiment with loss.tir 0 trains no TIR decoder: the report says there is nothing to
+    restore instead of failing (the report stage of such an experiment used to crash)."""
+    import uit.model.objective
+    from uit.app.report import RunResult, build_report
+    from uit.core.config import ReportConfig
+
+    real = uit.model.objective.load_objective
+
+    def without_tir(checkpoint: Path) -> uit.model.objective.Objective:
+        objective = real(checkpoint)
+        objective.tir_decoder = None  # what the objective of a loss.tir 0 run holds
+        return objective
+
+    monkeypatch.setattr(uit.model.objective, "load_objective", without_tir)
+    report = build_report([RunResult("cuhk-pedes", {}, [], {})],
+                          ReportConfig(restorations=1, random_queries=0), evals_dir=tmp_path,
+                          prepared_dir=trained["prepared"].parent,
+                          checkpoints={"cuhk-pedes": trained["best"]})  # fmt: skip
+    [(title, markdown, fragment)] = report.sections
+    assert title == "TIR restorations (CUHK-PEDES)"
+    assert "without TIR (loss.tir 0)" in markdown and "<img" not in fragment

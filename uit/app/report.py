@@ -329,6 +329,9 @@ def restoration_section(
     if isinstance(objective, Exception):
         error = str(objective)
         return f"TIR restorations ({name})", f"Not available: {error}", html.escape(error)
+    if objective.tir_decoder is None:  # an experiment with loss.tir 0 trains no decoder
+        note = "the model was trained without TIR (loss.tir 0): nothing to restore"
+        return f"TIR restorations ({name})", f"Not available: {note}", html.escape(note)
     encoder = objective.encoder
     chosen = random.Random(cfg.seed).sample(range(test.images.height),
                                             min(cfg.restorations, test.images.height))  # fmt: skip
