@@ -48,9 +48,13 @@ def tiny_params(overrides: dict[str, dict[str, Any]] | None = None) -> str:
     return yaml.safe_dump(params, sort_keys=False)
 
 
-def make_repo(path: Path, *, probe: bool = False) -> Path:
+def make_repo(
+    path: Path, *, probe: bool = False, params: dict[str, dict[str, Any]] | None = None
+) -> Path:
     """Copy the pipeline into ``path``, init git and DVC, commit. With ``probe``, every stage
-    runs through ``tests/_probe.py`` (which records the params and modules it uses)."""
+    runs through ``tests/_probe.py`` (which records the params and modules it uses); ``params``
+    overrides sections of the tiny params.yaml (``{"data": {"benchmarks": ["rstpreid"]}}`` keeps
+    one benchmark's stages in the DAG)."""
     path.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for folder in ("uit", "stages", "flows", "profiles"):
@@ -63,7 +67,7 @@ def make_repo(path: Path, *, probe: bool = False) -> Path:
         shutil.copy(ROOT / "tests" / "_probe.py", path / "_probe.py")
         dvc_yaml = dvc_yaml.replace("python -m stages.", "python -m _probe stages.")
     (path / "dvc.yaml").write_text(dvc_yaml)
-    (path / "params.yaml").write_text(tiny_params())
+    (path / "params.yaml").write_text(tiny_params(params))
     sh("git", "init", "-q", "-b", "main", cwd=path)
     sh("git", "config", "user.email", "test@example.com", cwd=path)
     sh("git", "config", "user.name", "test", cwd=path)

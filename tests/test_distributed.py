@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,16 @@ import yaml
 from safetensors.torch import load_file
 
 from uit.core.config import load_config
+from uit.core.errors import TrainingError
 from uit.raw.prepare import prepare_benchmark
 from uit.training.benchmark import train_benchmark
-from uit.training.distributed import World, launched_world, should_launch, torchrun_command
+from uit.training.distributed import (
+    World,
+    launch,
+    launched_world,
+    should_launch,
+    torchrun_command,
+)
 from uit.training.train import fit
 
 pytestmark = pytest.mark.slow
@@ -132,6 +140,22 @@ def test_two_processes_write_each_checkpoint_once_and_one_process_resumes_them(s
     fit(load_config(setup["params"]), setup["prepared"], out)
     assert state(out)["world_size"] == 1
     assert_same_run(out, setup["single"])
+
+
+def test_a_failed_rank_ends_the_job_with_one_line_not_a_hang(setup, monkeypatch) -> None:
+    """Rank 1 dies while rank 0 waits for it in DDP's first collective: torchrun stops rank 0,
+    and the launch (what ``uit train`` and the train stage do) ends in one ``TrainingError``."""
+    monkeypatch.chdir(ROOT)  # ``-m tests._ddp_worker``
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    out = setup["base"] / "crashed"
+    started = time.monotonic()
+    with pytest.raises(TrainingError, match=r"a training process of the 2 that torchrun started "
+                       r"failed \(exit code 1\); torchrun stopped the others"):  # fmt: skip
+        launch("tests._ddp_worker", [str(setup["prepared"]), str(out), str(setup["params"]),
+                                     "crash"], 2)  # fmt: skip
+    assert time.monotonic() - started < 120
+    assert not (out / "checkpoints").exists()  # rank 0 was stopped before it finished an epoch
 
 
 def test_a_run_is_launched_only_outside_torchrun() -> None:

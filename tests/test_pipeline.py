@@ -301,7 +301,7 @@ def test_paper_profile_draws_nothing_and_real_data_is_dvc_tracked(tmp_path: Path
 
 
 def test_a_killed_training_resumes_from_its_last_epoch(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo", params={"data": {"benchmarks": ["rstpreid"]}})
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["epochs"] = 4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
