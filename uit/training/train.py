@@ -208,8 +208,9 @@ def build_step_state(
 def _build_run(
     cfg: Config, train: Manifests, attribute_words: Mapping[int, Sequence[str]] | None,
     augment: Callable[[str, Sequence[str], random.Random], str] | None,
-    tagged_words: Mapping[int, TaggedWords] | None, world: World,
+    tagged_words: Mapping[int, TaggedWords] | None, world: World | None = None,
 ) -> _Run:  # fmt: skip
+    world = world or World()  # a single process unless fit says otherwise
     seed_everything(cfg.train.seed)  # the same on every rank: same weights, same global plans
     device = process_device(world, resolve_device(cfg.train.device))
     encoder = build_model(cfg.model)
