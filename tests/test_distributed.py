@@ -127,6 +127,18 @@ def test_the_train_stage_on_two_processes_resumes_a_one_process_run_as_one_proce
     assert_same_run(out, setup["single"])
 
 
+def test_uit_train_with_nproc_per_node_2_trains_as_one_process(setup) -> None:
+    """The README's front door: ``uit train --set train.nproc_per_node=2`` starts torchrun itself
+    and, from scratch, ends with the one-process run's weights and losses."""
+    out = setup["base"] / "cli-two"
+    run([str(Path(sys.executable).with_name("uit")), "train", "--benchmark", "cuhk-pedes",
+         "--params", str(setup["params"]), "--set", "train.nproc_per_node=2",
+         "--prepared", str(setup["prepared"]), "--parsed", str(setup["parsed"]),
+         "--out", str(out)], cwd=ROOT)  # fmt: skip
+    assert state(out)["world_size"] == 2
+    assert_same_run(out, setup["single"])
+
+
 def test_two_processes_write_each_checkpoint_once_and_one_process_resumes_them(setup) -> None:
     """A fresh two-process run (killed after epoch 1) from the same seed: rank 1 writes
     nothing, and one process finishes the run as if it had trained alone."""
