@@ -99,9 +99,7 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, tensor: Tensor) -> Tensor:
         ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts)
+        return _all_gather(tensor)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
@@ -122,6 +120,10 @@ def gather_batch(tensor: Tensor) -> Tensor:
         return tensor
     if tensor.requires_grad:
         return _GatherWithGrad.apply(tensor)
+    return _all_gather(tensor)
+
+
+def _all_gather(tensor: Tensor) -> Tensor:
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
