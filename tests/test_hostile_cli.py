@@ -11,7 +11,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -210,20 +209,18 @@ def test_a_yaml_alias_bomb_fails_fast_with_a_short_message(tmp_path) -> None:
     lines.append("train:\n  epochs: *j")
     params = tmp_path / "params.yaml"
     params.write_text("\n".join(lines) + "\n")
-    start = time.perf_counter()
+    # Expanded, the bomb is 9**10 strings: refusing it is the only way this returns at all.
     with pytest.raises(ConfigError, match="alias") as raised:
         load_config(params)
-    assert time.perf_counter() - start < 0.5
     assert len(str(raised.value)) < 1000
 
 
 def test_huge_values_are_shown_bounded(tmp_path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text("report:\n  title: [" + ", ".join(["x" * 100] * 5_000) + "]\n")
-    start = time.perf_counter()
     with pytest.raises(ConfigError, match=r"report\.title") as raised:
         load_config(params)
-    assert time.perf_counter() - start < 1.0 and len(str(raised.value)) < 1000
+    assert len(str(raised.value)) < 1000
     params.write_text("a: " + "x" * 1_100_000 + "\n")
     with pytest.raises(ConfigError, match="at most"):
         load_config(params)
