@@ -7,7 +7,9 @@ repository and a local DVC remote), and an unreachable remote.
 Slow: the README's recipe for many machines on 127.0.0.1: a bare git remote and a local DVC
 remote, one Prefect server, two workers each in its own clone (each standing for one machine
 through UIT_MACHINE, with its own work queue and deployment), one experiment deployment run
-for each; then a third clone pulls both and `uit compare` shows both rows with their metrics."""
+for each (in DVC's temporary workspace: the clone's workspace unchanged, the experiment's report
+fetched and its artifacts named after it); then a third clone pulls both and `uit compare`
+shows both rows with their metrics."""
 
 from __future__ import annotations
 
@@ -202,6 +204,7 @@ def test_two_workers_publish_experiments_that_a_third_clone_pulls_and_compares(
                                  tmp_path / f"worker-{machine}.log"))  # fmt: skip
         wait_all({m: deployment_run(m, clones["laptop"], environ) for m in RUNS}, tmp_path)
         found = httpx.post(f"{url}/v2/concurrency_limits/filter", json={}, timeout=10).json()
+        listed = httpx.post(f"{url}/artifacts/filter", json={"limit": 50}, timeout=10).json()
     finally:
         for process in [*workers, server]:
             stop(process)
@@ -210,6 +213,15 @@ def test_two_workers_publish_experiments_that_a_third_clone_pulls_and_compares(
         assert sh("dvc", "exp", "list", "--name-only", cwd=clones[machine]).stdout.split() == [name]
     assert {f"uit-gpu-{m}" for m in RUNS} <= {limit["name"] for limit in found}
     assert snapshot(clones["gpu-a"]) == before
+    # each experiment's report fetched beside the workspace, its artifacts named after it
+    for machine, (name, _) in RUNS.items():
+        fetched = clones[machine] / "reports" / "experiments" / name
+        assert (fetched / "report.html").is_file()
+        assert (fetched / "report.md").read_text().startswith("#")
+    artifacts = {a["key"]: a for a in listed if a["key"]}
+    for name, _ in RUNS.values():
+        assert name in (artifacts[f"metrics-{name}-rstpreid"]["description"] or "")
+        assert f"dvc exp apply {name}" in (artifacts[f"report-{name}"]["description"] or "")
     # a third clone pulls both from the remotes and compares them, metrics and all
     laptop = clones["laptop"]
     for name, _ in RUNS.values():
