@@ -26,6 +26,7 @@ VARIANTS = {
     "full UIT": [],
 }
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+BASELINE = "SDM + ID (baseline)"
 
 
 def run_variant(args: argparse.Namespace, name: str, overrides: list[str], seed: int) -> dict:
@@ -52,6 +53,30 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def paired(runs: list[dict], metrics: tuple[str, ...] = ("R1", "mAP")) -> str:
+    """Each variant against the baseline trained with the same seed: the mean and standard
+    deviation of the per-seed differences, and on how many seeds the variant was ahead. The
+    seed moves both runs of a pair alike (the same data order and initial heads), so these
+    differences are what the ablation can tell apart; their spread is the noise to beat."""
+    base = {r["seed"]: r for r in runs if r["variant"] == BASELINE}
+    header = ["variant", *(f"Δ{m} (mean ± std)" for m in metrics), "ahead on seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---|" * (len(header) - 1)]
+    for name in VARIANTS:
+        if name == BASELINE:
+            continue
+        pairs = [(r, base[r["seed"]]) for r in runs if r["variant"] == name and r["seed"] in base]
+        if not pairs:
+            continue
+        cells = []
+        for metric in metrics:
+            deltas = [r[metric] - b[metric] for r, b in pairs]
+            spread = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
+            cells.append(f"{statistics.mean(deltas):+.1f} ± {spread:.1f}")
+        ahead = sum(r[metrics[0]] > b[metrics[0]] for r, b in pairs)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ahead} of {len(pairs)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("prepared")
@@ -74,7 +99,8 @@ def main() -> None:
                 with log.open("a") as handle:
                     handle.write(json.dumps(runs[-1]) + "\n")
             print(json.dumps(runs[-1]), flush=True)
-    text = table(runs)
+    text = table(runs) + "\n\nPaired with the baseline of the same seed (R@1 decides 'ahead'):\n\n"
+    text += paired(runs)
     print(text)
     Path(args.out).write_text(
         f"{text}\n\nPer run:\n\n```\n" + "\n".join(json.dumps(r) for r in runs) + "\n```\n"

@@ -2,6 +2,8 @@
 the results; the ML lives in ``uit`` and the DAG in ``dvc.yaml``.
 
 - ``preprocess``: synth (synthetic source), prepare and parse for the chosen benchmarks;
+- ``pretrain``: the pretrain stage (the corpus and CLIP-style pretraining the demo fine-tunes
+  from; nothing where ``model.pretrained`` names other weights);
 - ``train``: per benchmark, train then evaluate (in- and cross-domain), one model at a time per
   machine (a Prefect global concurrency limit, ``uit-gpu-<host>``), metrics as table artifacts;
 - ``report``: the report stage, its Markdown summary as an artifact;
@@ -181,6 +183,16 @@ def preprocess(benchmarks: list[str] | None = None, project: str = ".") -> None:
     """Synth (when the source is synthetic), prepare and parse each benchmark."""
     for name in _benchmarks(benchmarks):
         dvc(["repro", f"parse@{name}"], project)  # pulls in prepare and synth upstream
+
+
+@flow(name="pretrain", log_prints=True)
+def pretrain(project: str = ".") -> dict[str, Any]:
+    """The pretrain stage (CLIP's contrastive loss on the synthetic corpus), on this machine's
+    GPU limit; it trains only where ``model.pretrained`` names its weights."""
+    with concurrency(ensure_gpu_limit(), occupy=1):
+        dvc(["repro", "pretrain"], project)
+    found: dict[str, Any] = json.loads((Path(project) / "metrics" / "pretrain.json").read_text())
+    return found
 
 
 @flow(name="train", log_prints=True)
@@ -416,7 +428,7 @@ def pipeline(
     project: str = ".",
     git_remote: str = "origin",
 ) -> str:
-    """Preprocess, train and evaluate, report. ``overrides`` (``section.key=value``) or an
+    """Preprocess, pretrain, train and evaluate, report. ``overrides`` (``section.key=value``) or an
     ``experiment`` name run as one DVC experiment in a temporary copy of the project; the
     workspace is left as it was, and the experiment is pushed to ``git_remote`` and DVC's
     default remote where both are configured."""
@@ -427,6 +439,7 @@ def pipeline(
         return run_experiment(chosen, overrides or [], name, project, git_remote)
     preprocess(chosen, project)
     check_ready(chosen, [], project, after_prepare=True)
+    pretrain(project)
     train(chosen, project)
     return report(project)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from uit.core.config import SYNTHETIC_ROOT, Config, ModelConfig
+from uit.core.config import PRETRAINED_WEIGHTS, SYNTHETIC_ROOT, Config, ModelConfig
 from uit.raw.formats import get_spec
 from uit.raw.readers import missing_benchmark
 from uit.synth.generate import SIZES
@@ -50,8 +50,11 @@ def data_problems(cfg: Config, project: Path, benchmarks: Sequence[str]) -> list
 
 
 def weights_problems(model: ModelConfig, project: Path) -> list[str]:
-    """``model.pretrained`` naming a file (it has a suffix; a tag has none) must exist."""
+    """``model.pretrained`` naming a file (it has a suffix; a tag has none) must exist, unless
+    it is the file the pretrain stage writes."""
     if not model.pretrained or not Path(model.pretrained).suffix:
+        return []
+    if Path(model.pretrained) == Path(PRETRAINED_WEIGHTS):  # the pretrain stage writes it
         return []
     if (project / model.pretrained).is_file():
         return []

@@ -1,6 +1,8 @@
 """Stage ``evaluate``: one trained model x the test split of every benchmark in
 ``data.benchmarks`` (in- and cross-domain) -> per benchmark metrics and top 10, and one
-metrics file for DVC. The model is loaded once for all of them."""
+metrics file for DVC. The model is loaded once for all of them. On the benchmark it was trained
+on, the file also holds the zero-shot metrics of the weights it was fine-tuned from and TIR's
+colour error against its baselines (``uit.retrieval.evaluate.in_domain_extras``)."""
 
 from __future__ import annotations
 
@@ -10,12 +12,13 @@ from pathlib import Path
 from uit.core.boundary import run_stage
 from uit.core.config import load_config
 from uit.core.console import bars
-from uit.retrieval.evaluate import evaluate_across
+from uit.retrieval.evaluate import evaluate_across, in_domain_extras
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder (best)")
+    parser.add_argument("--benchmark", required=True, help="the benchmark it was trained on")
     parser.add_argument("--prepared", required=True, help="folder of the prepared benchmarks")
     parser.add_argument("--out", required=True, help="folder for each benchmark's top 10s")
     parser.add_argument("--metrics", required=True, help="JSON file of every benchmark's metrics")
@@ -24,7 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     benchmarks = load_config(args.params).data.benchmarks
     prepared = {str(name): Path(args.prepared) / name for name in benchmarks}
     with bars() as bar:
-        evaluate_across(args.checkpoint, prepared, args.out, args.metrics, progress=bar)
+        extras = in_domain_extras(args.checkpoint, prepared[args.benchmark], progress=bar)
+        evaluate_across(args.checkpoint, prepared, args.out, args.metrics, progress=bar,
+                        extras={args.benchmark: extras})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ TINY: dict[str, dict[str, Any]] = {
     "model": {"name": "uit-tiny", "image_height": 64, "image_width": 32, "context_length": 32},
     "tir": {"decoder_layers": 1},
     "train": {"epochs": 1, "batch_size": 16, "num_workers": 0, "eval_batch_size": 64},
+    "pretrain": {"identities": 40, "heldout": 8, "epochs": 1, "batch_size": 16},
     "report": {"random_queries": 1, "restorations": 1},
 }
 

@@ -23,6 +23,7 @@ TINY = [
     "model.image_height=64",
     "model.image_width=32",
     "model.context_length=32",
+    "model.pretrained=",  # from random weights: no pretrain stage in these tests
     "train.epochs=1",
     "train.batch_size=16",
     "train.num_workers=0",

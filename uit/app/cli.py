@@ -358,6 +358,47 @@ def train(
 
 @app.command()
 @friendly_errors
+def pretrain(
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override: section.key=value (repeatable).")
+    ] = None,
+    params: Annotated[Path, typer.Option(help="The params file.")] = Path("params.yaml"),
+    corpus: Annotated[Path, typer.Option(help="Folder to draw the pretraining corpus in.")] = Path(
+        "runs/adhoc/pretrain-corpus"
+    ),
+    out: Annotated[
+        Path, typer.Option(help="Folder for the run, model.safetensors and model.json.")
+    ] = Path("runs/adhoc/pretrain"),
+) -> None:
+    """Pretrain the dual encoder with CLIP's contrastive loss on a synthetic corpus (params
+    ``pretrain``), as the pipeline's pretrain stage does; then fine-tune from it with
+    ``uit train --set model.pretrained=OUT/model.safetensors``."""
+    import os
+
+    from uit.core.config import load_config
+    from uit.core.io import atomic_write_json
+    from uit.retrieval.metrics import METRICS
+    from uit.training.pretrain import WEIGHTS_FILE
+    from uit.training.pretrain import pretrain as run_pretraining
+
+    cfg = load_config(params, set_ or [])
+    with progress_bars() as progress:
+        scores = run_pretraining(cfg, corpus, out, reporter=ProgressReporter(progress),
+                                 progress=adder(progress), workers=os.cpu_count() or 1)  # fmt: skip
+    atomic_write_json(out / "metrics.json", scores)
+    table = Table(title=f"held-out corpus pairs (best epoch {scores['best_epoch']})")
+    for column in ("direction", *METRICS):
+        table.add_column(column, justify="right")
+    for direction in ("t2i", "i2t"):
+        row = scores["heldout"][direction]
+        table.add_row(direction, *(f"{row[k]:.2f}" if k in row else "-" for k in METRICS))
+    console.print(table)
+    console.print(f"wrote {out / WEIGHTS_FILE}: fine-tune from it with "
+                  f"`uit train --set model.pretrained={out / WEIGHTS_FILE}`")  # fmt: skip
+
+
+@app.command()
+@friendly_errors
 def evaluate(
     checkpoint: Annotated[
         Path, typer.Argument(help="A checkpoint folder (e.g. runs/B/checkpoints/best).")

@@ -33,7 +33,8 @@ class RunResult:
     benchmark: str
     selection: dict[str, Any]
     curves: list[dict[str, float]]
-    tests: dict[str, dict[str, dict[str, float]]]  # test benchmark -> {"t2i": ..., "i2t": ...}
+    # test benchmark -> {"t2i": ..., "i2t": ...}; in-domain also "zero_shot", "restoration"
+    tests: dict[str, dict[str, Any]]
 
 
 @dataclass
@@ -73,6 +74,8 @@ def read_results(runs_dir: str | Path, metrics_dir: str | Path) -> list[RunResul
     results = []
     for metrics_file in sorted(metrics_dir.glob("*.json")):
         name = metrics_file.stem
+        if name == "pretrain":  # the pretrain stage's own held-out scores, not a trained model
+            continue
         run = runs_dir / name
         curves = read_curves(run / "curves.csv") if (run / "curves.csv").is_file() else []
         results.append(RunResult(name, _read_json(run / "selection.json"), curves,
@@ -97,6 +100,37 @@ def metric_rows(runs: Sequence[RunResult]) -> list[list[str]]:
         rows.append([NAMES.get(run.benchmark, run.benchmark), *(_fmt(t2i.get(m)) for m in METRICS),
                      protocol, str(run.selection.get("best_epoch", "-"))])  # fmt: skip
     return rows
+
+
+def zero_shot_rows(runs: Sequence[RunResult]) -> list[list[str]]:
+    """Per benchmark, the weights fine-tuned from scored zero-shot beside the fine-tuned model
+    (text-to-image R@1 and mAP on its test split); none where nothing was pretrained."""
+    rows = []
+    for run in runs:
+        tested: Mapping[str, Any] = run.tests.get(run.benchmark, {})
+        zero = tested.get("zero_shot")
+        if not zero:
+            continue
+        before, after = zero.get("t2i", {}), tested.get("t2i", {})
+        rows.append([NAMES.get(run.benchmark, run.benchmark), _fmt(before.get("R1")),
+                     _fmt(after.get("R1")), _fmt(before.get("mAP")), _fmt(after.get("mAP")),
+                     str(zero.get("from", "?"))])  # fmt: skip
+    return rows
+
+
+ZERO_SHOT_HEADER = ["benchmark", "zero-shot R1", "fine-tuned R1", "zero-shot mAP",
+                    "fine-tuned mAP", "fine-tuned from"]  # fmt: skip
+
+
+def restoration_line(scores: Mapping[str, float] | None) -> str:
+    """TIR's colour error on the masked test patches against both baselines, in one sentence."""
+    if not scores:
+        return ""
+    tir, gray, mean = (scores.get(k, float("nan")) for k in ("tir", "grayscale", "mean_colour"))
+    verdict = "beats both baselines" if tir < min(gray, mean) else "does not beat both baselines"
+    return (f"Colour error on the masked patches of the test images (mean absolute, 0-255 per "
+            f"channel, {int(scores.get('patches', 0)):,} patches): TIR {tir:.1f}, the true "
+            f"grayscale {gray:.1f}, the mean colour {mean:.1f}: TIR {verdict}.")  # fmt: skip
 
 
 def cross_domain_rows(
@@ -176,7 +210,9 @@ def build_report(
         if checkpoint is not None and (cfg.queries or cfg.restorations):
             objective, encoder = _load_once(checkpoint, cfg)  # the weights are read once
             if cfg.restorations:  # on the CPU, before the encoder moves to the search device
-                restorations = restoration_section(run.benchmark, objective, checkpoint, test, cfg)
+                restorations = restoration_section(run.benchmark, objective, checkpoint, test, cfg,
+                                                   run.tests.get(run.benchmark, {}).get(
+                                                       "restoration"))  # fmt: skip
             if cfg.queries:
                 strips += chosen_query_strips(encoder, checkpoint, test, cfg)
         if strips:
@@ -313,9 +349,11 @@ def _strips_section(benchmark: str, strips: list[Strip]) -> tuple[str, str, str]
 
 
 def restoration_section(
-    benchmark: str, objective: Any, checkpoint: Path, test: Manifests, cfg: ReportConfig
-) -> tuple[str, str, str]:
-    """TIR restorations of a few test images: masked grayscale input, restoration, original.
+    benchmark: str, objective: Any, checkpoint: Path, test: Manifests, cfg: ReportConfig,
+    scores: Mapping[str, float] | None = None,
+) -> tuple[str, str, str]:  # fmt: skip
+    """TIR restorations of a few test images: masked grayscale input, restoration, original,
+    with ``scores`` (the evaluate stage's colour errors) above them.
     ``objective`` is ``checkpoint``'s training model, or why it could not be loaded."""
     import random
 
@@ -345,9 +383,11 @@ def restoration_section(
     generator = torch.Generator().manual_seed(cfg.seed)
     shown, restored = restore(objective, images, text, generator)
     grid = _restoration_grid([shown, restored, images], encoder.image_mean, encoder.image_std)
-    markdown = "\n".join(f"- {caption}" for caption in captions)
+    line = restoration_line(scores)
+    markdown = "\n".join([*([line, ""] if line else []), *(f"- {c}" for c in captions)])
     fragment = (
-        f"<figure><img src='{data_uri(_png(grid))}' alt='TIR restorations'>"
+        (f"<p>{html.escape(line)}</p>" if line else "")
+        + f"<figure><img src='{data_uri(_png(grid))}' alt='TIR restorations'>"
         "<figcaption>Each row: masked grayscale input, restoration from the caption, "
         f"original. Captions: {html.escape(' | '.join(captions))}</figcaption></figure>"
     )
@@ -417,12 +457,22 @@ PROTOCOL_NOTE = (
 )
 
 
+ZERO_SHOT_NOTE = (
+    "Zero-shot: the weights each model was fine-tuned from (model.pretrained), on the same test "
+    "split, before any fine-tuning; as the paper compares CLIP before and after."
+)
+
+
 def render_markdown(report: Report) -> str:
     header = ["trained on", *METRICS, "selection", "epoch"]
     cross_header, cross = cross_domain_rows(report.runs)
     parts = [f"# {report.title}", "", "## In-domain test metrics (text-to-image, %)", "",
              markdown_table(header, metric_rows(report.runs)), "", PROTOCOL_NOTE, "",
              "## Cross-domain R@1 (%)", "", markdown_table(cross_header, cross), ""]  # fmt: skip
+    zero = zero_shot_rows(report.runs)
+    if zero:
+        parts += ["## Before and after fine-tuning (text-to-image, %)", "", ZERO_SHOT_NOTE, "",
+                  markdown_table(ZERO_SHOT_HEADER, zero), ""]  # fmt: skip
     for title, markdown, _ in report.sections:
         parts += [f"## {title}", "", markdown, ""]
     parts.append("Figures (training curves and more) are in report.html.")
@@ -451,6 +501,11 @@ def render_html(report: Report) -> str:
             html_table(header, metric_rows(report.runs)),
             f"<p class='note'>{html.escape(PROTOCOL_NOTE)}</p>",
             "<h2>Cross-domain R@1 (%)</h2>", html_table(cross_header, cross)]  # fmt: skip
+    zero = zero_shot_rows(report.runs)
+    if zero:
+        body += ["<h2>Before and after fine-tuning (text-to-image, %)</h2>",
+                 f"<p class='note'>{html.escape(ZERO_SHOT_NOTE)}</p>",
+                 html_table(ZERO_SHOT_HEADER, zero)]  # fmt: skip
     for figure in report.figures:
         body.append(f"<h2>{html.escape(figure.title)}</h2><figure>"
                     f"<img src='{data_uri(figure.png)}' alt='{html.escape(figure.title)}'>"

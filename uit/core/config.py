@@ -161,6 +161,9 @@ class TrainConfig(Section):
     eval_batch_size: int = Field(256, ge=1)
     max_steps_per_epoch: int = Field(0, ge=0)  # 0: every batch; else a cap (smoke runs)
     compile: bool = False  # torch.compile the objective (about 1.7x faster steps on an H200)
+    # The paper's image augmentation (flip, pad and crop, random erasing); false: resize only,
+    # as CLIP-style pretraining on the synthetic corpus uses (pretrain.image_augment).
+    image_augment: bool = True
     # Processes (GPUs) on this machine: above 1, the train stage and `uit train` start torchrun
     # themselves. Not part of a run's identity: a run resumes on any number of processes.
     nproc_per_node: int = Field(1, ge=1)
@@ -175,6 +178,29 @@ class TrainConfig(Section):
                 f"use {max(lower, self.instances_per_id)} or {lower + self.instances_per_id}"
             )
         return self
+
+
+class PretrainConfig(Section):
+    """CLIP-style pretraining of the dual encoder on a synthetic corpus (the ``pretrain`` stage,
+    design §4): what a user with real data gets from ``model.pretrained: openai``, drawn here.
+    The stage runs when ``model.pretrained`` names its output (``PRETRAINED_WEIGHTS``)."""
+
+    identities: int = Field(3000, ge=2)  # corpus identities, disjoint from every benchmark's
+    images_per_id: int = Field(1, ge=1)
+    captions_per_image: int = Field(2, ge=1)
+    heldout: int = Field(200, ge=1)  # identities held out to score the pretraining itself
+    seed: int = 0
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    logit_scale: float = Field(10.0, gt=0.0)  # CLIP's contrastive loss at 1 / temperature
+    image_augment: bool = False  # resize only: erasing 40% of a 64x32 figure erases attributes
+
+
+# What the pretrain stage writes, and the value of model.pretrained that fine-tunes from it.
+PRETRAINED_WEIGHTS = "runs/pretrain/model.safetensors"
 
 
 class ReportConfig(Section):
@@ -200,6 +226,7 @@ class Config(Section):
     tir: TIRConfig = TIRConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     report: ReportConfig = ReportConfig()
 
 

@@ -18,7 +18,7 @@ from uit.core.errors import UitError
 from uit.model.encoder import DualEncoder, mask_noise
 from uit.model.heads import IDHead
 from uit.model.losses import cmt_loss, id_loss, itc_loss, sdm_loss, tir_loss
-from uit.model.tir import TIRDecoder, patchify, unpatchify, weighted_grayscale
+from uit.model.tir import GRAYSCALE_WEIGHTS, TIRDecoder, patchify, unpatchify, weighted_grayscale
 
 
 class Objective(nn.Module):
@@ -144,6 +144,52 @@ def restore(
     shown = unpatchify(visible * (1 - mask) + black * mask, patch, encoder.grid_size)
     restored = unpatchify(visible * (1 - mask) + pred * mask, patch, encoder.grid_size)
     return shown, restored
+
+
+RESTORATION_BASELINES = ("grayscale", "mean_colour")
+
+
+@torch.no_grad()
+def restoration_errors(
+    objective: Objective, images: Tensor, text: Tensor, generator: torch.Generator | None = None
+) -> dict[str, Tensor]:
+    """How far TIR's colours are from the truth on the masked patches, against two trivial
+    predictions: the true grayscale of each pixel (luminance exact, no colour) and the mean
+    colour of ``images``. Returns, per prediction, the sum over the masked patches of each
+    patch's mean absolute error (over its pixels and three channels, in 0-255 units), and
+    ``patches``, their count: sums, so that batches add up."""
+    if objective.tir_decoder is None:
+        raise ValueError("this model was trained without TIR (loss.tir 0): nothing to restore")
+    encoder, patch = objective.encoder, objective.encoder.patch_size
+    noise = None if generator is None else objective.draw_mask_noise(len(images), generator)
+    masked = encoder.encode_masked_image(
+        weighted_grayscale(images), objective.tir_cfg.mask_ratio, noise
+    )
+    _, text_tokens = encoder.encode_text_tokens(text)
+    pred = objective.tir_decoder(masked.tokens, text_tokens, masked.ids_restore).float()
+    mean, std = (
+        images.new_tensor(v).view(1, 3, 1, 1) for v in (encoder.image_mean, encoder.image_std)
+    )
+
+    def pixels(normalised: Tensor) -> Tensor:  # (B, 3, H, W) normalised -> 0-255
+        return (normalised.float() * std + mean).clamp(0, 1) * 255
+
+    truth = pixels(images)
+    predictions = {
+        "tir": pixels(unpatchify(pred, patch, encoder.grid_size)),
+        "grayscale": (truth * truth.new_tensor(GRAYSCALE_WEIGHTS).view(1, 3, 1, 1))
+        .sum(dim=1, keepdim=True)
+        .expand_as(truth),
+        "mean_colour": truth.mean(dim=(0, 2, 3), keepdim=True).expand_as(truth),
+    }
+    mask = masked.mask.unsqueeze(-1)  # (B, N, 1): 1 where a patch was dropped
+    target = patchify(truth, patch)
+    sums = {
+        name: ((patchify(value, patch) - target).abs().mean(dim=-1, keepdim=True) * mask).sum()
+        for name, value in predictions.items()
+    }
+    sums["patches"] = mask.sum()
+    return sums
 
 
 def load_objective(checkpoint_dir: str | Path) -> Objective:

@@ -18,13 +18,20 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from uit.core.boundary import PREPARED, reading
+from uit.core.config import ModelConfig
 from uit.core.device import autocast, autocast_dtype, resolve_device
-from uit.core.errors import DataError
+from uit.core.errors import DataError, UitError
 from uit.core.io import atomic_write_bytes, atomic_write_json
 from uit.data.dataset import ImageDataset, Tokenizer
 from uit.data.prepared import Manifests, read_manifests
 from uit.data.transforms import build_eval_transform
-from uit.model.build import build_tokenizer, inference_precision, load_encoder
+from uit.model.build import (
+    build_model,
+    build_tokenizer,
+    inference_config,
+    inference_precision,
+    load_encoder,
+)
 from uit.model.checkpoint import read_state
 from uit.model.encoder import DualEncoder
 from uit.retrieval.metrics import I2T_METRICS, ranking_keys, retrieval_metrics
@@ -187,11 +194,13 @@ def evaluate_across(
     device: str = "auto",
     batch_size: int = 256,
     progress: NewBar | None = None,
+    extras: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate one checkpoint on several benchmarks (in- and cross-domain), loading it once.
 
     Writes ``out_dir/<benchmark>/{metrics.json,top_k.parquet}`` per benchmark and, for DVC,
-    ``metrics_file`` with every benchmark's text-to-image and image-to-text metrics.
+    ``metrics_file`` with every benchmark's text-to-image and image-to-text metrics, plus
+    ``extras`` of a benchmark beside them (``in_domain_extras``).
     """
     every = {name: _split_manifests(path, split) for name, path in prepared_dirs.items()}
     encoder, tokenizer, options = load_for_inference(checkpoint_dir, device, batch_size)
@@ -201,9 +210,54 @@ def evaluate_across(
         metrics = _evaluate_into(encoder, tokenizer, manifests, split, options,
                                  top_k_file(out_dir, name).parent, str(checkpoint_dir),
                                  progress)  # fmt: skip
-        combined[name] = {"t2i": metrics["t2i"], "i2t": metrics["i2t"]}
+        combined[name] = {"t2i": metrics["t2i"], "i2t": metrics["i2t"],
+                          **(extras or {}).get(name, {})}  # fmt: skip
     atomic_write_json(Path(metrics_file), combined)
     return combined
+
+
+def fine_tuned_from(checkpoint_dir: str | Path) -> ModelConfig | None:
+    """The model a training checkpoint was fine-tuned from (its ``model.pretrained``: a tag or
+    a weights file), or None for a model trained from random weights or an export."""
+    model = read_state(checkpoint_dir).get("config", {}).get("model")
+    if not isinstance(model, dict) or not model.get("pretrained"):
+        return None
+    return ModelConfig.model_validate(model)
+
+
+def in_domain_extras(
+    checkpoint_dir: str | Path,
+    prepared_dir: str | Path,
+    *,
+    split: str = "test",
+    device: str = "auto",
+    batch_size: int = 256,
+    progress: NewBar | None = None,
+) -> dict[str, Any]:
+    """What the evaluate stage adds for the benchmark a model was trained on: ``zero_shot``, the
+    metrics of the weights it was fine-tuned from, before fine-tuning (where it had any), and
+    ``restoration``, TIR's colour error against its baselines (where it was trained with TIR)."""
+    from uit.model.objective import load_objective
+    from uit.retrieval.restoration import restoration_quality
+
+    manifests = _split_manifests(prepared_dir, split).split(split)
+    options = inference_options(checkpoint_dir, device, batch_size)
+    extras: dict[str, Any] = {}
+    pretrained = fine_tuned_from(checkpoint_dir)
+    if pretrained is not None:
+        encoder = build_model(pretrained).to(options.device).eval()
+        result = evaluate(encoder, manifests, build_tokenizer(pretrained), options, progress)
+        extras["zero_shot"] = {"from": pretrained.pretrained, **result.metrics}
+    try:
+        objective = load_objective(checkpoint_dir)
+    except UitError:
+        return extras  # an export: no training heads
+    if objective.tir_decoder is not None:
+        tokenizer = build_tokenizer(inference_config(read_state(checkpoint_dir), checkpoint_dir))
+        extras["restoration"] = restoration_quality(
+            objective.to(options.device), manifests, tokenizer
+        )
+    return extras
 
 
 def top_k_file(evals_dir: str | Path, tested: str) -> Path:

@@ -204,3 +204,35 @@ def _typo(caption: Caption, rng: random.Random) -> Caption:
         return [new if item == old else item for item in items]
 
     return Caption(" ".join(words), swap(caption.attribute_words), swap(caption.filler_words))
+
+
+def write_generic_caption(p: Identity, rng: random.Random) -> Caption:
+    """A pretraining caption of ``p``: alt-text style, unlike every benchmark's annotators ("a
+    photo of a woman with long black hair, a red striped coat, blue jeans, white shoes and a
+    black backpack"). Every describable attribute is named, in a random order, so that the
+    corpus teaches each of them."""
+    subject = _plain(rng.choice(("a photo of", "an image of", "a picture of"))) + _with_article(
+        _attr(rng, *SUBJECTS[p.gender])
+    )
+    upper = _colour(rng, p.upper_colour)
+    if p.pattern != "plain":
+        upper = upper + _attr(rng, *PATTERN_WORDS[p.pattern])
+    if p.upper_type in ("t-shirt", "shirt"):
+        upper = _attr(rng, *SLEEVE_WORDS[p.sleeve]) + upper
+    items = [
+        _with_article(upper + _attr(rng, *UPPER_WORDS[p.upper_type])),
+        _colour(rng, p.lower_colour) + _attr(rng, *LOWER_WORDS[p.lower_type]),
+        _colour(rng, p.shoe_colour) + _attr(rng, *SHOE_WORDS),
+    ]
+    if p.bag_type != "none":
+        items.append(_with_article(_colour(rng, p.bag_colour) + _attr(rng, *BAG_WORDS[p.bag_type])))
+    if p.hat:
+        items.append(_with_article(_colour(rng, p.hat) + _attr(rng, *HAT_WORDS)))
+    rng.shuffle(items)
+    hair = _attr(rng, p.hair_length) + _colour(rng, p.hair_colour) + _attr(rng, "hair")
+    listed = items[0]
+    for k, item in enumerate(items[1:], start=2):
+        listed = listed + (_plain("and") + item if k == len(items) else _plain(",") + item)
+    phrase = subject + _plain("with") + hair + _plain(",") + listed
+    text = phrase.text.replace(" ,", ",")
+    return Caption(text[0].upper() + text[1:], phrase.words, [])

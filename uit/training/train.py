@@ -34,7 +34,7 @@ from uit.core.errors import ConfigError, TrainingError
 from uit.core.io import atomic_write_json, atomic_write_text
 from uit.data.dataset import TrainDataset, hold_out_identities
 from uit.data.prepared import Manifests, read_manifests
-from uit.data.transforms import build_train_transform, sample_seed
+from uit.data.transforms import build_eval_transform, build_train_transform, sample_seed
 from uit.model.build import build_model, build_tokenizer
 from uit.model.checkpoint import (
     load_checkpoint,
@@ -214,7 +214,8 @@ def _build_run(
     seed_everything(cfg.train.seed)  # the same on every rank: same weights, same global plans
     device = process_device(world, resolve_device(cfg.train.device))
     encoder = build_model(cfg.model)
-    transform = build_train_transform(encoder.image_size, encoder.image_mean, encoder.image_std)
+    build = build_train_transform if cfg.train.image_augment else build_eval_transform
+    transform = build(encoder.image_size, encoder.image_mean, encoder.image_std)
     tokenizer = build_tokenizer(cfg.model)
     dataset = TrainDataset(train, transform, tokenizer, seed=cfg.train.seed,
                            attribute_words=attribute_words, augment=augment,
