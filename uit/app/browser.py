@@ -12,6 +12,7 @@ from typing import Any
 from uit.core.errors import UitError
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+MIN_WINDOW_WIDTH = 500  # px: Chromium widens a narrower window to this
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,11 @@ def start_chromium(width: int = 1200, height: int = 1000) -> Any:
                  f"--window-size={width},{height}"):  # fmt: skip
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    if width < MIN_WINDOW_WIDTH:  # a phone: the viewport is emulated, as DevTools does
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": True}
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    return driver
 
 
 def check_page(

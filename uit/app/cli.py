@@ -577,8 +577,11 @@ def serve(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 256,
 ) -> None:
     """Search a gallery from a web page and a JSON API (model and embeddings loaded once)."""
-    from uit.app.serve import build_app, check_host, load_searcher, run_server
-
+    try:
+        from uit.app.serve import build_app, check_host, load_searcher, run_server
+    except ImportError as error:
+        raise UitError(f"uit serve needs the serve extra ({error.name} is missing): pip install "
+                       "'uit[serve]' (make install does it)") from None  # fmt: skip
     check_host(host, expose)
     with progress_bars() as progress:
         searcher = load_searcher(checkpoint, _gallery_source(gallery), split=split,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import ipaddress
+import itertools
 import json
 import random
 import re
@@ -20,11 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field, field_validator
+
 from uit.core.boundary import PREPARED, reading
 from uit.core.errors import UitError
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
     from spacy.language import Language
 
     from uit.core.console import NewBar
@@ -49,6 +54,7 @@ class Gallery:
     names: list[str]
     pids: list[int] | None = None
     captions: dict[str, int] = field(default_factory=dict)  # normalised caption -> pid
+    examples: list[str] = field(default_factory=list)  # the captions as written
 
 
 def normalise(text: str) -> str:
@@ -71,7 +77,8 @@ def read_gallery(source: Path, split: str = "test") -> Gallery:
     captions = manifests.captions.select("text", "pid").rows()
     return Gallery(f"{source} ({manifests.benchmark} {split})", manifests.imgs_dir, paths,
                    manifests.images["path"].to_list(), manifests.images["pid"].to_list(),
-                   {normalise(text): pid for text, pid in captions})  # fmt: skip
+                   {normalise(text): pid for text, pid in captions},
+                   [text for text, _ in captions])  # fmt: skip
 
 
 def describe_model(checkpoint: Path) -> str:
@@ -119,13 +126,16 @@ class Searcher:
 
         with self.lock:
             doc = self.nlp(text)
-        pieces, end = [], 0
+        marks = [False] * len(text)  # per character
         for token in doc:
-            if token.idx > end:
-                pieces.append(Segment(text[end : token.idx], False))
-            pieces.append(Segment(token.text, is_attribute_tag(token.tag_)))
-            end = token.idx + len(token.text)
-        return [*pieces, Segment(text[end:], False)] if end < len(text) else pieces
+            if is_attribute_tag(token.tag_):
+                marks[token.idx : token.idx + len(token.text)] = [True] * len(token.text)
+        pieces, start = [], 0
+        for mark, run in itertools.groupby(marks):
+            length = len(list(run))
+            pieces.append(Segment(text[start : start + length], mark))
+            start += length
+        return pieces
 
     def query_pid(self, text: str) -> int | None:
         """The identity of a benchmark caption typed (or pasted) as the query."""
@@ -179,42 +189,40 @@ def check_host(host: str, expose: bool) -> None:
         )
 
 
+class SearchRequest(BaseModel):
+    text: str = Field(max_length=MAX_TEXT, examples=["a woman in a red coat"])
+    k: int = Field(10, ge=1, le=MAX_K, description="Results in this page.")
+    offset: int = Field(0, ge=0, le=MAX_RANK - 1, description="Ranks skipped (paging).")
+
+    @field_validator("text")
+    @classmethod
+    def _not_empty(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError('the text is empty: give a sentence, e.g. "a woman in a red coat"')
+        return text
+
+
+class Hit(BaseModel):
+    rank: int
+    name: str = Field(description="The image's path inside the gallery.")
+    url: str
+    score: float = Field(description="Cosine similarity.")
+    pid: int | None = Field(None, description="Identity (a prepared benchmark's gallery).")
+    correct: bool | None = Field(None, description="Same identity as the query's caption.")
+
+
+class SearchResponse(BaseModel):
+    text: str
+    k: int
+    offset: int
+    gallery_size: int
+    query_pid: int | None = Field(None, description="The identity of a benchmark caption.")
+    words: list[dict[str, Any]] = Field(description="The text in pieces, attributes marked.")
+    hits: list[Hit]
+
+
 def build_app(searcher: Searcher) -> FastAPI:
     """The FastAPI application over a loaded ``searcher``."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-    from pydantic import BaseModel, Field, field_validator
-
-    class SearchRequest(BaseModel):
-        text: str = Field(max_length=MAX_TEXT, examples=["a woman in a red coat"])
-        k: int = Field(10, ge=1, le=MAX_K, description="Results in this page.")
-        offset: int = Field(0, ge=0, le=MAX_RANK - 1, description="Ranks skipped (paging).")
-
-        @field_validator("text")
-        @classmethod
-        def _not_empty(cls, text: str) -> str:
-            if not text.strip():
-                raise ValueError('the text is empty: give a sentence, e.g. "a woman in a red coat"')
-            return text
-
-    class Hit(BaseModel):
-        rank: int
-        name: str = Field(description="The image's path inside the gallery.")
-        url: str
-        score: float = Field(description="Cosine similarity.")
-        pid: int | None = Field(None, description="Identity (a prepared benchmark's gallery).")
-        correct: bool | None = Field(None, description="Same identity as the query's caption.")
-
-    class SearchResponse(BaseModel):
-        text: str
-        k: int
-        offset: int
-        gallery_size: int
-        query_pid: int | None = Field(None, description="The identity of a benchmark caption.")
-        words: list[dict[str, Any]] = Field(description="The text in pieces, attributes marked.")
-        hits: list[Hit]
-
     gallery, info = searcher.gallery, page_info(searcher)
     app = FastAPI(title="uit serve", version="1",
                   description=f"Text-to-image person search: {info['model']} on "
@@ -254,8 +262,7 @@ def build_app(searcher: Searcher) -> FastAPI:
     @app.get("/examples")
     def examples(n: int = 5) -> list[str]:
         """Captions of the gallery's benchmark split (none for a folder), drawn at random."""
-        texts = list(gallery.captions)
-        return random.sample(texts, min(max(n, 0), len(texts), 50))
+        return random.sample(gallery.examples, min(max(n, 0), len(gallery.examples), 50))
 
     @app.get("/images/{name:path}", response_class=FileResponse)
     def image(name: str) -> FileResponse:
