@@ -85,7 +85,7 @@ def _rescore(
     query_feat: torch.Tensor, feats: torch.Tensor, candidates: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The best ``k`` of ``candidates`` (ascending indices) by exact float32 score; a shortlist
-    shorter than ``k`` (a sparse list) is padded with the next best of a full scan."""
+    shorter than ``k`` (the visited lists hold fewer) falls back to the exact scan."""
     if len(candidates) < k:
         scores, indices = top_k(query_feat.unsqueeze(0), feats, k)
         return scores[0], indices[0]
