@@ -5,7 +5,7 @@ request encodes its sentence, asks the index, and answers. Routes: ``GET /`` the
 self-contained HTML file: inline style and script, nothing fetched from elsewhere), ``POST
 /search``, ``GET /healthz``, ``GET /examples`` (captions of a prepared benchmark),
 ``GET /images/{name}`` (only the gallery's own files, looked up by name, never opened by a path
-the client gives), and FastAPI's ``/openapi.json`` and ``/docs``.
+the client gives), and FastAPI's ``/openapi.json``.
 """
 
 from __future__ import annotations
@@ -202,6 +202,11 @@ class SearchRequest(BaseModel):
         return text
 
 
+class Word(BaseModel):
+    text: str
+    attribute: bool = Field(description="An attribute word of the project's parser.")
+
+
 class Hit(BaseModel):
     rank: int
     name: str = Field(description="The image's path inside the gallery.")
@@ -217,14 +222,15 @@ class SearchResponse(BaseModel):
     offset: int
     gallery_size: int
     query_pid: int | None = Field(None, description="The identity of a benchmark caption.")
-    words: list[dict[str, Any]] = Field(description="The text in pieces, attributes marked.")
+    words: list[Word] = Field(description="The text in pieces, attribute words marked.")
     hits: list[Hit]
 
 
 def build_app(searcher: Searcher) -> FastAPI:
     """The FastAPI application over a loaded ``searcher``."""
     gallery, info = searcher.gallery, page_info(searcher)
-    app = FastAPI(title="uit serve", version="1",
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN; the schema is enough.
+    app = FastAPI(title="uit serve", version="1", docs_url=None, redoc_url=None,
                   description=f"Text-to-image person search: {info['model']} on "
                               f"{info['gallery']}.")  # fmt: skip
 
@@ -254,7 +260,7 @@ def build_app(searcher: Searcher) -> FastAPI:
             hits.append(Hit(rank=rank, name=gallery.names[i], url=image_url(gallery.names[i]),
                             score=score, pid=pid,
                             correct=None if query_pid is None else pid == query_pid))  # fmt: skip
-        words = [vars(s) for s in searcher.segments(request.text)]
+        words = [Word(text=s.text, attribute=s.attribute) for s in searcher.segments(request.text)]
         return SearchResponse(text=request.text, k=request.k, offset=request.offset,
                               gallery_size=len(gallery.paths), query_pid=query_pid,
                               words=words, hits=hits)  # fmt: skip
