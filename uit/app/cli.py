@@ -590,7 +590,7 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     err_console.print(f"serving {searcher.model} on {searcher.gallery.source} "
                       f"({len(searcher.gallery.paths)} images, {searcher.index.kind} index) at "
-                      f"http://{shown}:{port}/ (API schema: /openapi.json); Ctrl-C stops")  # fmt: skip
+                      f"http://{shown}:{port}/ (API: /openapi.json); Ctrl-C stops")  # fmt: skip
     run_server(build_app(searcher), host, port)
 
 
