@@ -150,8 +150,11 @@ def _train_and_add(feats: torch.Tensor, settings: AnnSettings, progress: NewBar 
     data = feats.float().numpy()  # (N, D) float32, as FAISS takes them
     index = faiss.index_factory(data.shape[1], settings.factory(), faiss.METRIC_INNER_PRODUCT)
     sample = np.random.default_rng(0).permutation(len(data))[: TRAIN_PER_LIST * settings.lists]
-    index.train(data[np.sort(sample)])
-    advance = progress("building the index", len(data)) if progress else None
+    trained = progress(f"the index's {settings.lists:,} cells (k-means)", 1) if progress else None
+    index.train(data[np.sort(sample)])  # k-means: the slow part of the build
+    if trained:
+        trained(1)
+    advance = progress("adding the gallery to the index", len(data)) if progress else None
     for start in range(0, len(data), ADD_CHUNK):
         index.add(data[start : start + ADD_CHUNK])
         if advance:
