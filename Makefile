@@ -13,7 +13,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml requirements/torch.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements/torch.txt
-	$(BIN)/python -m pip install --quiet -e '.[app,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[app,serve,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

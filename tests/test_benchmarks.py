@@ -26,9 +26,17 @@ def test_metrics_benchmark_prints_both_tables_the_machine_and_agreement() -> Non
 
 def test_search_benchmark_prints_a_table_the_machine_and_agreement() -> None:
     command = [sys.executable, "benchmarks/search.py", "--gallery", "2000", "--dim", "64",
-               "--queries", "3"]  # fmt: skip
+               "--queries", "3", "--index-sizes", "3000", "--index-queries", "4",
+               "--api-gallery", "500", "--api-queries", "2"]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
     out = result.stdout
     assert "cores, torch" in out and "threads" in out
     assert "float32 matmul + torch.topk" in out and "uit.retrieval.search.top_k" in out
     assert "same top 10 as float32: 3/3 queries" in out
+    [index_row] = [line for line in out.splitlines() if line.startswith("     3,000")]
+    assert float(index_row.split()[-1]) >= 0.5  # recall@10 of 4 queries
+    assert "POST /search end to end" in out
+    assert [line.split()[:4] for line in out.splitlines() if "->" in line] == [
+        ["auto", "->", "flat", "500"],
+        ["flat", "->", "flat", "500"],
+    ]

@@ -1,15 +1,18 @@
 """Open a page in headless Chromium (Debian's ``chromium`` and ``chromium-driver``) through
 Selenium: console errors, images that did not render, resources loaded from outside the page,
-and a full-page screenshot. Used by ``uit report --screenshot`` and by the report's tests."""
+and a full-page screenshot. Used by ``uit report --screenshot``, the report's tests and the tests
+of ``uit serve``'s page."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from uit.core.errors import UitError
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+MIN_WINDOW_WIDTH = 500  # px: Chromium widens a narrower window to this
 
 
 @dataclass(frozen=True)
@@ -24,10 +27,9 @@ def browser_available() -> bool:
     return CHROMIUM.is_file() and CHROMEDRIVER.is_file()
 
 
-def check_page(
-    page: str | Path, screenshot: str | Path | None = None, width: int = 1200
-) -> PageCheck:
-    """Load ``page`` (a local HTML file) and report what a reader would see go wrong."""
+def start_chromium(width: int = 1200, height: int = 1000) -> Any:
+    """A headless Chromium WebDriver, ``width`` x ``height``, keeping the console's messages;
+    the caller quits it."""
     if not browser_available():
         raise UitError(
             "headless Chromium is not installed: apt-get install chromium chromium-driver"
@@ -38,10 +40,21 @@ def check_page(
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                 f"--window-size={width},1000"):  # fmt: skip
+                 f"--window-size={width},{height}"):  # fmt: skip
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    if width < MIN_WINDOW_WIDTH:  # a phone: the viewport is emulated, as DevTools does
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": True}
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    return driver
+
+
+def check_page(
+    page: str | Path, screenshot: str | Path | None = None, width: int = 1200
+) -> PageCheck:
+    """Load ``page`` (a local HTML file) and report what a reader would see go wrong."""
+    driver = start_chromium(width)
     try:
         driver.get(Path(page).resolve().as_uri())
         driver.execute_script("return document.readyState")

@@ -592,6 +592,49 @@ def search(
     console.print(table)
 
 
+@app.command()
+@friendly_errors
+def serve(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint or an exported model folder.")],
+    gallery: Annotated[
+        str, typer.Option(help="A folder of images, a prepared benchmark folder or a name.")
+    ],
+    host: Annotated[
+        str, typer.Option(help="The address to listen on (loopback only, unless --expose).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="The port to listen on.")] = 8000,
+    expose: Annotated[
+        bool, typer.Option(help="Allow a non-loopback --host: anyone who reaches it can search.")
+    ] = False,
+    index: Annotated[
+        Literal["flat", "ann", "auto"],
+        typer.Option(help="Exact scan, approximate FAISS index, or by gallery size (auto)."),
+    ] = "auto",
+    split: Annotated[str, typer.Option(help="The split of a prepared benchmark.")] = "test",
+    cache_dir: Annotated[
+        Path, typer.Option(help="Where gallery embeddings and the index are cached.")
+    ] = Path(".cache/uit/search"),
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 256,
+) -> None:
+    """Search a gallery from a web page and a JSON API (model and embeddings loaded once)."""
+    try:
+        from uit.app.serve import build_app, check_host, load_searcher, run_server
+    except ImportError as error:
+        raise UitError(f"uit serve needs the serve extra ({error.name} is missing): pip install "
+                       "'uit[serve]' (make install does it)") from None  # fmt: skip
+    check_host(host, expose)
+    with progress_bars() as progress:
+        searcher = load_searcher(checkpoint, _gallery_source(gallery), split=split,
+                                 index_kind=index, cache_dir=cache_dir, device=device,
+                                 batch_size=batch_size, progress=adder(progress))  # fmt: skip
+    shown = f"[{host}]" if ":" in host else host
+    err_console.print(f"serving {searcher.model} on {searcher.gallery.source} "
+                      f"({len(searcher.gallery.paths)} images, {searcher.index.kind} index) at "
+                      f"http://{shown}:{port}/ (API: /openapi.json); Ctrl-C stops")  # fmt: skip
+    run_server(build_app(searcher), host, port)
+
+
 def _search_sheet(query: str, hits: list[Any], out: Path) -> None:
     from uit.app.contact_sheet import Tile, build_contact_sheet
     from uit.core.io import atomic_write_bytes

@@ -1,0 +1,316 @@
+"""``uit serve``: a real server on 127.0.0.1 (the `uit` command in a subprocess) over the tiny
+trained checkpoint and its prepared test split; the FAISS index against the exact scan; the page
+in headless Chromium at laptop and phone width."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from uit.app.browser import browser_available, start_chromium
+from uit.app.cli import app
+from uit.data.prepared import read_manifests
+from uit.retrieval import index as index_module
+from uit.retrieval.index import ANN_THRESHOLD, build_index, resolve_kind
+
+ROOT = Path(__file__).resolve().parents[1]
+SENTENCES = ["a person in a red coat", "a man with a black backpack", "a woman in blue jeans",
+             "someone wearing white shoes", "a girl with long hair and a green bag"]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Client:
+    """JSON over one ``http.client`` connection per call (raw paths: nothing normalised)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            data = None if body is None else json.dumps(body)
+            connection.request(method, path, body=data,
+                               headers={"Content-Type": "application/json"})  # fmt: skip
+            response = connection.getresponse()
+            raw = response.read()
+            kind = response.getheader("Content-Type") or ""
+            return response.status, json.loads(raw) if "json" in kind else None, raw
+        finally:
+            connection.close()
+
+    def search(self, text: str, k: int = 10, offset: int = 0) -> dict[str, Any]:
+        status, answer, _ = self.call("POST", "/search", {"text": text, "k": k, "offset": offset})
+        assert status == 200, answer
+        return answer
+
+
+@pytest.fixture(scope="module")
+def served(trained: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """`uit serve` of the tiny checkpoint on the prepared test split, once for the module."""
+    port, cache = free_port(), tmp_path_factory.mktemp("serve-cache")
+    command = [sys.executable, "-c", "from uit.app import main; main()", "serve",
+               str(trained["best"]), "--gallery", str(trained["prepared"]), "--port", str(port),
+               "--cache-dir", str(cache), "--device", "cpu"]  # fmt: skip
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, env=environ, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    client = Client(port)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"uit serve exited {process.returncode}: {process.stdout.read()}")
+            try:
+                if client.call("GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "uit serve did not answer in 180 s"
+                time.sleep(0.3)
+        yield client, cache
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_health_says_which_model_and_gallery(served: Any, trained: dict[str, Path]) -> None:
+    client, _ = served
+    status, health, _ = client.call("GET", "/healthz")
+    images = read_manifests(trained["prepared"]).split("test").images.height
+    assert status == 200 and health["status"] == "ok" and health["images"] == images
+    assert health["model"].startswith(f"{trained['best']} (training checkpoint, epoch")
+    assert "cuhk-pedes test" in health["gallery"] and health["index"] == "flat"
+    _, schema, _ = client.call("GET", "/openapi.json")
+    assert {"/search", "/healthz", "/images/{name}"} <= set(schema["paths"])
+    assert client.call("GET", "/docs")[0] == 404  # its page would load scripts from a CDN
+
+
+def test_the_api_ranks_as_uit_search_does(served: Any, trained: dict[str, Path]) -> None:
+    """The invariant: the server and `uit search` on the same checkpoint and gallery give the
+    same images in the same order with the same scores, and pages join into the whole list."""
+    client, cache = served
+    manifests = read_manifests(trained["prepared"])
+    n = manifests.split("test").images.height  # the whole gallery, ranked
+    result = CliRunner().invoke(app, ["search", str(trained["best"]), SENTENCES[0], "--gallery",
+                                      str(trained["prepared"]), "--top-k", str(n), "--json",
+                                      "--cache-dir", str(cache), "--device", "cpu"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    expected = json.loads(result.stdout)["results"]
+    answer = client.search(SENTENCES[0], k=n)
+    assert len(expected) == n > 8
+    assert [
+        (str(manifests.imgs_dir / h["name"]), h["score"], h["rank"]) for h in answer["hits"]
+    ] == [(r["path"], r["score"], r["rank"]) for r in expected]
+    pages = [client.search(SENTENCES[0], k=4, offset=o)["hits"] for o in range(0, n, 4)]
+    assert [h["name"] for page in pages for h in page] == [h["name"] for h in answer["hits"]]
+
+
+def test_bad_requests_get_a_4xx_with_a_message(served: Any, trained: dict[str, Path]) -> None:
+    client, _ = served
+    for body, words in (({"text": "  ", "k": 5}, "text: the text is empty"),
+                        ({"text": "a man", "k": 0}, "k: Input should be greater than or equal"),
+                        ({"text": "a man", "k": 101}, "k: Input should be less than or equal"),
+                        ({"text": "a man", "k": 100, "offset": 950}, "offset + k must be at most"),
+                        ({"k": 5}, "text: Field required"),
+                        ({"text": "x" * 2001}, "text: String should have at most")):  # fmt: skip
+        status, answer, _ = client.call("POST", "/search", body)
+        assert status == 422 and words in answer["detail"], (body, answer)
+    outside = [f"../{trained['prepared'].name}/stats.json", "/etc/passwd",
+               "../../../../../../etc/passwd", "..%2F..%2Fstats.json", "nothing.png"]  # fmt: skip
+    for name in outside:
+        status, answer, _ = client.call("GET", f"/images/{name}")
+        assert status == 404 and "is not an image of this gallery" in answer["detail"], name
+    hit = client.search(SENTENCES[1], k=1)["hits"][0]
+    status, _, raw = client.call("GET", hit["url"])
+    imgs_dir = read_manifests(trained["prepared"]).imgs_dir
+    assert status == 200 and raw == (imgs_dir / hit["name"]).read_bytes()
+
+
+def test_twenty_requests_at_once_are_each_answered_correctly(served: Any) -> None:
+    client, _ = served
+    alone = {text: client.search(text, k=5)["hits"] for text in SENTENCES}
+    asked = [SENTENCES[i % len(SENTENCES)] for i in range(20)]
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda text: client.search(text, k=5), asked))
+    for text, answer in zip(asked, answers, strict=True):
+        assert answer["text"] == text and answer["hits"] == alone[text]
+
+
+def test_attribute_words_are_marked_and_a_benchmark_caption_finds_its_identity(
+    served: Any, trained: dict[str, Path]
+) -> None:
+    client, _ = served
+    answer = client.search("A woman in a red coat, with a black backpack.", k=3)
+    assert "".join(w["text"] for w in answer["words"]) == answer["text"]
+    marked = {w["text"] for w in answer["words"] if w["attribute"]}
+    assert {"woman", "red", "coat", "black", "backpack"} <= marked
+    assert not marked & {"A", "in", "a", "with", ",", "."}
+    assert answer["query_pid"] is None and {h["correct"] for h in answer["hits"]} == {None}
+    _, [caption], _ = client.call("GET", "/examples?n=1")
+    split = read_manifests(trained["prepared"]).split("test")
+    pid = split.captions.filter(split.captions["text"] == caption)["pid"][0]
+    whole = client.search(caption.upper() + " ", k=100)  # case and spacing do not matter
+    assert whole["query_pid"] == pid
+    assert [h["correct"] for h in whole["hits"]] == [h["pid"] == pid for h in whole["hits"]]
+    assert (
+        sum(h["correct"] for h in whole["hits"])
+        == split.images.filter(split.images["pid"] == pid).height
+    )
+
+
+def test_serve_refuses_a_public_host_and_missing_inputs_in_one_line(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    best, gallery = str(trained["best"]), str(trained["gallery"])
+    cases = (([best, "--host", "0.0.0.0"], "--host 0.0.0.0 is not a loopback address"),
+             ([best, "--host", "example.org"], "Add --expose to mean it"),
+             ([str(tmp_path / "nowhere")], f"checkpoint {tmp_path / 'nowhere'} not found"),
+             ([best, "--gallery", str(tmp_path / "no")], "no not found: give"))  # fmt: skip
+    for args, words in cases:
+        command = ["serve", *args, "--cache-dir", str(tmp_path)]
+        if "--gallery" not in args:
+            command += ["--gallery", gallery]
+        result = CliRunner().invoke(app, command, env={"COLUMNS": "300"})
+        assert result.exit_code == 1 and words in result.output, result.output
+        assert "Traceback" not in result.output
+
+
+def test_an_export_is_served_and_named_as_one(trained: dict[str, Path], tmp_path: Path) -> None:
+    from uit.app.serve import load_searcher
+    from uit.model.build import export_encoder
+
+    export_encoder(trained["best"], tmp_path / "model")
+    exported = load_searcher(tmp_path / "model", trained["gallery"], cache_dir=tmp_path / "c",
+                             device="cpu")  # fmt: skip
+    checkpoint = load_searcher(trained["best"], trained["gallery"], cache_dir=tmp_path / "c",
+                               device="cpu")  # fmt: skip
+    assert exported.model.startswith(f"{tmp_path / 'model'} (export of {trained['best']}")
+    assert exported.search(SENTENCES[2], 12) == checkpoint.search(SENTENCES[2], 12)
+
+
+# The approximate index, against the exact scan.
+
+
+def clustered(n: int, dim: int, centres: int, seed: int = 0) -> torch.Tensor:
+    """Normalised points around ``centres`` gaussian centres, as float16 like the cache."""
+    generator = torch.Generator().manual_seed(seed)
+    middle = torch.randn(centres, dim, generator=generator)
+    which = torch.randint(0, centres, (n,), generator=generator)
+    points = middle[which] + 0.8 * torch.randn(n, dim, generator=generator)
+    return torch.nn.functional.normalize(points, dim=-1).half()
+
+
+def test_the_ann_index_finds_the_exact_top_10(tmp_path: Path) -> None:
+    feats, queries = clustered(6000, 32, 60), clustered(40, 32, 60, seed=1).float()
+    flat_scores, flat = build_index(feats, "flat").search(queries, 10)
+    ann = build_index(feats, "ann", tmp_path)
+    assert ann.kind == "ann" and ann.settings.lists == 150  # forced below the threshold
+    scores, found = ann.search(queries, 10)
+    recall = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(found, flat, strict=True))
+    assert recall / flat.numel() >= 0.95
+    exact = torch.einsum("qd,qkd->qk", queries, feats[found].float())
+    assert torch.allclose(scores, exact, atol=1e-6)  # rescored exactly, not FAISS's 8-bit guess
+    assert torch.equal(scores, flat_scores) == torch.equal(found, flat)
+
+
+def test_a_small_gallery_forced_to_ann_ranks_exactly_as_flat(tmp_path: Path) -> None:
+    feats, queries = clustered(60, 16, 4), clustered(5, 16, 4, seed=2).float()
+    expected = build_index(feats, "flat").search(queries, 10)
+    got = build_index(feats, "ann", tmp_path).search(queries, 10)
+    assert torch.equal(got[1], expected[1]) and torch.allclose(got[0], expected[0], atol=1e-6)
+
+
+def test_the_index_is_built_once_and_a_damaged_one_rebuilt(tmp_path: Path, monkeypatch,
+                                                           caplog) -> None:  # fmt: skip
+    builds: list[int] = []
+    real = index_module._train_and_add
+
+    def counting(*args: Any) -> Any:
+        builds.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(index_module, "_train_and_add", counting)
+    feats = clustered(2000, 16, 20)
+    first = build_index(feats, "ann", tmp_path)
+    [path] = tmp_path.glob("index-*.faiss")
+    stamp = path.stat().st_mtime_ns
+    second = build_index(feats, "ann", tmp_path)
+    assert len(builds) == 1 and path.stat().st_mtime_ns == stamp
+    queries = clustered(3, 16, 20, seed=3).float()
+    assert torch.equal(first.search(queries, 5)[1], second.search(queries, 5)[1])
+    build_index(clustered(2000, 16, 20, seed=4), "ann", tmp_path)  # other embeddings
+    assert len(builds) == 2 and len(list(tmp_path.glob("index-*.faiss"))) == 2
+    path.write_bytes(path.read_bytes()[:100])
+    build_index(feats, "ann", tmp_path)
+    assert len(builds) == 3 and "ignoring the damaged index" in caplog.text
+
+
+def test_auto_chooses_by_gallery_size_and_the_library_loads_without_faiss() -> None:
+    assert resolve_kind("auto", ANN_THRESHOLD - 1) == "flat"
+    assert resolve_kind("auto", ANN_THRESHOLD) == "ann" and resolve_kind("flat", 10**7) == "flat"
+    code = ("import sys, torch; from uit.retrieval.index import build_index; "
+            "build_index(torch.ones(3, 4), 'auto').search(torch.ones(1, 4), 2); "
+            "print('faiss' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert out.strip() == "False"
+
+
+# The page, in headless Chromium.
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_the_page_searches_in_headless_chromium(served: Any, width: int) -> None:
+    if not browser_available():
+        missing = "headless Chromium is not installed (apt-get install chromium chromium-driver)"
+        if os.environ.get("UIT_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{missing}, and UIT_REQUIRE_BROWSER=1 requires it")
+        pytest.skip(missing)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    client, _ = served
+    origin = f"http://127.0.0.1:{client.port}"
+    shown = min(20, client.call("GET", "/healthz")[1]["images"])  # 20 a page
+    driver = start_chromium(width, 900)
+    try:
+        driver.get(origin + "/")
+        assert "cuhk-pedes test" in driver.find_element(By.ID, "about").text
+        driver.find_element(By.ID, "text").send_keys("a woman in a red coat")
+        driver.find_element(By.ID, "go").click()
+        loaded = ("return Array.from(document.querySelectorAll('#grid img'))"
+                  ".map(i => i.complete ? i.naturalWidth : -1)")  # fmt: skip
+        WebDriverWait(driver, 30).until(lambda d: len(d.execute_script(loaded)) == shown
+                                        and -1 not in d.execute_script(loaded))  # fmt: skip
+        widths = driver.execute_script(loaded)
+        marked = [m.text for m in driver.find_elements(By.CSS_SELECTOR, "#query mark")]
+        page_width = driver.execute_script(
+            "return [window.innerWidth, document.documentElement.scrollWidth]"
+        )
+        resources = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+        )
+        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        driver.quit()
+    assert len(widths) == shown and min(widths) > 0
+    assert {"woman", "red", "coat"} <= set(marked)
+    assert page_width == [width, width]  # nothing wider than the window: no sideways scrolling
+    assert errors == [] and resources and all(r.startswith(origin + "/") for r in resources)
