@@ -160,6 +160,22 @@ def test_report_tables_show_the_metrics_files(pipeline: tuple[Path, Path]) -> No
         trained = name[row[0]]
         expected = [f"{metrics[trained][t]['t2i']['R1']:.1f}" for t in tested]
         assert row[1:] == expected, trained
+    # before and after fine-tuning: the pretrain stage's weights scored on the same test split
+    header, *rows = tables["Before and after fine-tuning (text-to-image, %)"]
+    assert header[:3] == ["benchmark", "zero-shot R1", "fine-tuned R1"]
+    assert sorted(name[row[0]] for row in rows) == sorted(BENCHMARKS)
+    for row in rows:
+        scored = metrics[name[row[0]]][name[row[0]]]
+        assert row[1:3] == [f"{scored['zero_shot']['t2i']['R1']:.1f}",
+                            f"{scored['t2i']['R1']:.1f}"]  # fmt: skip
+        assert row[5] == "runs/pretrain/model.safetensors"
+        # TIR's colour error against both baselines, above the restored pictures
+        restoration = scored["restoration"]
+        assert restoration["patches"] > 0
+        assert (
+            f"TIR {restoration['tir']:.1f}, the true grayscale"
+            in (repo / "reports/pipeline/report.md").read_text()
+        )
 
 
 def test_every_stage_declares_exactly_the_params_it_reads(pipeline: tuple[Path, Path]) -> None:
