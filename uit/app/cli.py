@@ -371,8 +371,8 @@ def pretrain(
     ] = Path("runs/adhoc/pretrain"),
 ) -> None:
     """Pretrain the dual encoder with CLIP's contrastive loss on a synthetic corpus (params
-    ``pretrain``), as the pipeline's pretrain stage does; then fine-tune from it with
-    ``uit train --set model.pretrained=OUT/model.safetensors``."""
+    ``pretrain``), as the pipeline's pretrain stage does; then fine-tune from it: ``uit train``
+    with model.pretrained=OUT/model.safetensors."""
     import os
 
     from uit.core.config import load_config
