@@ -103,8 +103,9 @@ def test_the_stages_share_the_boundary(trained, checkpoint_copy, tmp_path) -> No
     params.write_text("data:\n  benchmarks: [cuhk-pedes]\n")
     result = subprocess.run(
         [sys.executable, "stages/evaluate.py", "--checkpoint", str(checkpoint_copy),
-         "--prepared", str(trained["prepared"].parent), "--out", str(tmp_path / "out"),
-         "--metrics", str(tmp_path / "m.json"), "--params", str(params)],
+         "--benchmark", "cuhk-pedes", "--prepared", str(trained["prepared"].parent),
+         "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json"),
+         "--params", str(params)],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
         timeout=120,
     )  # fmt: skip

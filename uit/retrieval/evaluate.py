@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from uit.core.boundary import PREPARED, reading
 from uit.core.config import ModelConfig
 from uit.core.device import autocast, autocast_dtype, resolve_device
-from uit.core.errors import DataError, UitError
+from uit.core.errors import DataError
 from uit.core.io import atomic_write_bytes, atomic_write_json
 from uit.data.dataset import ImageDataset, Tokenizer
 from uit.data.prepared import Manifests, read_manifests
@@ -32,7 +32,7 @@ from uit.model.build import (
     inference_precision,
     load_encoder,
 )
-from uit.model.checkpoint import read_state
+from uit.model.checkpoint import EXPORT_KIND, read_state
 from uit.model.encoder import DualEncoder
 from uit.retrieval.metrics import I2T_METRICS, ranking_keys, retrieval_metrics
 
@@ -248,10 +248,9 @@ def in_domain_extras(
         encoder = build_model(pretrained).to(options.device).eval()
         result = evaluate(encoder, manifests, build_tokenizer(pretrained), options, progress)
         extras["zero_shot"] = {"from": pretrained.pretrained, **result.metrics}
-    try:
-        objective = load_objective(checkpoint_dir)
-    except UitError:
-        return extras  # an export: no training heads
+    if read_state(checkpoint_dir).get("kind") == EXPORT_KIND:
+        return extras  # an export (uit export): no training heads
+    objective = load_objective(checkpoint_dir)
     if objective.tir_decoder is not None:
         tokenizer = build_tokenizer(inference_config(read_state(checkpoint_dir), checkpoint_dir))
         extras["restoration"] = restoration_quality(
