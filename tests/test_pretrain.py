@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from uit.app.cli import app
 from uit.core.config import PretrainConfig, SynthConfig, parse_config
+from uit.core.errors import ConfigError
 from uit.data.prepared import read_manifests
 from uit.model.build import build_model, build_tokenizer, load_encoder, register_configs
 from uit.model.objective import Objective, restoration_errors
@@ -55,6 +56,13 @@ def test_the_corpus_is_new_identities_in_generic_captions_as_a_prepared_folder(
     draw_corpus(tmp_path / "again", cfg, SYNTH)
     again = read_manifests(tmp_path / "again")
     assert again.captions.equals(manifests.captions) and again.images.equals(manifests.images)
+    draw_corpus(tmp_path / "again", cfg, SYNTH)  # an earlier corpus is replaced whole
+    # a folder of anything else is refused and left as it was
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="not a pretraining corpus"):
+        draw_corpus(tmp_path / "mine", cfg, SYNTH)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ pretraining), so the one training loop reads it as it reads a benchmark.
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from uit.core.config import BENCHMARKS, PretrainConfig, SynthConfig
+from uit.core.errors import ConfigError
 from uit.core.io import atomic_write_json, staging_dir
 from uit.data.prepared import CAPTIONS_FILE, IMAGES_FILE, IMGS_DIR_BASE, STATS_FILE
 from uit.raw.formats import SPECS
@@ -45,8 +47,6 @@ def plan_corpus(cfg: PretrainConfig, synth: SynthConfig) -> list[_Image]:
     """Every image of the corpus: ``cfg.identities`` new identities, the last ``cfg.heldout`` of
     them (whole families) in ``val``."""
     if cfg.heldout >= cfg.identities:
-        from uit.core.errors import ConfigError
-
         raise ConfigError(
             f"pretrain.heldout {cfg.heldout} must be below pretrain.identities {cfg.identities}"
         )
@@ -70,9 +70,11 @@ def draw_corpus(
     workers: int = 1,
     progress: Advance | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Write the corpus to ``out_dir`` (swapped in whole); return its counts per split."""
-    images = plan_corpus(cfg, synth)
+    """Write the corpus to ``out_dir`` (swapped in whole); return its counts per split. A
+    folder there that is not a corpus is refused, never replaced."""
     target = Path(out_dir)
+    refuse_foreign_folder(target)
+    images = plan_corpus(cfg, synth)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_dir(target, f".{target.name}.", ".tmp")
     key = f"{cfg.seed}:{CORPUS}"
@@ -109,3 +111,19 @@ def draw_corpus(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return splits
+
+
+def refuse_foreign_folder(target: Path) -> None:
+    """Only an empty folder or an earlier corpus (its stats.json says so) may be replaced."""
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    stats = target / STATS_FILE
+    try:
+        ours = json.loads(stats.read_text(encoding="utf-8")).get("benchmark") == CORPUS
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise ConfigError(
+            f"{target} holds files that are not a pretraining corpus; the corpus replaces its "
+            "folder whole, so give a new or empty folder (--corpus), or remove this one yourself"
+        )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import open_clip
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from uit.core.config import (
     PRETRAINED_WEIGHTS,
@@ -26,7 +26,7 @@ from uit.core.config import (
     OptimConfig,
     TrainConfig,
 )
-from uit.core.io import atomic_write_text
+from uit.core.io import atomic_write_bytes, atomic_write_text
 from uit.model.build import register_configs
 from uit.model.checkpoint import load_checkpoint
 from uit.retrieval.evaluate import evaluate_checkpoint
@@ -106,11 +106,9 @@ def model_config(cfg: Config) -> dict[str, Any]:
 
 def write_open_clip_weights(checkpoint_dir: Path, path: Path) -> None:
     """The dual encoder of a training checkpoint as an open_clip state dict (``clip.*`` keys
-    without their prefix), written beside ``path`` and renamed in."""
+    without their prefix), written atomically."""
     weights = load_checkpoint(checkpoint_dir).weights
     prefix = "encoder.clip."
     clip = {k.removeprefix(prefix): v.contiguous() for k, v in weights.items()
             if k.startswith(prefix)}  # fmt: skip
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(clip, str(tmp), metadata={"format": "pt", "written_by": "uit pretrain"})
-    tmp.replace(path)
+    atomic_write_bytes(path, save(clip, metadata={"format": "pt", "written_by": "uit pretrain"}))
