@@ -220,7 +220,8 @@ def _build_run(
     dataset = TrainDataset(train, transform, tokenizer, seed=cfg.train.seed,
                            attribute_words=attribute_words, augment=augment,
                            tagged_words=tagged_words,
-                           mask_tokens=build_token_masker(cfg.augment, tokenizer))  # fmt: skip
+                           mask_tokens=build_token_masker(cfg.augment, tokenizer),
+                           random_transform=cfg.train.image_augment)  # fmt: skip
     sampler = IdentityBatchSampler(dataset.labels, cfg.train.batch_size, cfg.train.instances_per_id,
                                    seed=cfg.train.seed, rank=world.rank, world_size=world.size,
                                    random_instances=cfg.train.random_instances)  # fmt: skip
