@@ -193,7 +193,8 @@ class PretrainConfig(Section):
     epochs: int = Field(6, ge=1)
     batch_size: int = Field(128, ge=2)
     lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.1, ge=0.0)
+    # Adam's L2 term (not AdamW's decoupled decay): CLIP's 0.1 to 0.2 would outweigh the loss
+    weight_decay: float = Field(1e-4, ge=0.0)
     warmup_epochs: float = Field(1.0, ge=0.0)
     logit_scale: float = Field(10.0, gt=0.0)  # CLIP's contrastive loss at 1 / temperature
     image_augment: bool = False  # resize only: erasing 40% of a 64x32 figure erases attributes
