@@ -50,6 +50,24 @@ def test_text_features_are_the_projected_eot_token_and_match_open_clip(tiny) -> 
     assert torch.allclose(pooled, tiny.clip.encode_text(text), atol=1e-5)
 
 
+def test_text_features_cut_at_the_last_eot_equal_the_whole_context(tiny) -> None:
+    """encode_text runs only up to the batch's longest caption; the causal mask makes that the
+    same as open_clip's pass over the whole context, for short and long captions together."""
+    captions = ["x", "a man in a red coat", "a woman with long black hair, a red striped coat"]
+    text = tokens(tiny, captions)
+    lengths: list[int] = []
+    hook = tiny.clip.transformer.register_forward_pre_hook(
+        lambda _module, args: lengths.append(args[0].shape[1])
+    )
+    try:
+        cut = tiny.encode_text(text)
+    finally:
+        hook.remove()
+    assert lengths == [int(text.argmax(-1).max()) + 1] and lengths[0] < text.shape[1]
+    assert torch.allclose(cut, tiny.clip.encode_text(text), atol=1e-5)
+    assert torch.allclose(tiny.encode_text(text[:1]), cut[:1], atol=1e-5)  # alone: shorter still
+
+
 def test_any_size_divisible_by_the_patch(tiny) -> None:
     encoder = build_model(ModelConfig(name="uit-tiny", image_height=96, image_width=48))
     assert encoder.grid_size == (12, 6)

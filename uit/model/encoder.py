@@ -105,15 +105,27 @@ class DualEncoder(nn.Module):
         return self.clip.encode_image(images)
 
     def encode_text(self, text: Tensor) -> Tensor:
-        """(B, L) token ids -> (B, D) projected EOT features."""
+        """(B, L) token ids -> (B, D) projected EOT features.
+
+        Under the causal mask no position after the batch's last EOT reaches an EOT token, so
+        the batch is cut there first: the same features for less work (captions of 25 tokens in
+        a context of 48 or 77). Not while ``torch.compile`` traces (a length per batch would
+        recompile) nor for a text tower without the causal mask.
+        """
+        if self.clip.attn_mask is not None and not torch.compiler.is_compiling():
+            text = text[:, : int(text.argmax(dim=-1).max()) + 1]
         return self.encode_text_tokens(text)[0]
 
     def encode_text_tokens(self, text: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, L) token ids -> projected EOT features (B, D) and all token features (B, L, D)."""
+        """(B, L) token ids -> projected EOT features (B, D) and all token features (B, L, D);
+        L may be shorter than the context (the first L positions)."""
         clip = self.clip
         cast = clip.transformer.get_cast_dtype()
-        x = clip.token_embedding(text).to(cast) + clip.positional_embedding.to(cast)
-        x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask))  # (B, L, W)
+        length = text.shape[1]
+        position = clip.positional_embedding[:length].to(cast)
+        mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
+        x = clip.token_embedding(text).to(cast) + position
+        x = clip.ln_final(clip.transformer(x, attn_mask=mask))  # (B, L, W)
         tokens = x @ clip.text_projection  # (B, L, D)
         eot = text.argmax(dim=-1)  # the end-of-text token has the largest id in CLIP's vocabulary
         return tokens[torch.arange(text.shape[0], device=text.device), eot], tokens

@@ -64,7 +64,10 @@ class Objective(nn.Module):
         ramp; None: full weight."""
         cfg = self.loss_cfg
         image_feats = self.encoder.encode_image(images)  # (B, D)
-        text_feats, text_tokens = self.encoder.encode_text_tokens(text)  # (B, D), (B, L, D)
+        if self.tir_decoder is None:  # only TIR reads the token features
+            text_feats, text_tokens = self.encoder.encode_text(text), None
+        else:
+            text_feats, text_tokens = self.encoder.encode_text_tokens(text)  # (B, D), (B, L, D)
         image_feats, text_feats = image_feats.float(), text_feats.float()
         losses: dict[str, Tensor] = {}
         batch_image, batch_text, batch_pids = self._batch_wide(image_feats, text_feats, pids)
@@ -79,7 +82,7 @@ class Objective(nn.Module):
         if cfg.cmt > 0:
             weight = cfg.cmt * self.cmt_ramp(epoch_progress)
             losses["cmt"] = weight * cmt_loss(batch_image, batch_text, batch_pids, cfg.cmt_margin)
-        if self.tir_decoder is not None:
+        if self.tir_decoder is not None and text_tokens is not None:
             losses["tir"] = self.loss_cfg.tir * self._tir(images, text_tokens, mask_noise)
         if not losses:
             raise ValueError("every loss weight is 0: enable at least one of loss.*")
