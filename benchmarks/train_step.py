@@ -7,9 +7,9 @@ finiteness check per loss term, backward, Adam, and ``float()`` of every loss te
 host syncs are part of the step). Default: ViT-B-16 at 384x128, batch 128, on CUDA; rows side by
 side in one run: fp32 (TF32 matmuls) with PyTorch's default (foreach) Adam, bf16 autocast (what
 ``train.precision: auto`` picks), + fused Adam (what ``uit train`` builds, on CUDA and CPU),
-+ compile (``train.compile: true``, with ``--compile``). Seconds per step are the median over ``--windows``
-windows of ``--steps`` steps, with the fastest and slowest window. Seconds per CUHK-PEDES-sized
-epoch (68,126 pairs) are compute only: no image decoding or data loading (see
++ compile (``train.compile: true``, with ``--compile``). Seconds per step are the median over
+``--windows`` windows of ``--steps`` steps, with the fastest and slowest window. Seconds per
+CUHK-PEDES-sized epoch (68,126 pairs) are compute only: no image decoding or data loading (see
 ``benchmarks/loader.py`` for that side). Model FLOPs per step are counted by torch's FLOP
 counter, MFU against the card's dense bf16 peak. On a CPU it runs the two fp32 rows (PyTorch's
 default Adam, a loop over parameters there, against the fused kernel): ``--device cpu --model
