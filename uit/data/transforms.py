@@ -59,6 +59,6 @@ def seeded(seed: int, function: Callable[..., Any], *args: Any) -> Any:
     """
     with torch.random.fork_rng(devices=[]):
         # The CPU generator alone: torch.manual_seed also queues a lazy seeding of every
-        # accelerator backend, and each queues a formatted stack trace (1.5 ms per sample).
+        # accelerator backend, and each queues a formatted stack trace, per sample.
         torch.default_generator.manual_seed(seed)
         return function(*args)
