@@ -45,9 +45,16 @@ class Corpus:
 
 
 def read_real(path: Path) -> Corpus:
-    """Every caption of a ``reid_raw.json``-format file (a list of records with ``captions``)."""
-    records = json.loads(path.read_text(encoding="utf-8"))
-    captions = [str(text).strip() for record in records for text in record["captions"]]
+    """Every caption of a ``reid_raw.json``-format file (a list of records with ``captions``);
+    a file that is not one ends the script with a one-line message."""
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+        captions = [str(text).strip() for record in records for text in record["captions"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(
+            f"{path}: not a readable reid_raw.json-format file, a JSON list of records each with "
+            f"a 'captions' list ({type(error).__name__}: {error})"
+        ) from None
     return Corpus(f"real CUHK-PEDES ({path.stem})", [c for c in captions if c])
 
 
