@@ -19,21 +19,25 @@ is pushed to the clone's git remote and DVC's default remote (``dvc exp push``),
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.concurrency.sync import concurrency
 from prefect.states import Failed, State
 
@@ -140,6 +144,83 @@ def ensure_gpu_limit(slots: int = 1) -> str:
     return name
 
 
+@contextmanager
+def gpu_slot(project: str) -> Iterator[None]:
+    """Hold this machine's GPU slot while the block runs: the machine's lock, then a slot of
+    its Prefect limit (what the UI shows, and what workers sharing a server count).
+
+    A slot must not outlive its holder. Prefect frees a killed holder's slot only when its
+    lease expires, which a temporary server (``uit run``'s) never checks, so a run killed while
+    training left the limit full and every later run waiting without a word. The machine's
+    lock is a ``flock`` the kernel drops with its holder, and every holder of a slot holds it:
+    so whoever holds the lock knows that slots still counted as active were left by killed
+    runs, and releases them (saying so). A run that waits says what it waits for."""
+    name = ensure_gpu_limit()
+    logger = get_run_logger()
+    with ExitStack() as stack:
+        stack.enter_context(machine_lock(name, project, logger))
+        release_orphaned_slots(name, logger)
+        stack.enter_context(concurrency(name, occupy=1))
+        yield
+
+
+@contextmanager
+def machine_lock(name: str, project: str, logger: Any) -> Iterator[None]:
+    """The lock of this machine's GPU slot, a file in the temporary folder that records who
+    holds it (process, project, since when); waiting for it is said once, with that record."""
+    import fcntl
+
+    path = Path(tempfile.gettempdir()) / f"{name}.lock"
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:  # another user's lock file: lock it, without recording ourselves
+        descriptor = os.open(path, os.O_RDONLY)
+    try:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    logger.info(f"waiting for this machine's GPU slot ({name}): held by "
+                                f"{_holder(path)}; it is free when that run ends or is "
+                                "killed")  # fmt: skip
+                    waited = True
+                time.sleep(0.5)
+        record = json.dumps({"pid": os.getpid(), "project": str(Path(project).resolve()),
+                             "since": time.strftime("%Y-%m-%d %H:%M:%S")})  # fmt: skip
+        with contextlib.suppress(OSError):  # a read-only descriptor records nothing
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, record.encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _holder(path: Path) -> str:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return (
+            f"process {record['pid']} (a uit run in {record['project']}, since {record['since']})"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def release_orphaned_slots(name: str, logger: Any) -> None:
+    """Free the slots of ``name`` still counted as active: called with the machine's lock held,
+    when no live holder on this machine can have one."""
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(name)
+        if limit.active_slots:
+            logger.warning(f"{name}: released {limit.active_slots} GPU slot(s) left active by "
+                           "a run that was killed while it held them")  # fmt: skip
+            client.update_global_concurrency_limit(
+                name, GlobalConcurrencyLimitUpdate(active_slots=0)
+            )
+
+
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys hold only lowercase letters, digits and dashes."""
     key = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower())
@@ -189,7 +270,7 @@ def preprocess(benchmarks: list[str] | None = None, project: str = ".") -> None:
 def pretrain(project: str = ".") -> dict[str, Any]:
     """The pretrain stage (CLIP's contrastive loss on the synthetic corpus), on this machine's
     GPU limit; it trains only where ``model.pretrained`` names its weights."""
-    with concurrency(ensure_gpu_limit(), occupy=1):
+    with gpu_slot(project):
         dvc(["repro", "pretrain"], project)
     found: dict[str, Any] = json.loads((Path(project) / "metrics" / "pretrain.json").read_text())
     return found
@@ -198,10 +279,9 @@ def pretrain(project: str = ".") -> dict[str, Any]:
 @flow(name="train", log_prints=True)
 def train(benchmarks: list[str] | None = None, project: str = ".") -> dict[str, Any]:
     """Train, then evaluate in- and cross-domain, one benchmark at a time."""
-    limit = ensure_gpu_limit()
     published = {}
     for name in _benchmarks(benchmarks):
-        with concurrency(limit, occupy=1):
+        with gpu_slot(project):
             dvc(["repro", f"train@{name}"], project)
             dvc(["repro", f"evaluate@{name}"], project)
         published[name] = publish_metrics(project, name)
@@ -408,7 +488,7 @@ def run_experiment(benchmarks: Sequence[str], overrides: Sequence[str], name: st
     pushed to the clone's remotes."""
     refuse_untracked_data(project, overrides)
     args = ["exp", "run", "--temp", "-n", name, *(a for o in overrides for a in ("-S", o))]
-    with concurrency(ensure_gpu_limit(), occupy=1):
+    with gpu_slot(project):
         dvc([*args, *(f"evaluate@{b}" for b in benchmarks), "report"], project)
     entry = experiment_results(name, project)
     for benchmark in benchmarks:

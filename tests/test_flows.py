@@ -91,5 +91,11 @@ def test_without_the_limit_the_same_runs_overlap(
     prefect_api: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The control: the check above can fail. Without the limit the two runs train at once."""
-    monkeypatch.setattr(pipeline, "concurrency", lambda *args, **kwargs: contextlib.nullcontext())
+
+    @contextlib.contextmanager
+    def no_slot(project: str) -> Iterator[None]:
+        pipeline.ensure_gpu_limit()  # the runs meet as they would for the slot, and take none
+        yield
+
+    monkeypatch.setattr(pipeline, "gpu_slot", no_slot)
     assert overlaps(run_two_trainings(monkeypatch, tmp_path)) != []

@@ -175,12 +175,21 @@ def synth(
     contact_sheet: Annotated[
         Path | None, typer.Option(help="Also save a PNG of samples here.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing --contact-sheet file.")
+    ] = False,
 ) -> None:
-    """Generate the synthetic benchmark in the exact formats of the three real ones."""
+    """Generate the synthetic benchmark in the exact formats of the three real ones.
+
+    A benchmark folder under ROOT is replaced only if this command wrote it; a real benchmark
+    (or any folder holding other files) is refused."""
     from uit.core.config import parse_config
+    from uit.core.io import check_new_file
     from uit.raw.formats import get_spec
     from uit.synth import synthesize
 
+    if contact_sheet is not None:
+        check_new_file(contact_sheet, "--contact-sheet", overwrite=overwrite, suffixes=IMAGES)
     names = tuple(b.value for b in benchmark) if benchmark else BENCHMARKS
     options = {"seed": seed, "size": size, "image_height": image_height, "image_width": image_width}
     cfg = parse_config({"synth": options}, source="options").synth
@@ -202,15 +211,23 @@ def synth(
 
 
 def _save_contact_sheet(root: Path, names: tuple[str, ...], out: Path) -> None:
-    import io
-
     from uit.app.synth_sheet import synthetic_contact_sheet
     from uit.core.io import atomic_write_bytes
 
-    buffer = io.BytesIO()
-    synthetic_contact_sheet(root, names).save(buffer, format="PNG", optimize=True)
-    atomic_write_bytes(out, buffer.getvalue())
+    atomic_write_bytes(out, image_bytes(synthetic_contact_sheet(root, names), out))
     console.print(f"contact sheet: {out}")
+
+
+IMAGES = (".png", ".jpg", ".jpeg", ".webp")  # what a picture output may be; its name says which
+
+
+def image_bytes(image: Any, out: Path) -> bytes:
+    """``image`` (PIL) encoded in the format ``out``'s name ends in (one of ``IMAGES``)."""
+    buffer = io.BytesIO()
+    kind = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}[out.suffix.lower()]
+    options = {"optimize": True} if kind == "PNG" else {"quality": 90}
+    image.convert("RGB").save(buffer, format=kind, **options)
+    return buffer.getvalue()
 
 
 @data_app.command("prepare")
@@ -479,13 +496,13 @@ def compare(
         METRICS,
         comparison,
         plot_comparison,
-        read_exp_show,
+        read_experiments,
         to_csv,
         wide_table,
     )
-    from uit.app.dvc import dvc_json
 
-    experiments = read_exp_show(dvc_json(["exp", "show", "--all-branches"], project))
+    experiments = read_experiments(project)
+    _warn_left_out(experiments)
     if not any(e.kind == "experiment" for e in experiments):
         err_console.print("No DVC experiments yet (`uit run --set key=value` or `dvc exp run -S "
                           "key=value` makes one); showing the workspace and commits.")  # fmt: skip
@@ -510,6 +527,15 @@ def compare(
         console.print(wide_table(frame, chosen, metrics, baseline))
     else:
         _print_compact(frame, chosen, metrics, baseline)
+
+
+def _warn_left_out(experiments: list[Any]) -> None:
+    """One line on stderr per metrics file of an experiment that could not be compared."""
+    for e in experiments:
+        name = e.name if e.kind == "workspace" else f"{e.kind} {e.name}"
+        for why in e.left_out:
+            err_console.print(f"warning: {name}: {why} is left out of the comparison", markup=False,
+                              highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def _print_compact(frame: Any, benchmarks: list[str], metrics: tuple[str, ...],
@@ -742,14 +768,15 @@ def report(
 
 
 def _experiment_frame(project: Path, baseline: str | None) -> Any:
-    from uit.app.compare import comparison, read_exp_show
-    from uit.app.dvc import dvc_json
+    from uit.app.compare import comparison, read_experiments
 
     try:
-        found = read_exp_show(dvc_json(["exp", "show", "--all-branches"], project))
+        found = read_experiments(project)
     except UitError as error:  # not a DVC repository, or DVC failed: the report goes on
-        err_console.print(f"no experiments in the report: {error}")
+        err_console.print(f"no experiments in the report: {error}", markup=False,
+                          highlight=False, soft_wrap=True)  # fmt: skip
         return None
+    _warn_left_out(found)
     with_metrics = [e for e in found if e.metrics]
     if not any(e.kind == "experiment" for e in with_metrics):
         return None

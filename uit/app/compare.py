@@ -1,6 +1,7 @@
 """Compare experiments: ``dvc exp show --json`` rows -> one table of the params that differ and
 each benchmark's in-domain test metrics, with seed groups (mean and std) and deltas against a
-baseline. Pure transforms and rich tables; the CLI runs DVC and prints.
+baseline. ``read_experiments`` asks git and DVC; the rest is pure transforms and rich tables, and
+the CLI prints.
 
 The terminal gets a compact view that fits its width: the experiments with the params that differ,
 then one table per benchmark (experiments as rows, metrics as columns). Metric columns that do not
@@ -9,14 +10,19 @@ fit are left out whole, never cut; ``wide_table`` is everything in one table."""
 from __future__ import annotations
 
 import io
+import math
+import reprlib
 import statistics
+import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 from rich.table import Table
 
+from uit.core.config import BENCHMARKS
 from uit.core.errors import UitError
 from uit.retrieval.metrics import METRICS
 
@@ -35,6 +41,7 @@ class Experiment:
     status: str  # done | queued | running | failed
     params: dict[str, Any]  # dotted keys of params.yaml
     metrics: dict[str, dict[str, float]]  # trained-on benchmark -> in-domain text-to-image
+    left_out: tuple[str, ...] = ()  # metrics files that could not be read, each with why
 
 
 @dataclass
@@ -57,23 +64,64 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _in_domain(metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """``metrics/B.json`` files -> {B: t2i metrics of the model trained and tested on B}."""
-    result = {}
+def percent_problem(value: Any) -> str | None:
+    """Why ``value`` is not a retrieval metric (R@k, mAP, mINP: a number within 0..100), or
+    ``None`` when it is one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{_short(value)} is not a number"
+    if not math.isfinite(value) or not 0 <= value <= 100:
+        return f"{value!r} is not a percentage within 0..100"
+    return None
+
+
+def _short(value: Any) -> str:
+    return reprlib.repr(value)
+
+
+def _in_domain(metrics: Mapping[str, Any]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """``metrics/B.json`` files -> {B: t2i metrics of the model trained and tested on B}, and
+    the files left out, each with why. A file not written yet is no metrics, not a problem."""
+    result, left_out = {}, []
     for path, content in metrics.items():
-        if not path.startswith("metrics/") or not path.endswith(".json"):
-            continue
         benchmark = path.removeprefix("metrics/").removesuffix(".json")
-        t2i = (content.get("data") or {}).get(benchmark, {}).get("t2i")
-        if t2i:
-            result[benchmark] = {m: float(t2i[m]) for m in METRICS if m in t2i}
-    return result
+        if f"metrics/{benchmark}.json" != path or benchmark not in BENCHMARKS:
+            continue  # another metrics file (metrics/pretrain.json)
+        try:
+            t2i = _t2i(content, benchmark)
+        except ValueError as why:
+            left_out.append(f"{path} ({why})")
+            continue
+        if t2i is not None:
+            result[benchmark] = t2i
+    return result, left_out
+
+
+def _t2i(content: Any, benchmark: str) -> dict[str, float] | None:
+    """The in-domain text-to-image metrics of one metrics file as ``dvc exp show`` gives it;
+    ``None`` for a file that does not exist (yet); ``ValueError`` saying what is wrong."""
+    error = content.get("error") if isinstance(content, Mapping) else None
+    if isinstance(error, Mapping) and error.get("type") == "FileNotFoundError":
+        return None
+    if error:
+        why = error.get("msg") if isinstance(error, Mapping) else error
+        raise ValueError(f"DVC could not read it: {' '.join(str(why).split())}")
+    data = content.get("data") if isinstance(content, Mapping) else None
+    tested = data.get(benchmark) if isinstance(data, Mapping) else None
+    t2i = tested.get("t2i") if isinstance(tested, Mapping) else None
+    if not isinstance(t2i, Mapping):
+        raise ValueError(f"no {benchmark}.t2i mapping of metrics, as the evaluate stage writes")
+    for metric in METRICS:
+        problem = percent_problem(t2i[metric]) if metric in t2i else None
+        if problem:
+            raise ValueError(f"{benchmark}.t2i.{metric}: {problem}")
+    return {m: float(t2i[m]) for m in METRICS if m in t2i}
 
 
 def _experiment(entry: Mapping[str, Any], name: str, kind: str, status: str) -> Experiment:
     data = entry.get("data") or {}
     params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
-    return Experiment(name, kind, status, flatten(params), _in_domain(data.get("metrics") or {}))
+    metrics, left_out = _in_domain(data.get("metrics") or {})
+    return Experiment(name, kind, status, flatten(params), metrics, tuple(left_out))
 
 
 def read_exp_show(rows: Sequence[Mapping[str, Any]]) -> list[Experiment]:
@@ -95,6 +143,64 @@ def read_exp_show(rows: Sequence[Mapping[str, Any]]) -> list[Experiment]:
                 label = exp.get("name") or rev_entry.get("name") or str(rev_entry.get("rev"))[:7]
                 experiments.append(_experiment(rev_entry, label, "experiment", status))
     return experiments
+
+
+def read_experiments(project: str | Path) -> list[Experiment]:
+    """Every experiment of ``project`` as ``dvc exp show --all-branches`` lists them. Refused,
+    naming each and its fix, while an experiment's git ref points at nothing: DVC then lists no
+    experiments at all, or fails with only the missing commit's hash."""
+    from uit.app.dvc import dvc_json
+
+    broken = broken_experiment_refs(project)
+    if broken:
+        raise UitError(" ".join(broken))
+    return read_exp_show(dvc_json(["exp", "show", "--all-branches"], project))
+
+
+def broken_experiment_refs(project: str | Path) -> list[str]:
+    """One sentence per experiment ref (``refs/exps/...``) of ``project``'s git repository that
+    names a missing commit or holds no commit hash, with the command that removes it."""
+    listed = _git(project, "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps")
+    if listed is None:  # no git, or not a repository: DVC says so
+        return []
+    pairs = (line.split(" ", 1) for line in listed.stdout.splitlines())
+    commits = {ref: sha for ref, sha in pairs if _is_experiment_ref(ref)}
+    missing = _missing_objects(project, commits.values())
+    broken = {ref: f"points at commit {sha[:7]}, which is not in the repository"
+              for ref, sha in commits.items() if sha in missing}  # fmt: skip
+    for line in listed.stderr.splitlines():  # git skips a ref that holds no hash, and warns
+        ref = line.rsplit(" ", 1)[-1]
+        if "ignoring broken ref" in line and _is_experiment_ref(ref):
+            broken[ref] = "holds no commit hash"
+    return [
+        f"The experiment ref {ref} {why}; remove it with `dvc exp remove "
+        f"{ref.rsplit('/', 1)[-1]}` (or `git update-ref -d {ref}`)."
+        for ref, why in broken.items()
+    ]
+
+
+def _missing_objects(project: str | Path, shas: Iterable[str]) -> set[str]:
+    found = _git(project, "cat-file", "--batch-check", stdin="".join(f"{s}\n" for s in shas))
+    lines = found.stdout.splitlines() if found is not None else []
+    return {line.split()[0] for line in lines if line.endswith(" missing")}
+
+
+def _is_experiment_ref(ref: str) -> bool:
+    """``refs/exps/AB/CDEF.../NAME``: not DVC's own bookkeeping (``refs/exps/exec/...``)."""
+    parts = ref.split("/")
+    return len(parts) == 5 and parts[:2] == ["refs", "exps"] and parts[2] != "exec"
+
+
+def _git(
+    project: str | Path, *args: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str] | None:
+    """What ``git ARGS`` printed in ``project``; ``None`` where git is absent or failed."""
+    try:
+        done = subprocess.run(["git", *args], cwd=project, input=stdin, capture_output=True,
+                              text=True)  # fmt: skip
+    except OSError:
+        return None
+    return done if done.returncode == 0 else None
 
 
 def _norm(value: Any) -> str:
@@ -152,6 +258,9 @@ def comparison(
     unknown = [b for b in chosen if b not in found]
     if unknown:
         raise UitError(f"no metrics for {', '.join(unknown)}; benchmarks with metrics: {found}")
+    odd = [m for m in metrics if m not in METRICS]
+    if odd:
+        raise UitError(f"unknown metric {', '.join(map(repr, odd))}: choose from {list(METRICS)}")
     rows = [_row(g, params, chosen, metrics) for g in groups]
     frame = pl.DataFrame(rows, infer_schema_length=None)
     if baseline is not None:
@@ -193,6 +302,11 @@ def _with_deltas(
         raise UitError(f"baseline {baseline!r} is not among the experiments ({names})")
     base = matches.row(0, named=True)
     columns = [f"{b}/{m}" for b in benchmarks for m in metrics]
+    if all(base[c] is None for c in columns):
+        raise UitError(
+            f"baseline {baseline!r} ({base['status']}) has no metrics to compare against: "
+            "choose an experiment that has"
+        )
     return frame.with_columns(
         (pl.col(c) - base[c]).alias(f"{c} delta") for c in columns if base[c] is not None
     )

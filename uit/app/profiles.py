@@ -65,7 +65,7 @@ def apply_profile(
     A ``data.root`` override for real data must name an existing folder."""
     params, profile = Path(params), Path(profile)
     text = read_params_text(params)
-    before = dict(_sections(parse_yaml(text, params), params))
+    before = dict(_sections(_settings(text, params), params))
     parse_config(before, source=str(params))
     values = {**read_profile(profile), **overrides}
     changed = [key for key, value in values.items() if _get(before, key) != value]
@@ -79,8 +79,28 @@ def apply_profile(
                **overrides}  # fmt: skip
     rendered = _render(_edited(text, params, {key: written[key] for key in changed}))
     _check(rendered, wanted, params)
-    atomic_write_text(params, rendered)
+    target = params.resolve()  # a symlinked params file: its target is rewritten, the link kept
+    atomic_write_text(target, rendered.replace("\n", _line_ending(target)))
     return changed
+
+
+def _settings(text: str, params: Path) -> Any:
+    """The values of the params file ``params``, refused when it holds none: a profile names
+    only some keys, and DVC needs the others."""
+    values = parse_yaml(text, params)
+    if values is None:
+        raise ConfigError(
+            f"{params} holds no settings (it is empty or only comments): restore it with "
+            f"`git checkout -- {params}`, then apply the profile"
+        )
+    return values
+
+
+def _line_ending(path: Path) -> str:
+    """The line ending of ``path``'s first line: a file saved on Windows keeps its CRLF."""
+    with path.open(encoding="utf-8") as handle:
+        handle.readline()
+        return handle.newlines if isinstance(handle.newlines, str) else "\n"
 
 
 def _get(sections: Mapping[str, Any], dotted: str) -> Any:

@@ -20,7 +20,8 @@ from pathlib import Path
 from rich.markup import escape
 
 from uit.core.console import err_console
-from uit.core.errors import DataError, UitError, bounded
+from uit.core.errors import DataError, Terminated, UitError, bounded
+from uit.core.signals import terminate_as_interrupt
 
 BUG = (
     "this is a bug in uit, not in your input; please report it to the uit maintainers with the "
@@ -29,8 +30,11 @@ BUG = (
 INTERRUPTED = (
     "interrupted (Ctrl-C); outputs are written atomically, so nothing half-written is left"
 )
-# Exit codes: 1 for any failure, 130 (128 + SIGINT) for Ctrl-C, as shells report it.
-FAILED, INTERRUPTED_CODE = 1, 130
+TERMINATED = "terminated (SIGTERM); outputs are written atomically, so nothing half-written is left"
+# Exit codes: 1 for any failure, 130 (128 + SIGINT) for Ctrl-C and 143 (128 + SIGTERM) for a
+# termination, as shells report them.
+FAILED, INTERRUPTED_CODE, TERMINATED_CODE = 1, 130, 143
+
 
 _OS_FIXES = {
     errno.ENOENT: "not found; check the path",
@@ -79,6 +83,9 @@ def _os_message(error: OSError) -> str:
 
 def report_failure(error: BaseException) -> int:
     """Print what went wrong on stderr and return the exit code."""
+    if isinstance(error, Terminated):
+        err_console.print(TERMINATED, highlight=False, soft_wrap=True)
+        return TERMINATED_CODE
     if isinstance(error, KeyboardInterrupt):
         err_console.print(INTERRUPTED, highlight=False, soft_wrap=True)
         return INTERRUPTED_CODE
@@ -133,6 +140,7 @@ def run_stage(main: Callable[[], None]) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
+    terminate_as_interrupt()
     try:
         main()
     except SystemExit:

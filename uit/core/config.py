@@ -15,12 +15,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from uit.core.errors import ConfigError, bounded
 
 MAX_PARAMS_BYTES = 1_000_000  # a params file is a few KB; anything this big is the wrong file
 MAX_INPUT_REPR = 200  # characters of a bad value shown in an error message
+MAX_YAML_DEPTH = 20  # levels of nesting in a YAML file or value: params files use 4
 
 
 class Benchmark(StrEnum):
@@ -57,6 +65,21 @@ class DataConfig(Section):
     benchmarks: tuple[Benchmark, ...] = BENCHMARKS
     drop_missing: bool = False
     check_images: ImageCheck = "decode"
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _each_benchmark_once(cls, benchmarks: tuple[Benchmark, ...]) -> tuple[Benchmark, ...]:
+        if not benchmarks:
+            raise ValueError(
+                f"data.benchmarks is empty: list at least one of {', '.join(BENCHMARKS)}, "
+                f"e.g. data.benchmarks: [{BENCHMARKS[-1]}]"
+            )
+        twice = sorted({name for name in benchmarks if benchmarks.count(name) > 1})
+        if twice:
+            raise ValueError(
+                f"data.benchmarks names {', '.join(twice)} more than once: list each benchmark once"
+            )
+        return benchmarks
 
 
 class SynthConfig(Section):
@@ -177,6 +200,15 @@ class TrainConfig(Section):
                 f"{self.instances_per_id} (each identity brings that many captions to a batch): "
                 f"use {max(lower, self.instances_per_id)} or {lower + self.instances_per_id}"
             )
+        share = self.instances_per_id * self.nproc_per_node
+        if self.batch_size % share:
+            lower = self.batch_size - self.batch_size % share
+            raise ValueError(
+                f"train.batch_size {self.batch_size} cannot be split over train.nproc_per_node "
+                f"{self.nproc_per_node} processes in whole identities of train.instances_per_id "
+                f"{self.instances_per_id}: use a batch size that is a multiple of {share} "
+                f"({max(lower, share)} or {lower + share}), or another number of processes"
+            )
         return self
 
 
@@ -275,11 +307,12 @@ def _override_value(override: str, text: str) -> Any:
     if not text.strip():
         return ""
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader without aliases
+        return _load(text)
     except yaml.YAMLError as error:
         raise ConfigError(
             bounded(
-                f"override {override!r}: the value is not valid YAML ({_first_line(error)}); "
+                f"override {_short_repr(override)}: the value is not valid YAML "
+                f"({_first_line(error)}); "
                 "quote a string that holds brackets or colons, e.g. --set 'report.title=\"a: b\"'"
             )
         ) from None
@@ -341,9 +374,14 @@ def _first_line(error: yaml.YAMLError) -> str:
     return " ".join(str(error).split())
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing aliases (``*name``): a params file needs none, and a few
-    nested aliases expand into gigabytes (the "billion laughs")."""
+class _PlainLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing aliases (``*name``) and nesting deeper than
+    ``MAX_YAML_DEPTH``: a params file needs neither, a few nested aliases expand into gigabytes
+    (the "billion laughs"), and thousands of nested brackets exhaust Python's stack."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -352,7 +390,60 @@ class _NoAliasLoader(yaml.SafeLoader):
                 None, None, f"found the alias *{event.anchor}; params files take no YAML aliases, "
                 "write the value out", event.start_mark,
             )  # fmt: skip
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_YAML_DEPTH} levels deep (params need at most "
+                "4); close the brackets or indent less", self.peek_event().start_mark,
+            )  # fmt: skip
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+_MERGE = "tag:yaml.org,2002:merge"  # the ``<<`` key, which is not a key of the mapping
+
+
+def _refuse_keys_twice(loader: _PlainLoader, node: yaml.Node, path: tuple[str, ...] = ()) -> None:
+    """Refuse a mapping under ``node`` that holds a key twice: PyYAML keeps the last silently,
+    DVC refuses the file. The error points at the second one and names the first's line."""
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_keys_twice(loader, item, path)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[Any, yaml.Mark] = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == _MERGE:
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node.start_mark)
+        except TypeError:  # an unhashable key: the constructor refuses it in its own words
+            continue
+        if first is not key_node.start_mark:
+            where = f" in {'.'.join(path)}" if path else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f'duplicate key "{key}"{where} (first on line {first.line + 1}); '
+                "keep one of them (DVC refuses a key written twice)",
+                key_node.start_mark,
+            )  # fmt: skip
+        _refuse_keys_twice(loader, value_node, (*path, str(key)))
+
+
+def _load(text: str) -> Any:
+    """The plain values of the YAML ``text``: no aliases, no tags, no deep nesting, no key
+    written twice (each raises a ``yaml.YAMLError`` that points at the place)."""
+    loader = _PlainLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_keys_twice(loader, node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def read_params_text(path: Path) -> str:
@@ -377,10 +468,10 @@ def read_params_text(path: Path) -> str:
 
 def parse_yaml(text: str, path: str | Path) -> Any:
     """The plain values of the YAML ``text`` read from ``path`` (no aliases, no tags): every
-    reader of a params file or a profile goes through here, so a syntax error is always one line
-    that names the file, line and column and says how to fix it."""
+    reader of a params file or a profile goes through here, so a syntax error, a key written twice
+    or nesting too deep is always one line that names the file, line and column and the fix."""
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader without aliases
+        return _load(text)
     except yaml.YAMLError as error:
         raise ConfigError(yaml_error_line(path, error, text)) from None
 

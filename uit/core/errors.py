@@ -36,3 +36,9 @@ class CheckpointError(UitError, ValueError):
 
 class TrainingError(UitError):
     """Training cannot go on (a loss became NaN or Inf, or a run cannot be resumed)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interruption (``uit.core.boundary.terminate_as_interrupt``) so
+    that what a command holds is let go as on Ctrl-C: temporary files, child processes, the
+    temporary Prefect server of ``uit run``. Exit code 143 (128 + SIGTERM)."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,17 @@ def _file_mode(path: Path) -> int:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place.
+
+    A failure to start names ``path``, the file the user asked for, never the temporary one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    ensure_parent(path)
+    if path.is_dir():
+        raise UitError(f"{path} is a folder; give the path of a file to write")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise UitError(f"{path} cannot be written: {_reason(error)}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -38,6 +46,50 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def ensure_parent(path: Path) -> None:
+    """Create the folders above ``path``; a part of the way that is a file is named."""
+    for parent in (path.parent, *path.parent.parents):
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise UitError(f"{path} cannot be written: {parent} is a file, not a folder; "
+                               "give a path whose folders are folders")  # fmt: skip
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UitError(f"{path} cannot be written: {_reason(error)}") from None
+
+
+def _reason(error: OSError) -> str:
+    """Why a write failed, without the temporary name the OS error carries."""
+    reasons = {
+        errno.EACCES: "permission denied; choose a folder you can write to",
+        errno.EPERM: "permission denied; choose a folder you can write to",
+        errno.EROFS: "the file system is read-only; choose a writable location",
+        errno.ENOSPC: "no space left on the device; free some space and run again",
+        errno.ENOTDIR: "a part of the path is a file, where a folder was expected",
+    }
+    return reasons.get(error.errno or 0, error.strerror or str(error))
+
+
+def check_new_file(
+    path: str | Path, option: str, *, overwrite: bool = False, suffixes: Collection[str] = ()
+) -> Path:
+    """The one rule for a single-file output (``--sheet``, ``--plot``, ``weights convert``'s
+    OUT...): a new file, or an existing one only when the user said ``--overwrite``; never a
+    folder; its name ending in one of ``suffixes`` (the format written follows the name)."""
+    path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UitError(f"{option} {path}: the name must end in {' or '.join(sorted(suffixes))}, "
+                       "the format that is written")  # fmt: skip
+    if path.is_dir():
+        raise UitError(f"{option} {path} is a folder; give the path of a file to write")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise UitError(f"{option} {path} already exists and would be replaced: give a new name, "
+                       "or add --overwrite to replace it")  # fmt: skip
+    return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -53,34 +105,57 @@ def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> 
 _STAGING, _RETIRED = "uit-tmp", "uit-old"
 
 
+# Says whether a non-empty folder is an earlier output of the command about to replace it.
+Ours = Callable[[Path], bool]
+
+
 def ready_output_dir(
-    out_dir: str | Path, owned: Collection[str], error: type[UitError] = UitError
+    out_dir: str | Path,
+    owned: Collection[str],
+    error: type[UitError] = UitError,
+    ours: Ours | None = None,
 ) -> Path:
     """Check ``out_dir`` can be replaced, after tidying up after killed runs; return its real path.
 
     A previous output that a kill caught between the two renames is put back, killed runs'
     temporary folders are deleted, and a folder holding anything but the ``owned`` file names
-    (or a file) is refused: replacing it would delete what this command did not write."""
+    (or a file) is refused: replacing it would delete what this command did not write. Where the
+    owned names alone cannot tell (a real benchmark has the file names the synthetic one has),
+    ``ours`` must also recognise a non-empty folder as this command's."""
     out_dir = Path(os.path.realpath(out_dir))
     if out_dir.parent.is_dir():
         _clean_leftovers(out_dir)
+    _check_replaceable(out_dir, owned, error, ours)
+    return out_dir
+
+
+def _check_replaceable(
+    out_dir: Path, owned: Collection[str], error: type[UitError], ours: Ours | None
+) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise error(f"{out_dir} is a file; give a folder (new or existing) for the output")
-    foreign = (
-        sorted(p.name for p in out_dir.iterdir() if p.name not in owned) if out_dir.is_dir() else []
-    )
+    found = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    foreign = [name for name in found if name not in owned]
     if foreign:
         raise error(
             f"{out_dir} holds {len(foreign)} file(s) or folder(s) that this command did not write "
             f"(e.g. {foreign[0]}), and the whole folder would be replaced: give a new folder, "
             f"or one holding only {', '.join(sorted(owned))}"
         )
-    return out_dir
+    if found and ours is not None and not ours(out_dir):
+        raise error(
+            f"{out_dir} holds files that this command did not write (no sign of an earlier run "
+            "of it), and the whole folder would be replaced: give a new or empty folder, or "
+            "move this one away yourself"
+        )
 
 
 @contextmanager
 def replaced_dir(
-    out_dir: str | Path, owned: Collection[str], error: type[UitError] = UitError
+    out_dir: str | Path,
+    owned: Collection[str],
+    error: type[UitError] = UitError,
+    ours: Ours | None = None,
 ) -> Iterator[Path]:
     """Yield an empty folder beside ``out_dir``; on success it replaces ``out_dir`` as a whole.
 
@@ -88,13 +163,15 @@ def replaced_dir(
     one, so a reader finds the old folder or the new one, never a mix; on failure ``out_dir`` is
     untouched. A symlinked ``out_dir`` has its target replaced. Leftovers of a killed run are
     deleted on the next run (a previous output caught between the renames is put back first).
+    ``ready_output_dir`` says which folders may be replaced (``owned``, ``ours``).
     """
-    out_dir = ready_output_dir(out_dir, owned, error)
+    out_dir = ready_output_dir(out_dir, owned, error, ours)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_dir(out_dir, _leftover_name(out_dir, _STAGING))
     try:
         yield tmp
         _normal_modes(tmp)
+        _check_replaceable(out_dir, owned, error, ours)  # files added while this one ran
         _publish(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -188,3 +265,24 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextmanager
+def folder_lock(folder: str | Path, busy: str, error: type[UitError] = UitError) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (created if need be) while the block runs; another
+    holder makes this raise ``error(busy)`` at once. The lock is the folder's own (``flock``
+    on its descriptor): no lock file to leave behind, and the kernel drops it with its holder,
+    so a killed writer never leaves the folder locked."""
+    import fcntl
+
+    folder = Path(folder)
+    ensure_parent(folder / "x")
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise error(busy) from None
+        yield
+    finally:
+        os.close(descriptor)

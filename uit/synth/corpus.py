@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,17 +19,18 @@ import polars as pl
 
 from uit.core.config import BENCHMARKS, PretrainConfig, SynthConfig
 from uit.core.errors import ConfigError
-from uit.core.io import atomic_write_json, staging_dir
+from uit.core.io import atomic_write_json, replaced_dir
 from uit.data.prepared import CAPTIONS_FILE, IMAGES_FILE, IMGS_DIR_BASE, STATS_FILE
 from uit.raw.formats import SPECS
 from uit.synth.attributes import sample_families
 from uit.synth.captions import write_generic_caption
-from uit.synth.generate import SIZES, _Image, _plan_images, _render_all, _swap_in
+from uit.synth.generate import SIZES, _Image, _plan_images, _render_all
 
 if TYPE_CHECKING:
     from uit.core.console import Advance
 
 CORPUS = "pretrain-corpus"
+OWNED = ("imgs", IMAGES_FILE, CAPTIONS_FILE, STATS_FILE)  # all that a corpus folder holds
 
 
 def benchmark_identities(synth: SynthConfig) -> set[tuple[Any, ...]]:
@@ -72,13 +72,9 @@ def draw_corpus(
 ) -> dict[str, dict[str, int]]:
     """Write the corpus to ``out_dir`` (swapped in whole); return its counts per split. A
     folder there that is not a corpus is refused, never replaced."""
-    target = Path(out_dir)
-    refuse_foreign_folder(target)
     images = plan_corpus(cfg, synth)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = staging_dir(target, f".{target.name}.", ".tmp")
     key = f"{cfg.seed}:{CORPUS}"
-    try:
+    with replaced_dir(out_dir, OWNED, ConfigError, ours=is_corpus) as tmp:
         jobs = [(image, key, synth.image_height, synth.image_width, str(tmp / "imgs"))
                 for image in images]  # fmt: skip
         _render_all(jobs, workers, progress)
@@ -107,23 +103,13 @@ def draw_corpus(
                  "generator": {"pretrain_seed": cfg.seed, "synth_seed": synth.seed,
                                "synth_size": synth.size}}  # fmt: skip
         atomic_write_json(tmp / STATS_FILE, stats)
-        _swap_in(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return splits
 
 
-def refuse_foreign_folder(target: Path) -> None:
-    """Only an empty folder or an earlier corpus (its stats.json says so) may be replaced."""
-    if not target.is_dir() or not any(target.iterdir()):
-        return
-    stats = target / STATS_FILE
+def is_corpus(folder: Path) -> bool:
+    """Whether ``folder`` is a corpus this module wrote (its stats.json says so)."""
     try:
-        ours = json.loads(stats.read_text(encoding="utf-8")).get("benchmark") == CORPUS
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
-        raise ConfigError(
-            f"{target} holds files that are not a pretraining corpus; the corpus replaces its "
-            "folder whole, so give a new or empty folder (--corpus), or remove this one yourself"
-        )
+        stats = json.loads((folder / STATS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(stats, dict) and stats.get("benchmark") == CORPUS

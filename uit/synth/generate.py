@@ -8,10 +8,8 @@ byte-identical for a seed and can be rendered in parallel.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uit.core.config import BENCHMARKS, SynthConfig
-from uit.core.io import atomic_write_json, atomic_write_text, staging_dir
+from uit.core.errors import DataError
+from uit.core.io import atomic_write_json, atomic_write_text, replaced_dir
 from uit.raw.formats import SPECS, BenchmarkSpec
 from uit.synth.attributes import Identity, sample_families
 from uit.synth.captions import STYLES, Caption, write_caption
@@ -222,15 +221,14 @@ def generate_benchmark(
     """Write one synthetic benchmark under ``root`` and return its counts per split.
 
     The benchmark folder is built beside its final place and swapped in whole, so an interrupted
-    run leaves the previous copy (or nothing) rather than a mixture.
+    run leaves the previous copy (or nothing) rather than a mixture; a folder there that this
+    generator did not write (a real benchmark) is refused, never replaced.
     """
     spec, plan = SPECS[name], SIZES[cfg.size][name]
     key = f"{cfg.seed}:{name}"
     images, identities = _plan_images(spec, plan, cfg.seed)
-    target = spec.dataset_dir(root)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = staging_dir(target, f".{spec.folder}.", ".tmp")
-    try:
+    owned = ("imgs", spec.annotation_files[0], SIDECAR)
+    with replaced_dir(spec.dataset_dir(root), owned, DataError, ours=_synthetic) as tmp:
         jobs = [
             (image, key, cfg.image_height, cfg.image_width, str(tmp / "imgs")) for image in images
         ]
@@ -244,10 +242,17 @@ def generate_benchmark(
             "images": truth,
         }  # fmt: skip
         atomic_write_json(tmp / SIDECAR, sidecar, indent=None)
-        _swap_in(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return _summary(spec, records)
+
+
+def _synthetic(folder: Path) -> bool:
+    """Whether ``folder`` is a benchmark this generator wrote (its sidecar says so): a real
+    benchmark has the same annotation file and ``imgs/``, and is never replaced."""
+    try:
+        with (folder / SIDECAR).open(encoding="utf-8") as handle:
+            return "generator" in json.load(handle)
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _dump(records: list[dict[str, Any]]) -> str:
@@ -269,16 +274,6 @@ def _render_all(
         for _ in pool.map(_render_one, jobs, chunksize=32):
             if progress:
                 progress(1)
-
-
-def _swap_in(new: Path, target: Path) -> None:
-    old = target.with_name(f".{target.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def synthesize(

@@ -7,12 +7,14 @@ so the two front doors share one code path.
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from uit.core.config import Config
 from uit.core.device import resolve_device
-from uit.core.errors import DataError
+from uit.core.errors import DataError, TrainingError
+from uit.core.io import folder_lock
 from uit.text.augment import build_augment
 from uit.text.parsed import read_attribute_words, read_tagged_words
 from uit.training.distributed import session, wait_for_all
@@ -59,7 +61,7 @@ def train_benchmark(
             f"{' and '.join(keys)} needs the parsed captions: pass the folder written by "
             "`uit data parse` (or set augment.keep_attributes_p=0 and augment.mask_tokens=false)"
         )
-    with session(resolve_device(cfg.train.device)) as world:
+    with session(resolve_device(cfg.train.device)) as world, _writer(out_dir, world.is_main):
         decision = decide_run(out_dir, cfg, replace=restart)  # the one run-folder policy
         wait_for_all(world)
         if decision == "replace" and world.is_main:
@@ -69,3 +71,15 @@ def train_benchmark(
         wait_for_all(world)
         return fit(cfg, prepared_dir, out_dir, attribute_words=words, augment=augment,
                    tagged_words=tagged, reporter=reporter)  # fmt: skip
+
+
+def _writer(out_dir: str | Path, main: bool) -> AbstractContextManager[None]:
+    """The run folder's one writer: rank 0 holds its lock for the whole run, so a second run
+    into the same folder is refused at once instead of mixing its checkpoints with this one's."""
+    if not main:
+        return nullcontext()
+    busy = (
+        f"{out_dir} is being written by another training run (uit train, uit pretrain or a "
+        "pipeline stage); wait for it to finish, or give this run another output folder"
+    )
+    return folder_lock(out_dir, busy, TrainingError)
