@@ -128,6 +128,18 @@ def test_a_picture_output_never_replaces_a_file_unasked(tmp_path: Path) -> None:
     assert Image.open(weights).format == "PNG"
 
 
+@pytest.mark.parametrize("command", [("compare", "--plot"), ("report", "--screenshot")])
+def test_every_picture_option_follows_the_same_rule(tmp_path: Path, command) -> None:
+    """Checked first, before DVC or the report is asked for anything."""
+    existing = tmp_path / "picture.png"
+    existing.write_bytes(b"precious")
+    name, option = command
+    fails(name, option, existing, "--project", tmp_path,
+          says=(option, str(existing), "already exists", "--overwrite"))  # fmt: skip
+    fails(name, option, tmp_path / "picture.gif", "--project", tmp_path, says=(option, ".png"))
+    assert existing.read_bytes() == b"precious"
+
+
 def test_the_format_follows_the_name(tmp_path: Path) -> None:
     sheet = tmp_path / "sheet.jpg"
     code, output = cli("synth", "--root", tmp_path / "raw", "--size", "tiny", "--benchmark",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from uit.core.errors import UitError
+from uit.core.io import atomic_write_bytes
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 MIN_WINDOW_WIDTH = 500  # px: Chromium widens a narrower window to this
@@ -68,8 +69,7 @@ def check_page(
         if screenshot is not None:
             height = driver.execute_script("return document.documentElement.scrollHeight")
             driver.set_window_size(width, min(int(height) + 40, 16000))
-            Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
-            driver.save_screenshot(str(screenshot))
+            atomic_write_bytes(screenshot, driver.get_screenshot_as_png())
     finally:
         driver.quit()
     remote = [r for r in resources if not r.startswith(("data:", "file:"))]

@@ -486,12 +486,17 @@ def compare(
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a bar chart (PNG) here.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --plot file.")] = False,
     project: Annotated[Path, typer.Option(help="The project (git + DVC) folder.")] = Path("."),
 ) -> None:
     """Every DVC experiment (workspace, branches, queued and finished runs) side by side.
 
     The params that differ, then a table per benchmark that fits the terminal (--wide: one).
     """
+    from uit.core.io import check_new_file
+
+    if plot is not None:
+        check_new_file(plot, "--plot", overwrite=overwrite, suffixes=(".png",))
     from uit.app.compare import (
         METRICS,
         comparison,
@@ -743,6 +748,9 @@ def report(
     screenshot: Annotated[
         Path | None, typer.Option(help="Also check the page in headless Chromium, save a PNG.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing --screenshot file.")
+    ] = False,
 ) -> None:
     """Build the report (self-contained HTML that works offline, and Markdown).
 
@@ -750,6 +758,10 @@ def report(
     """
     from uit.app.report import report_pipeline
     from uit.core.config import load_config
+    from uit.core.io import check_new_file
+
+    if screenshot is not None:
+        check_new_file(screenshot, "--screenshot", overwrite=overwrite, suffixes=(".png",))
 
     cfg = load_config(project / params).report
     frame = _experiment_frame(project, baseline) if experiments else None
