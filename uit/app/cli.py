@@ -707,6 +707,23 @@ def weights_convert(
         "ViT-B-16"
     ),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT file.")] = False,
+    image_height: Annotated[
+        int | None,
+        typer.Option(
+            min=8,
+            help="Image height a released best.pth was trained at, where its position "
+            "embeddings do not tell (with --image-width).",
+            show_default="read from the weights",
+        ),
+    ] = None,
+    image_width: Annotated[
+        int | None,
+        typer.Option(
+            min=8,
+            help="Image width a released best.pth was trained at.",
+            show_default="read from the weights",
+        ),
+    ] = None,
 ) -> None:
     """Convert weights once, offline, without running any code from the file.
 
@@ -717,12 +734,20 @@ def weights_convert(
     """
     from uit.model.weights import RELEASED, convert_weights, detect_format, released_to_export
 
+    if (image_height is None) != (image_width is None):
+        raise UitError("--image-height and --image-width go together: give both, the size the "
+                       "released best.pth was trained at")  # fmt: skip
+    size = (image_height, image_width) if image_height and image_width else None
     if detect_format(src) == RELEASED:
-        info = released_to_export(src, out, model)
+        info = released_to_export(src, out, model, image_size=size)
         console.print(f"wrote {out}: the dual encoder of {src} as {model}, QuickGELU "
                       f"({info.dropped} training-only entries left out). Score it with `uit "
                       f"evaluate {out} data/prepared/cuhk-pedes --out evals/released`")  # fmt: skip
         return
+    if size is not None:
+        raise UitError(f"--image-height/--image-width are for a released best.pth; {src} holds "
+                       "pretrained weights, which training resizes to model.image_height and "
+                       "model.image_width: leave them out")  # fmt: skip
     info = convert_weights(src, out, overwrite=overwrite)
     activation = {True: "QuickGELU", False: "GELU", None: "unknown (set model.quick_gelu)"}
     console.print(f"wrote {out} ({info.format}; activation {activation[info.quick_gelu]}). "

@@ -10,7 +10,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +276,7 @@ def folder_lock(folder: str | Path, busy: str, error: type[UitError] = UitError)
     import fcntl
 
     folder = Path(folder)
+    created = not folder.exists()
     ensure_parent(folder / "x")
     descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -285,4 +286,7 @@ def folder_lock(folder: str | Path, busy: str, error: type[UitError] = UitError)
             raise error(busy) from None
         yield
     finally:
+        if created:  # made for the lock alone, and left empty (the work failed early): gone
+            with suppress(OSError):
+                folder.rmdir()
         os.close(descriptor)

@@ -226,6 +226,14 @@ def _load_weights(clip: CLIP, path: str) -> None:
         torch.serialization.pickle.UnpicklingError,
     ) as error:
         raise UitError(f"could not load weights from {path}: {error}") from None
+    from uit.model.checkpoint import first_non_finite
+
+    key = first_non_finite(clip.state_dict())
+    if key is not None:
+        raise WeightsError(
+            f"model.pretrained: {path}: its tensor {key} holds NaN or Inf; training from it "
+            "could only diverge. Use the original weights file."
+        )
     log.info("loaded weights from %s", path)
 
 
@@ -253,16 +261,14 @@ def load_encoder(checkpoint_dir: str | Path) -> tuple[DualEncoder, ModelConfig]:
 
     The architecture comes from the checkpoint's own config; no pretrained weights are fetched.
     """
-    from uit.model.checkpoint import load_checkpoint
+    from uit.model.checkpoint import WEIGHTS, check_finite, load_checkpoint
 
     checkpoint = load_checkpoint(checkpoint_dir)
     cfg = inference_config(checkpoint.state, checkpoint_dir)
     heads = ("id_head.", "tir_decoder.")  # training-only parts of a training checkpoint
-    weights = {
-        k.removeprefix("encoder."): v
-        for k, v in checkpoint.weights.items()
-        if not k.startswith(heads)
-    }
+    kept = {k: v for k, v in checkpoint.weights.items() if not k.startswith(heads)}
+    check_finite(kept, Path(checkpoint_dir) / WEIGHTS)
+    weights = {k.removeprefix("encoder."): v for k, v in kept.items()}
     check_weights_fit(weights, cfg, Path(checkpoint_dir))  # before building: ViT-L is slow
     encoder = build_model(cfg)
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,34 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         if type(error).__name__ != "SafetensorError" and not isinstance(error, OSError):
             raise
         raise CheckpointError(f"{path}: cannot be read ({error}); {DAMAGED}") from None
+
+
+def first_non_finite(weights: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or Inf, or None."""
+    for key, value in weights.items():
+        if value.is_floating_point() and not _all_finite(value):
+            return key
+    return None
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    try:
+        return bool(torch.isfinite(value).all())
+    except (RuntimeError, NotImplementedError):  # some float8 types have no isfinite
+        return bool(torch.isfinite(value.to(torch.float16)).all())
+
+
+def check_finite(weights: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse the weights of ``path`` when one of them holds NaN or Inf: every feature they
+    compute would be NaN, and every ranking meaningless."""
+    key = first_non_finite(weights)
+    if key is not None:
+        raise CheckpointError(
+            f"{path}: its tensor {key} holds NaN or Inf: the checkpoint holds non-finite weights "
+            "(training diverged before it was saved, or the file was damaged), so every feature "
+            "it computes would be NaN. Use an earlier checkpoint of the run, or retrain (with a "
+            "lower optim.lr if the loss diverged)."
+        )
 
 
 def load_checkpoint(directory: str | Path, *, with_optimizer: bool = False) -> Checkpoint:

@@ -20,18 +20,30 @@
 as OpenAI's), and ``convert_weights`` writes that as one safetensors file that
 ``model.pretrained`` takes. ``released_to_export`` turns a released checkpoint into a uit export
 folder that ``uit evaluate`` scores directly.
+
+A hostile file cannot make reading it blow up memory: the sizes it declares are checked before
+anything is inflated or copied. Zip entries may unpack to at most twice the file's size (a zip
+bomb inflates a few MB to GBs); every tensor must be a view whose elements are distinct and inside
+its storage (an expanded, stride-0 tensor stands for GBs in a few bytes); and all tensors together
+may hold at most twice the file's bytes. Such a file, a damaged one, or weights of impossible
+shapes or holding NaN is a ``WeightsError`` naming the file and the entry.
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import logging
 import math
+import operator
 import pickle
 import re
+import struct
+import warnings
 import zipfile
+import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -39,6 +51,7 @@ from typing import IO, Any, ClassVar
 import open_clip
 import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor
@@ -47,7 +60,7 @@ from uit.core.config import ModelConfig
 from uit.core.errors import WeightsError
 from uit.core.io import atomic_write_bytes
 from uit.model.build import build_model, register_configs
-from uit.model.checkpoint import save_checkpoint
+from uit.model.checkpoint import first_non_finite, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +70,7 @@ SAFETENSORS = "safetensors"
 RELEASED = "released-checkpoint"
 FORMATS = (TORCHSCRIPT, STATE_DICT, SAFETENSORS, RELEASED)
 
+MAX_GROWTH = 2  # what a file may unpack to, or copy out as tensors, in multiples of its size
 NON_WEIGHTS = ("input_resolution", "context_length", "vocab_size")  # in OpenAI's files only
 RELEASED_PREFIX = "base_model."
 # The released code keeps the logit scale fixed (1 / temperature 0.02) and does not store it;
@@ -72,6 +86,16 @@ REQUIRED = (
     "visual.positional_embedding",
     "visual.proj",
 )
+# The entries whose shapes give the architecture: their dimensions, as a CLIP holds them
+SHAPES = {
+    "visual.conv1.weight": "(width, 3, patch, patch)",
+    "visual.positional_embedding": "(1 + patch positions, width)",
+    "visual.proj": "(width, embedding size)",
+    "positional_embedding": "(context length, width)",
+    "text_projection": "(width, embedding size)",
+    "token_embedding.weight": "(vocabulary, width)",
+    "ln_final.weight": "(width)",
+}
 KNOWN_FILES = (
     "OpenAI's ViT-B-16.pt, open_clip's open_clip_pytorch_model.bin or open_clip_model.safetensors, "
     "or a released best.pth"
@@ -149,6 +173,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], WeightsInfo]:
         state["logit_scale"] = torch.tensor(RELEASED_LOGIT_SCALE)
         filled = ("logit_scale",)
     _check_clip_keys(path, state)
+    _check_finite(path, fmt, state)
     quick_gelu = _quick_gelu(path, fmt, openai_style)
     info = _describe(path, fmt, state, quick_gelu, dropped, filled)
     return state, info
@@ -235,14 +260,7 @@ def released_to_export(
         )
     check_architecture(info, model_name)
     height, width = _image_size(info, image_size)
-    cfg = ModelConfig(
-        name=model_name,
-        pretrained="",
-        image_height=height,
-        image_width=width,
-        context_length=info.context_length,
-        quick_gelu=True,
-    )
+    cfg = _export_config(info, model_name, height, width)
     encoder = build_model(cfg)
     try:
         encoder.clip.load_state_dict(state, strict=True)
@@ -258,6 +276,23 @@ def released_to_export(
     save_checkpoint(out, encoder.state_dict(), state_json)
     log.info("exported %s (%s, %dx%d) to %s", src, model_name, height, width, out)
     return info
+
+
+def _export_config(info: WeightsInfo, model_name: str, height: int, width: int) -> ModelConfig:
+    """The model config of a released checkpoint's export, or a ``WeightsError`` naming the file
+    where its sizes are below what uit builds (a tiny image or text context)."""
+    try:
+        return ModelConfig(name=model_name, pretrained="", image_height=height, image_width=width,
+                           context_length=info.context_length, quick_gelu=True)  # fmt: skip
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))} {e['input']}: {e['msg']}" for e in error.errors()
+        )
+        raise WeightsError(
+            f"{info.source}: its weights give a model uit cannot build ({problems}): its image "
+            "size comes from visual.positional_embedding and its text context from "
+            "positional_embedding; give a checkpoint of a model trained at a usual size."
+        ) from None
 
 
 def describe_state_dict(source: str | Path, state: dict[str, Tensor]) -> WeightsInfo:
@@ -339,14 +374,40 @@ def _container(path: Path) -> str:
 
 
 def _zip_names(path: Path) -> list[str]:
+    """The entries of a zip archive, once their declared sizes are known to fit the file."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return archive.namelist()
-    except (zipfile.BadZipFile, OSError) as error:
+            entries = archive.infolist()
+    except _DAMAGED as error:  # zipfile raises many kinds of error for a damaged directory
         raise WeightsError(
             f"{path} starts like a zip archive (a torch or TorchScript file) but cannot be read "
             f"as one ({error}): it is probably truncated; download or copy it again."
         ) from None
+    _check_unpacked_sizes(path, entries)
+    return [entry.filename for entry in entries]
+
+
+def _byte_budget(path: Path) -> int:
+    """The most bytes that reading ``path`` may unpack or copy out: weights barely compress and
+    torch stores them uncompressed, so a file never legitimately unpacks to much more than its
+    own size; twice that leaves room for tied weights, which share their bytes."""
+    return MAX_GROWTH * path.stat().st_size
+
+
+def _check_unpacked_sizes(path: Path, entries: list[zipfile.ZipInfo]) -> None:
+    """Refuse, before anything is read, an archive whose entries declare more bytes than the
+    file could hold (a zip bomb: a few MB that inflate to GBs); readers then read no entry past
+    its declared size (``_read_entry``)."""
+    declared = sum(entry.file_size for entry in entries)
+    if declared <= _byte_budget(path):
+        return
+    largest = max(entries, key=lambda entry: entry.file_size)
+    raise WeightsError(
+        f"{path}: its zip entry {largest.filename} unpacks to {largest.file_size:,} bytes from "
+        f"{largest.compress_size:,} (all entries: {declared:,} bytes from a file of "
+        f"{path.stat().st_size:,}), more than a weights file ever unpacks to; refused before "
+        "reading it. Use the file as torch saved it (torch stores weights uncompressed)."
+    )
 
 
 def _torchscript_root(names: Iterable[str]) -> str | None:
@@ -373,25 +434,89 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
 
 
 def _torch_load(path: Path) -> Any:
-    """A torch file read with ``weights_only=True``: tensors and plain containers, no code."""
-    is_zip = zipfile.is_zipfile(path)
+    """A torch file read with ``weights_only=True``: tensors and plain containers, no code; every
+    tensor checked to be a weight that can be copied out (``_check_torch_tensors``)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        with warnings.catch_warnings():  # a damaged pickle's odd protocol: the error says enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(
+                path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+            )
     except pickle.UnpicklingError as error:
-        asked = re.search(r"GLOBAL (\S+)", str(error))
-        what = f"the Python object {asked.group(1)}" if asked else "Python objects"
-        raise WeightsError(
-            f"{path}: refused to load it: its pickle asks for {what}, not only tensors and plain "
-            "containers, and loading it could run code. If the file comes from a source you "
-            "trust, load it with its own code and save the model's state_dict() (torch.save or "
-            "safetensors), then give that file."
-        ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        raise _refused(path, error) from None
+    except Exception as error:  # a damaged file makes torch.load raise nearly any built-in error
+        lines = str(error).strip().splitlines()
         raise WeightsError(
             f"{path} cannot be read as a torch file ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'no detail'}): it is probably "
-            "truncated or damaged; download or copy it again."
+            f"{lines[0][:200] if lines else 'no detail'}): it is probably truncated or damaged; "
+            "download or copy it again."
         ) from None
+    _check_torch_tensors(path, obj)
+    return obj
+
+
+def _refused(path: Path, error: pickle.UnpicklingError) -> WeightsError:
+    """torch's weights-only unpickler refuses a pickle that asks for code and a damaged one
+    with the same error; the global it names, if any, tells them apart."""
+    fix = (
+        "If the file comes from a source you trust, load it with its own code and save the "
+        "model's state_dict() (torch.save or safetensors), then give that file."
+    )
+    asked = re.search(r"GLOBAL (\S+)", str(error))
+    if asked:
+        return WeightsError(
+            f"{path}: refused to load it: its pickle asks for the Python object "
+            f"{asked.group(1)}, not only tensors and plain containers, and loading it could run "
+            f"code. {fix}"
+        )
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+    detail = found.group(1) if found else (str(error).strip().splitlines() or ["no detail"])[0]
+    return WeightsError(
+        f"{path}: refused to load it: its pickle is damaged, or holds more than tensors and "
+        f"plain containers, which loading could run code with ({detail[:200]}). If it is "
+        f"truncated, download or copy it again. {fix}"
+    )
+
+
+def _tensors_in(obj: Any) -> Iterator[tuple[str, Tensor]]:
+    """Every tensor in the containers of a loaded torch file, with its path of keys
+    (``model/base_model.visual.proj``); each container once, however often it is referenced."""
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", obj)]
+    while stack:
+        name, value = stack.pop()
+        if isinstance(value, Tensor):
+            yield name, value
+        elif isinstance(value, dict | list | tuple) and id(value) not in seen:
+            seen.add(id(value))
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((f"{name}/{key}" if name else str(key), item) for key, item in items)
+
+
+def _check_torch_tensors(path: Path, obj: Any) -> None:
+    """Refuse a torch file whose tensors cannot be copied out at their own size: a view whose
+    elements overlap (an expanded, stride-0 tensor: a few bytes standing for GBs) or that
+    reaches past its storage, a sparse tensor, or tensors that together repeat more bytes than
+    the file holds. torch.load memory-maps the file, so nothing has been copied yet."""
+    total = 0
+    for name, tensor in _tensors_in(obj):
+        if tensor.layout != torch.strided:
+            raise WeightsError(
+                f"{path}: its tensor {name} is a {tensor.layout} tensor, not a dense weight; "
+                "give the model's state_dict() as torch.save or safetensors wrote it."
+            )
+        storage = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
+        offset = int(tensor.storage_offset())
+        problem = _view_problem(tensor.shape, tensor.stride(), offset, storage)
+        if problem:
+            raise WeightsError(f"{path}: its tensor {name} {problem}; {UNSAFE_VIEW_FIX}")
+        total += tensor.numel() * tensor.element_size()
+        if total > _byte_budget(path):
+            raise WeightsError(
+                f"{path}: its tensors (up to {name}) add up to {total:,} bytes, more than twice "
+                f"the file's {path.stat().st_size:,}: they share their bytes many times over, "
+                f"which copying them out would multiply; {UNSAFE_VIEW_FIX}"
+            )
 
 
 # --- State dicts and released checkpoints ----------------------------------------------------
@@ -500,6 +625,7 @@ def _describe(
     dropped: int,
     filled: tuple[str, ...],
 ) -> WeightsInfo:
+    _check_shapes(path, fmt, state)
     conv = state["visual.conv1.weight"]  # (width, 3, patch, patch)
     patches = state["visual.positional_embedding"].shape[0] - 1
     side = math.isqrt(patches)
@@ -520,6 +646,45 @@ def _describe(
         dropped=dropped,
         filled=filled,
     )
+
+
+def _entry(fmt: str, key: str) -> str:
+    """``key`` as the file names it (a released checkpoint's CLIP lies under base_model.)."""
+    return RELEASED_PREFIX + key if fmt == RELEASED else key
+
+
+def _check_finite(path: Path, fmt: str, state: dict[str, Tensor]) -> None:
+    key = first_non_finite(state)
+    if key is not None:
+        raise WeightsError(
+            f"{path}: its entry {_entry(fmt, key)} holds NaN or Inf: the weights are damaged (a "
+            "training run that diverged saves such); use the original file or an earlier "
+            "checkpoint."
+        )
+
+
+def _check_shapes(path: Path, fmt: str, state: dict[str, Tensor]) -> None:
+    """Refuse entries that cannot be a ViT CLIP's (a 1-D projection, an empty position
+    embedding, no patch positions), naming the entry as the file does."""
+    for key, dims in SHAPES.items():
+        shape, expected = tuple(state[key].shape), dims.count(",") + 1
+        if len(shape) != expected or 0 in shape:
+            raise WeightsError(
+                f"{path}: its entry {_entry(fmt, key)} has shape {_shape(shape)}, not the "
+                f"{expected}-D {dims} of a ViT CLIP's: the file is damaged or holds no ViT CLIP; "
+                "give the original weights file."
+            )
+    positions = state["visual.positional_embedding"].shape  # (1 + patches, width)
+    if positions[0] < 2:
+        raise WeightsError(
+            f"{path}: its entry {_entry(fmt, 'visual.positional_embedding')} has shape "
+            f"{_shape(positions)}: only the class token, no patch positions, so no image size "
+            "fits it: the file is damaged or holds no ViT CLIP; give the original weights file."
+        )
+
+
+def _shape(shape: Iterable[int]) -> str:
+    return f"({', '.join(map(str, shape))})"
 
 
 def _independent(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -571,24 +736,75 @@ def _image_size(info: WeightsInfo, image_size: tuple[int, int] | None) -> tuple[
             raise WeightsError(
                 f"{info.source}: an image of {height}x{width} at patch {patch} does not give the "
                 f"{info.num_patches} patch positions the weights hold; give the image size the "
-                "checkpoint was trained at (overlapping patches, a stride below the patch size, "
-                "are not supported)."
+                f"checkpoint was trained at (sizes that fit: {_sizes(info)}; overlapping "
+                "patches, a stride below the patch size, are not supported)."
             )
         return height, width
     grid = info.image_grid or _reid_grid(info.num_patches)
     if grid is None:
+        rows, columns = _grids(info.num_patches)[0]
         raise WeightsError(
-            f"{info.source}: its {info.num_patches} patch positions form neither a square nor a "
-            "3:1 grid, so the image size cannot be read from the weights; give the (height, "
-            "width) the checkpoint was trained at (image_size)."
+            f"{info.source}: its {info.num_patches} patch positions (patch {patch}) form neither "
+            "a square nor a 3:1 grid (as re-identification images do), so the image size cannot "
+            f"be read from the weights. Sizes (height x width) that fit: {_sizes(info)}; give "
+            "the one it was trained at (its training config's), e.g. `uit weights convert "
+            f"{info.source} OUT --image-height {rows * patch} --image-width {columns * patch}` "
+            "(image_size=(height, width) in released_to_export)."
         )
     return grid[0] * patch, grid[1] * patch
+
+
+def _sizes(info: WeightsInfo) -> str:
+    """The image sizes that give the weights' patch positions, as ``HxW, HxW, ...``."""
+    patch = info.patch_size
+    return ", ".join(f"{rows * patch}x{cols * patch}" for rows, cols in _grids(info.num_patches))
+
+
+def _grids(patches: int, limit: int = 4) -> list[tuple[int, int]]:
+    """(rows, columns) grids of ``patches`` positions, at least as tall as wide (person images
+    are), the squarest first."""
+    grids = [(patches // columns, columns) for columns in range(1, math.isqrt(patches) + 1)
+             if patches % columns == 0]  # fmt: skip
+    return sorted(grids, key=lambda grid: grid[0] / grid[1])[:limit]
 
 
 def _reid_grid(patches: int) -> tuple[int, int] | None:
     """The 3:1 grid of re-identification images (384 x 128 at patch 16: 24 x 8), if it fits."""
     width = math.isqrt(patches // 3)
     return (3 * width, width) if width and 3 * width * width == patches else None
+
+
+# --- Sizes a file declares, checked before anything is copied -------------------------------
+
+UNSAFE_VIEW_FIX = (
+    "no saved weight is one. Re-save the weights from the model that uses them (its state_dict() "
+    "with torch.save or safetensors), or use the original file"
+)
+
+
+def _view_problem(
+    shape: Sequence[int], stride: Sequence[int], offset: int, storage: int
+) -> str | None:
+    """What keeps a view of a flat storage of ``storage`` elements from being a weight, or None.
+    A weight's elements are distinct and inside its storage; an expanded tensor (stride 0)
+    instead repeats a few stored bytes into as many GBs as its shape says, once copied."""
+    described = f"is a {' x '.join(map(str, shape)) or 'scalar'} view with strides {tuple(stride)}"
+    if len(shape) != len(stride) or offset < 0 or min((*shape, *stride, 0)) < 0:
+        return f"{described} from offset {offset}, which no tensor has"
+    if 0 in shape:
+        return None  # nothing to read
+    reach = 1  # a dimension must step over everything the dimensions of smaller strides span
+    for step, size in sorted((st, n) for n, st in zip(shape, stride, strict=True) if n > 1):
+        if step < reach:
+            return (
+                f"{described} whose elements overlap: {math.prod(shape):,} elements drawn from a "
+                f"storage of {storage:,}"
+            )
+        reach = step * size
+    last = offset + sum((n - 1) * st for n, st in zip(shape, stride, strict=True))
+    if last >= storage:
+        return f"{described} from offset {offset}, past the {storage:,} elements of its storage"
+    return None
 
 
 # --- TorchScript archives, read without running them -------------------------------------------
@@ -614,6 +830,10 @@ class _Forbidden(pickle.UnpicklingError):
     """The pickle asked for a global outside the allow-list."""
 
 
+class _Unsafe(Exception):
+    """The archive declares a tensor that reading would blow up (the message says which, how)."""
+
+
 class _ScriptObject:
     """Stands in for an instance of a TorchScript class (``__torch__.*``): it records the state
     the pickle hands it and has no behaviour, so nothing in the archive runs."""
@@ -628,22 +848,13 @@ class _ScriptObject:
         self.state = state
 
 
-def _rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, *_: Any) -> Tensor:
-    """The view torch's ``_rebuild_tensor_v2`` makes, as a copy of its own; requires_grad, hooks
-    and metadata are ignored."""
-    if not isinstance(storage, Tensor):
-        raise pickle.UnpicklingError("a tensor whose storage is not in the archive")
-    view = storage.as_strided(tuple(size), tuple(stride), int(offset))
-    return view.clone(memory_format=torch.contiguous_format)
-
-
 def _same(value: Any, *_: Any) -> Any:
     return value
 
 
+MAX_CODE_BYTES = 256 << 10  # a TorchScript class's code file: OpenAI's are a few kB each
+_REBUILD_TENSOR = (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor"))
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("collections", "OrderedDict"): OrderedDict,
     # typed lists and dicts of module attributes: the value is kept, the type tag dropped
     ("torch.jit._pickle", "build_intlist"): _same,
@@ -658,10 +869,19 @@ class _TorchScriptUnpickler(pickle.Unpickler):
     """Unpickles a TorchScript ``data.pkl``: tensors (storages from the archive), containers and
     inert ``_ScriptObject`` records; any other global is refused before anything is called."""
 
-    def __init__(self, file: IO[bytes], read_storage: Callable[[str, torch.dtype, int], Tensor]):
+    def __init__(
+        self,
+        file: IO[bytes],
+        read_storage: Callable[[str, torch.dtype, int], Tensor],
+        root: str,
+        budget: int,
+    ) -> None:
         super().__init__(file)
+        self._root = root
         self._read_storage = read_storage
         self._classes: dict[str, type[_ScriptObject]] = {}
+        self._entries: dict[int, str] = {}  # id of a storage -> the archive entry it came from
+        self._budget = budget  # bytes the tensors copied out of their storages may still take
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "__torch__" or module.startswith("__torch__."):
@@ -672,6 +892,8 @@ class _TorchScriptUnpickler(pickle.Unpickler):
             return self._classes[qualified]
         if module == "torch" and name in _STORAGE_DTYPES:
             return _STORAGE_DTYPES[name]
+        if (module, name) in _REBUILD_TENSOR:
+            return self._rebuild_tensor
         if (module, name) not in _ALLOWED_GLOBALS:
             raise _Forbidden(f"{module}.{name}")
         return _ALLOWED_GLOBALS[module, name]
@@ -685,7 +907,30 @@ class _TorchScriptUnpickler(pickle.Unpickler):
         ):
             raise pickle.UnpicklingError(f"unexpected persistent id {str(pid)[:80]}")
         _, dtype, key, _location, numel = pid  # any device: read onto the CPU
-        return self._read_storage(str(key), dtype, int(numel))
+        storage = self._read_storage(str(key), dtype, operator.index(numel))
+        self._entries[id(storage)] = f"{self._root}/data/{key}"
+        return storage
+
+    def _rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any, *_: Any) -> Tensor:
+        """The view torch's ``_rebuild_tensor_v2`` makes, as a copy of its own, once it is known
+        to be a weight (``_view_problem``) that fits what is left of the byte budget;
+        requires_grad, hooks and metadata are ignored."""
+        if not isinstance(storage, Tensor):
+            raise pickle.UnpicklingError("a tensor whose storage is not in the archive")
+        shape = tuple(map(operator.index, size))
+        steps, start = tuple(map(operator.index, stride)), operator.index(offset)
+        where = f"the tensor stored in {self._entries.get(id(storage), 'an unnamed entry')}"
+        problem = _view_problem(shape, steps, start, storage.numel())
+        if problem:
+            raise _Unsafe(f"{where} {problem}; {UNSAFE_VIEW_FIX}")
+        self._budget -= math.prod(shape) * storage.element_size()
+        if self._budget < 0:
+            raise _Unsafe(
+                f"its tensors (up to {where}) add up to more than twice the file's size: they "
+                f"share their bytes many times over, which copying them out would multiply; "
+                f"{UNSAFE_VIEW_FIX}"
+            )
+        return storage.as_strided(shape, steps, start).clone(memory_format=torch.contiguous_format)
 
 
 def _storage_reader(
@@ -696,8 +941,13 @@ def _storage_reader(
 
     def read(key: str, dtype: torch.dtype, numel: int) -> Tensor:
         if key not in storages:
-            data = bytearray(archive.read(f"{root}/data/{key}"))
-            itemsize = torch.empty((), dtype=dtype).element_size()
+            name, itemsize = f"{root}/data/{key}", torch.empty((), dtype=dtype).element_size()
+            declared = archive.getinfo(name).file_size  # checked before reading, as sizes are
+            if numel < 0 or declared < numel * itemsize:
+                raise pickle.UnpicklingError(
+                    f"storage {key} holds {declared:,} bytes, fewer than its {numel:,} elements"
+                )
+            data = bytearray(_read_entry(archive, name, numel * itemsize))
             if len(data) < numel * itemsize:
                 raise pickle.UnpicklingError(f"storage {key} is shorter than its {numel} elements")
             storages[key] = (
@@ -736,8 +986,11 @@ def _script_classes(archive: zipfile.ZipFile, root: str) -> dict[str, _ScriptCla
         if not (name.startswith(prefix) and name.endswith(".py")):
             continue
         module = name[len(prefix) : -len(".py")].replace("/", ".")
+        if archive.getinfo(name).file_size > MAX_CODE_BYTES:  # its syntax tree would be GBs
+            log.warning("%s: left out %s, larger than any class's code", archive.filename, name)
+            continue
         try:
-            tree = ast.parse(archive.read(name).decode("utf-8"))
+            tree = ast.parse(_read_entry(archive, name).decode("utf-8"))
             for node in tree.body:
                 if isinstance(node, ast.ClassDef):
                     bases = {base.id for base in node.bases if isinstance(base, ast.Name)}
@@ -767,20 +1020,37 @@ def _flatten(
 
 # What a cut or damaged archive raises on the way (a bad pickle, a missing storage, bad sizes)
 _DAMAGED = (pickle.UnpicklingError, zipfile.BadZipFile, KeyError, EOFError, OSError, RuntimeError,
-            ValueError, TypeError, IndexError, AttributeError, RecursionError)  # fmt: skip
+            ValueError, TypeError, IndexError, AttributeError, RecursionError, OverflowError,
+            zlib.error, struct.error)  # fmt: skip
+
+
+def _read_entry(archive: zipfile.ZipFile, name: str, size: int | None = None) -> bytes:
+    """The first ``size`` bytes of an entry (all of it by default), never more than it declares:
+    asked for a bounded size, zipfile inflates no more than that, whatever the entry's
+    compressed stream holds (the declared sizes were checked against the file's by
+    ``_check_unpacked_sizes``)."""
+    info = archive.getinfo(name)
+    with archive.open(info) as entry:
+        return entry.read(info.file_size if size is None else min(size, info.file_size))
 
 
 def _unpickle_archive(path: Path) -> tuple[Any, dict[str, _ScriptClass]]:
     """The object tree of a TorchScript archive's ``data.pkl`` and its declared classes."""
     with zipfile.ZipFile(path) as archive:
+        _check_unpacked_sizes(path, archive.infolist())  # before anything is read
         names = archive.namelist()
         root = _torchscript_root(names)
         assert root is not None  # _container saw it
-        if f"{root}/byteorder" in names and archive.read(f"{root}/byteorder").strip() == b"big":
+        if (
+            f"{root}/byteorder" in names
+            and _read_entry(archive, f"{root}/byteorder").strip() == b"big"
+        ):
             raise pickle.UnpicklingError("tensors stored big-endian")
         classes = _script_classes(archive, root)
-        with archive.open(f"{root}/data.pkl") as data:
-            return _TorchScriptUnpickler(data, _storage_reader(archive, root)).load(), classes
+        data = io.BytesIO(_read_entry(archive, f"{root}/data.pkl"))  # pickle asks for any size
+        read_storage = _storage_reader(archive, root)
+        unpickler = _TorchScriptUnpickler(data, read_storage, root, _byte_budget(path))
+        return unpickler.load(), classes
 
 
 def _read_torchscript(path: Path) -> dict[str, Tensor]:
@@ -797,6 +1067,10 @@ def _read_torchscript(path: Path) -> dict[str, Tensor]:
             "nor a TorchScript module, so the file is not an OpenAI CLIP archive and loading it "
             "could run code. Use OpenAI's original file, or a state dict saved as safetensors."
         ) from None
+    except WeightsError:
+        raise
+    except _Unsafe as error:
+        raise WeightsError(f"{path}: {error}") from None
     except _DAMAGED as error:
         raise WeightsError(
             f"{path} is a TorchScript archive whose weights cannot be read ({type(error).__name__}:"
