@@ -140,6 +140,22 @@ def test_every_picture_option_follows_the_same_rule(tmp_path: Path, command) -> 
     assert existing.read_bytes() == b"precious"
 
 
+def test_search_never_writes_its_sheet_over_a_checkpoint(trained, tmp_path: Path) -> None:
+    """The probe: --sheet aimed at a checkpoint's weights overwrote them, exit 0."""
+    weights = trained["best"] / "weights.safetensors"
+    before = weights.read_bytes()
+    search = ("search", trained["best"], "a man", "--gallery", trained["gallery"],
+              "--cache-dir", tmp_path / "cache", "--device", "cpu")  # fmt: skip
+    fails(*search, "--sheet", weights, says=("--sheet", ".png"))
+    existing = tmp_path / "sheet.png"
+    existing.write_bytes(b"precious")
+    fails(*search, "--sheet", existing, says=(str(existing), "already exists", "--overwrite"))
+    assert weights.read_bytes() == before and existing.read_bytes() == b"precious"
+    code, output = cli(*search, "--sheet", tmp_path / "sheet.webp")
+    assert code == 0, output
+    assert Image.open(tmp_path / "sheet.webp").format == "WEBP"
+
+
 def test_the_format_follows_the_name(tmp_path: Path) -> None:
     sheet = tmp_path / "sheet.jpg"
     code, output = cli("synth", "--root", tmp_path / "raw", "--size", "tiny", "--benchmark",

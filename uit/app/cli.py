@@ -573,7 +573,10 @@ def search(
     top_k: Annotated[int, typer.Option(min=1, help="How many results.")] = 10,
     split: Annotated[str, typer.Option(help="The split of a prepared benchmark.")] = "test",
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    sheet: Annotated[Path | None, typer.Option(help="Write a contact sheet PNG here.")] = None,
+    sheet: Annotated[
+        Path | None, typer.Option(help="Write a contact sheet here (.png, .jpg or .webp).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --sheet file.")] = False,
     cache_dir: Annotated[Path, typer.Option(help="Where gallery embeddings are cached.")] = Path(
         ".cache/uit/search"
     ),
@@ -583,43 +586,55 @@ def search(
             "--cache/--no-cache", help="Reuse and keep gallery embeddings in --cache-dir."
         ),
     ] = True,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Images or captions per batch.")] = 256,
 ) -> None:
     """Rank the images of a gallery for a sentence (the gallery is encoded once, then cached)."""
-    if not query.strip():
+    from uit.core.device import resolve_device
+    from uit.raw.prepare import clean_caption
+
+    query = clean_caption(query)  # as captions are: no zero-width characters, NUL or controls
+    if not query:
         raise UitError('the query is empty: give a sentence, e.g. "a woman in a red coat"')
+    resolve_device(device, "--device")  # a wrong --device fails before anything is loaded
+    if sheet is not None:  # and an output that would replace a file, unasked
+        from uit.core.io import check_new_file
+
+        check_new_file(sheet, "--sheet", overwrite=overwrite, suffixes=IMAGES)
     from uit.retrieval.evaluate import encode_texts, load_for_inference
     from uit.retrieval.search import (
         EmbeddingCache,
         checkpoint_digest,
         gallery_embeddings,
-        list_gallery,
         rank,
+        read_gallery,
+        shown,
     )
 
-    paths = list_gallery(_gallery_source(gallery), split)
+    found = read_gallery(_gallery_source(gallery), split)
+    paths = found.paths
     encoder, tokenizer, options = load_for_inference(checkpoint, device, batch_size)
     cache = EmbeddingCache(cache_dir, checkpoint_digest(checkpoint)) if use_cache else None
     with progress_bars() as progress:
         bar = adder(progress)("encoding the gallery (cached images are only hashed)", len(paths))
-        feats, encoded = gallery_embeddings(encoder, paths, options, cache, bar)
+        feats, encoded = gallery_embeddings(encoder, paths, options, cache, bar, found.image_fix)
     text = encode_texts(encoder, [query], tokenizer, options)[0]
     hits = rank(text, feats, paths, top_k)
     if sheet:
         _search_sheet(query, hits, sheet)
-    if json_:
-        console.print_json(json.dumps({"query": query, "gallery": str(gallery),
-                                       "encoded_now": encoded, "cached": len(paths) - encoded,
-                                       "results": [{"rank": h.rank, "path": str(h.path),
-                                                    "score": h.score} for h in hits]}))  # fmt: skip
+    if json_:  # a file name that is not UTF-8 is kept as \udcXX escapes, as os.fsdecode reads it
+        sys.stdout.write(json.dumps({"query": query, "gallery": str(gallery),
+                                     "encoded_now": encoded, "cached": len(paths) - encoded,
+                                     "results": [{"rank": h.rank, "path": str(h.path),
+                                                  "score": h.score} for h in hits]},
+                                    indent=2) + "\n")  # fmt: skip
         return
     err_console.print(f"{len(paths)} gallery images ({len(paths) - encoded} from the cache)")
     table = Table(title=f"top {len(hits)}: {query}")
     for column, justify in (("rank", "right"), ("score", "right"), ("image", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for hit in hits:
-        table.add_row(str(hit.rank), f"{hit.score:.3f}", str(hit.path))
+        table.add_row(str(hit.rank), f"{hit.score:.3f}", shown(str(hit.path)))
     console.print(table)
 
 
@@ -645,25 +660,36 @@ def serve(
     cache_dir: Annotated[
         Path, typer.Option(help="Where gallery embeddings and the index are cached.")
     ] = Path(".cache/uit/search"),
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 256,
-) -> None:
+    timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds a client has to send a request's headers, and "
+                                   "again its body."),
+    ] = 10.0,
+) -> None:  # fmt: skip
     """Search a gallery from a web page and a JSON API (model and embeddings loaded once)."""
     try:
-        from uit.app.serve import build_app, check_host, load_searcher, run_server
+        from uit.app.serve import build_app, check_host, listen, load_searcher, run_server
     except ImportError as error:
         raise UitError(f"uit serve needs the serve extra ({error.name} is missing): pip install "
                        "'uit[serve]' (make install does it)") from None  # fmt: skip
+    from uit.core.device import resolve_device
+
     check_host(host, expose)
-    with progress_bars() as progress:
-        searcher = load_searcher(checkpoint, _gallery_source(gallery), split=split,
-                                 index_kind=index, cache_dir=cache_dir, device=device,
-                                 batch_size=batch_size, progress=adder(progress))  # fmt: skip
-    shown = f"[{host}]" if ":" in host else host
-    err_console.print(f"serving {searcher.model} on {searcher.gallery.source} "
-                      f"({len(searcher.gallery.paths)} images, {searcher.index.kind} index) at "
-                      f"http://{shown}:{port}/ (API: /openapi.json); Ctrl-C stops")  # fmt: skip
-    run_server(build_app(searcher), host, port)
+    resolve_device(device, "--device")  # a wrong --device fails before anything is loaded
+    with listen(host, port) as sock:  # a port in use fails now, not after the gallery
+        with progress_bars() as progress:
+            searcher = load_searcher(checkpoint, _gallery_source(gallery), split=split,
+                                     index_kind=index, cache_dir=cache_dir, device=device,
+                                     batch_size=batch_size, progress=adder(progress))  # fmt: skip
+        address = f"[{host}]" if ":" in host else host
+        err_console.print(f"serving {searcher.model} on {gallery} (shown as "
+                          f"{searcher.gallery.source}: {len(searcher.gallery.paths)} images, "
+                          f"{searcher.index.kind} index) at http://{address}:{port}/ (API: "
+                          "/openapi.json); Ctrl-C stops", markup=False, highlight=False,
+                          soft_wrap=True)  # fmt: skip
+        run_server(build_app(searcher, expose=expose, timeout=timeout), sock, timeout)
 
 
 def _search_sheet(query: str, hits: list[Any], out: Path) -> None:
@@ -673,9 +699,7 @@ def _search_sheet(query: str, hits: list[Any], out: Path) -> None:
     tiles = [Tile(hit.path, f"#{hit.rank} {hit.score:.3f} {hit.path.name}") for hit in hits]
     image = build_contact_sheet(tiles, columns=min(5, len(tiles)), text_lines=3,
                                 title=f'"{query}"')  # fmt: skip
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    atomic_write_bytes(out, buffer.getvalue())
+    atomic_write_bytes(out, image_bytes(image, out))
     err_console.print(f"wrote {out}")
 
 
@@ -773,9 +797,7 @@ def report(
     screenshot: Annotated[
         Path | None, typer.Option(help="Also check the page in headless Chromium, save a PNG.")
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace an existing --screenshot file.")
-    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --screenshot file.")] = False,
 ) -> None:
     """Build the report (self-contained HTML that works offline, and Markdown).
 

@@ -5,32 +5,51 @@ request encodes its sentence, asks the index, and answers. Routes: ``GET /`` the
 self-contained HTML file: inline style and script, nothing fetched from elsewhere), ``POST
 /search``, ``GET /healthz``, ``GET /examples`` (captions of a prepared benchmark),
 ``GET /images/{name}`` (only the gallery's own files, looked up by name, never opened by a path
-the client gives), and FastAPI's ``/openapi.json``.
+the client gives, and opened only while they are regular files inside the gallery), and
+FastAPI's ``/openapi.json``.
+
+A loopback server is still reachable from any web page the user opens: ``Guard`` answers only
+requests addressed to a loopback name (no DNS rebinding), bounds the body and the time it takes
+to arrive, and marks every answer not to be sniffed, framed or stored; ``run_server`` bounds the
+headers, the time they take to arrive and the connections held. Nothing a client sees names a
+path of the server's file system: the model and gallery are shown by their folders' names.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import html
 import ipaddress
 import itertools
 import json
+import logging
+import mimetypes
+import os
 import random
-import re
+import socket
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import quote, unquote_to_bytes
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.datastructures import Headers, MutableHeaders
 
-from uit.core.boundary import PREPARED, reading
 from uit.core.errors import UitError
+from uit.data.images import ImageError, open_image_file
+from uit.raw.prepare import clean_caption
+from uit.retrieval.search import Gallery, normalise, read_gallery, shown
 
 if TYPE_CHECKING:
     from spacy.language import Language
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from uit.core.console import NewBar
     from uit.data.dataset import Tokenizer
@@ -38,58 +57,35 @@ if TYPE_CHECKING:
     from uit.retrieval.evaluate import EvalOptions
     from uit.retrieval.index import AnnIndex, FlatIndex, IndexKind
 
+log = logging.getLogger(__name__)
+
 MAX_K = 100  # results per page
 MAX_RANK = 1000  # offset + k: how deep paging goes
 MAX_TEXT = 2000  # characters, as prepared captions
+MAX_BODY = 64 << 10  # bytes: a search request is a few hundred (2,000 escaped characters: 12 KB)
+MAX_HEADERS = 16 << 10  # bytes of request line and headers
+REQUEST_TIMEOUT = 10.0  # seconds a client has to send its headers, and again its body
+KEEP_ALIVE = 5  # seconds an idle connection is kept open
+MAX_CONNECTIONS = 64  # beyond it a request is answered 503 at once
+EXAMPLE = '{"text": "a woman in a red coat", "k": 10, "offset": 0}'
+# What every answer carries: not to be sniffed as another type, framed, or stored by a cache.
+ANSWER_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY",
+                  "referrer-policy": "no-referrer", "cache-control": "no-store"}  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Gallery:
-    """The images served: where they came from, their names (paths relative to ``root``) and,
-    for a prepared benchmark, their identities and the split's captions by identity."""
-
-    source: str
-    root: Path
-    paths: list[Path]
-    names: list[str]
-    pids: list[int] | None = None
-    captions: dict[str, int] = field(default_factory=dict)  # normalised caption -> pid
-    examples: list[str] = field(default_factory=list)  # the captions as written
-
-
-def normalise(text: str) -> str:
-    """What a caption is matched by: lower case, single spaces, no final full stop."""
-    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(" .")
-
-
-def read_gallery(source: Path, split: str = "test") -> Gallery:
-    """A folder of images (searched recursively) or a prepared benchmark's ``split``."""
-    from uit.retrieval.search import list_gallery
-
-    paths = list_gallery(source, split)
-    if not (source / "images.parquet").is_file():
-        names = [p.relative_to(source).as_posix() for p in paths]
-        return Gallery(str(source), source, paths, names)
-    from uit.data.prepared import read_manifests
-
-    with reading(source, *PREPARED):
-        manifests = read_manifests(source).split(split)
-    captions = manifests.captions.select("text", "pid").rows()
-    return Gallery(f"{source} ({manifests.benchmark} {split})", manifests.imgs_dir, paths,
-                   manifests.images["path"].to_list(), manifests.images["pid"].to_list(),
-                   {normalise(text): pid for text, pid in captions},
-                   [text for text, _ in captions])  # fmt: skip
-
-
-def describe_model(checkpoint: Path) -> str:
-    """One line for the page: the folder, export or checkpoint, and the architecture."""
+def describe_model(checkpoint: Path, *, public: bool = False) -> str:
+    """One line for the page: the folder, export or checkpoint, and the architecture. ``public``
+    names folders by their last part only (what a client of the server may see)."""
     from uit.model.checkpoint import read_state
+
+    def where(path: Any) -> str:
+        return shown(Path(os.path.abspath(path)).name) if public and path != "?" else str(path)
 
     state = read_state(checkpoint)
     name = state["config"].get("model", {}).get("name", "?")
     if state.get("kind") == "dual-encoder":
-        return f"{checkpoint} (export of {state.get('exported_from', '?')}, {name})"
-    return f"{checkpoint} (training checkpoint, epoch {state.get('epoch', '?')}, {name})"
+        return f"{where(checkpoint)} (export of {where(state.get('exported_from', '?'))}, {name})"
+    return f"{where(checkpoint)} (training checkpoint, epoch {state.get('epoch', '?')}, {name})"
 
 
 @dataclass(frozen=True)
@@ -104,10 +100,13 @@ class Searcher:
 
     def __init__(self, encoder: DualEncoder, tokenizer: Tokenizer, options: EvalOptions,
                  gallery: Gallery, index: FlatIndex | AnnIndex, nlp: Language,
-                 model: str) -> None:  # fmt: skip
+                 model: str, public_model: str | None = None) -> None:  # fmt: skip
         self.encoder, self.tokenizer, self.options = encoder, tokenizer, options
         self.gallery, self.index, self.nlp, self.model = gallery, index, nlp, model
+        self.public_model = public_model or model
         self.files = dict(zip(gallery.names, gallery.paths, strict=True))
+        # where the gallery really is now: a link to it changed later leads nowhere new
+        self.root = Path(os.path.realpath(gallery.root))
         self.lock = threading.Lock()
 
     def search(self, text: str, k: int, offset: int = 0) -> list[tuple[int, float]]:
@@ -166,10 +165,11 @@ def load_searcher(
     cache = EmbeddingCache(cache_dir, checkpoint_digest(checkpoint)) if cache_dir else None
     bar = progress("encoding the gallery (cached images are only hashed)",
                    len(gallery.paths)) if progress else None  # fmt: skip
-    feats, _ = gallery_embeddings(encoder, gallery.paths, options, cache, bar)
+    feats, _ = gallery_embeddings(encoder, gallery.paths, options, cache, bar, gallery.image_fix)
     index = build_index(feats, index_kind, cache_dir, progress)
     nlp, _ = build_pipeline(ParseConfig())
-    return Searcher(encoder, tokenizer, options, gallery, index, nlp, model)
+    return Searcher(encoder, tokenizer, options, gallery, index, nlp, model,
+                    describe_model(checkpoint, public=True))  # fmt: skip
 
 
 def check_host(host: str, expose: bool) -> None:
@@ -189,17 +189,46 @@ def check_host(host: str, expose: bool) -> None:
         )
 
 
+def is_loopback_name(host: str | None) -> bool:
+    """Whether a Host header names this machine's loopback: ``localhost``, ``127.x.x.x`` or
+    ``[::1]``, each with or without a port. A page on another site that rebinds its own name
+    to 127.0.0.1 sends its own name, and is refused."""
+    if not host:
+        return False
+    host = host.strip().lower()
+    if host.startswith("["):  # an IPv6 address: [::1] or [::1]:8000
+        name, _, port = host[1:].partition("]")
+        if port and not port.startswith(":"):
+            return False
+        port = port[1:]
+    else:
+        name, _, port = host.partition(":")
+    if port and not port.isdigit():
+        return False
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 class SearchRequest(BaseModel):
-    text: str = Field(max_length=MAX_TEXT, examples=["a woman in a red coat"])
-    k: int = Field(10, ge=1, le=MAX_K, description="Results in this page.")
-    offset: int = Field(0, ge=0, le=MAX_RANK - 1, description="Ranks skipped (paging).")
+    text: str = Field(max_length=MAX_TEXT, examples=["a woman in a red coat"],
+                      description="The sentence (cleaned as captions are: invisible characters "
+                                  "dropped, spaces collapsed).")  # fmt: skip
+    k: int = Field(10, ge=1, le=MAX_K, strict=True, description="Results in this page.")
+    offset: int = Field(0, ge=0, le=MAX_RANK - 1, strict=True,
+                        description="Ranks skipped (paging).")  # fmt: skip
 
     @field_validator("text")
     @classmethod
-    def _not_empty(cls, text: str) -> str:
-        if not text.strip():
+    def _cleaned(cls, text: str) -> str:
+        """As captions are prepared; nothing visible left (zero-width characters, NUL) is empty."""
+        cleaned = clean_caption(text)
+        if not cleaned:
             raise ValueError('the text is empty: give a sentence, e.g. "a woman in a red coat"')
-        return text
+        return cleaned
 
 
 class Word(BaseModel):
@@ -217,7 +246,7 @@ class Hit(BaseModel):
 
 
 class SearchResponse(BaseModel):
-    text: str
+    text: str = Field(description="The sentence searched, cleaned.")
     k: int
     offset: int
     gallery_size: int
@@ -226,20 +255,40 @@ class SearchResponse(BaseModel):
     hits: list[Hit]
 
 
-def build_app(searcher: Searcher) -> FastAPI:
-    """The FastAPI application over a loaded ``searcher``."""
+class _AnyPath(Convertor[str]):
+    """An image name as it is, newlines included (Starlette's ``path`` stops at one)."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anypath", _AnyPath())
+
+
+def build_app(searcher: Searcher, *, expose: bool = False,
+              timeout: float = REQUEST_TIMEOUT) -> FastAPI:  # fmt: skip
+    """The FastAPI application over a loaded ``searcher``, behind ``Guard``."""
     gallery, info = searcher.gallery, page_info(searcher)
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN; the schema is enough.
     app = FastAPI(title="uit serve", version="1", docs_url=None, redoc_url=None,
                   description=f"Text-to-image person search: {info['model']} on "
                               f"{info['gallery']}.")  # fmt: skip
+    app.add_middleware(Guard, expose=expose, timeout=timeout)
+    names = [shown(name) for name in gallery.names]  # what JSON can carry
+    urls = [image_url(name) for name in gallery.names]
 
     @app.exception_handler(RequestValidationError)
     async def _one_line(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = [_problem(e) for e in error.errors()]
         return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse,
+                   include_in_schema=False)  # fmt: skip
     def page() -> str:
         return render_page(info)
 
@@ -257,8 +306,7 @@ def build_app(searcher: Searcher) -> FastAPI:
         ranked = searcher.search(request.text, request.k, request.offset)
         for rank, (i, score) in enumerate(ranked, request.offset + 1):
             pid = gallery.pids[i] if gallery.pids is not None else None
-            hits.append(Hit(rank=rank, name=gallery.names[i], url=image_url(gallery.names[i]),
-                            score=score, pid=pid,
+            hits.append(Hit(rank=rank, name=names[i], url=urls[i], score=score, pid=pid,
                             correct=None if query_pid is None else pid == query_pid))  # fmt: skip
         words = [Word(text=s.text, attribute=s.attribute) for s in searcher.segments(request.text)]
         return SearchResponse(text=request.text, k=request.k, offset=request.offset,
@@ -270,34 +318,81 @@ def build_app(searcher: Searcher) -> FastAPI:
         """Captions of the gallery's benchmark split (none for a folder), drawn at random."""
         return random.sample(gallery.examples, min(max(n, 0), len(gallery.examples), 50))
 
-    @app.get("/images/{name:path}", response_class=FileResponse)
-    def image(name: str) -> FileResponse:
+    @app.get("/images/{name:anypath}", response_class=Response)
+    def image(name: str, request: Request) -> Response:
         """A gallery image by its name; any other path is not found."""
-        path = searcher.files.get(name)
-        if path is None:
-            raise HTTPException(404, f"{name!r} is not an image of this gallery")
-        return FileResponse(path)
+        return _image_response(searcher, _requested_name(request, name), request.method)
 
+    app.add_api_route("/images/{name:anypath}", image, methods=["HEAD"], include_in_schema=False)
     return app
+
+
+def _requested_name(request: Request, name: str) -> str:
+    """The name exactly as the client encoded it: the server decodes the path as UTF-8, which
+    loses a file name's bytes that are not (``image_url`` sends them percent-encoded)."""
+    raw = request.scope.get("raw_path")
+    if not raw or not raw.startswith(b"/images/"):
+        return name
+    return os.fsdecode(unquote_to_bytes(raw[len(b"/images/") :]))
+
+
+def _image_response(searcher: Searcher, name: str, method: str) -> Response:
+    """The file of the gallery image ``name``, opened now: one deleted, replaced by a folder, a
+    FIFO or a device, or by a link out of the gallery since the server started is not found."""
+    path = searcher.files.get(name)
+    if path is None:
+        raise HTTPException(404, f"{shown(name)!r} is not an image of this gallery")
+    try:
+        handle = open_image_file(path, searcher.root)
+    except ImageError as error:
+        log.warning("not serving %s: %s", shown(name), error)
+        detail = f"{shown(name)!r} is not an image of this gallery any more: it was deleted, " \
+            "moved or replaced since uit serve started"  # fmt: skip
+        raise HTTPException(404, detail) from None
+    size = os.fstat(handle.fileno()).st_size
+    media = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    headers = {"content-length": str(size)}
+    if method == "HEAD":
+        handle.close()
+        return Response(headers=headers, media_type=media)
+    return StreamingResponse(_blocks(handle, size), media_type=media, headers=headers)
+
+
+def _blocks(handle: IO[bytes], size: int) -> Iterator[bytes]:
+    """The first ``size`` bytes of ``handle`` (its size when opened), then it is closed."""
+    with handle:
+        while size > 0:
+            block = handle.read(min(size, 1 << 16))
+            if not block:
+                return
+            size -= len(block)
+            yield block
 
 
 def _problem(error: Any) -> str:
     """One validation error as ``field: message`` (pydantic's "Value error, " prefix off)."""
-    where = ".".join(str(part) for part in error["loc"][1:]) or "body"
+    kind, where = error.get("type"), ".".join(str(part) for part in error["loc"][1:]) or "body"
+    if kind == "json_invalid":
+        reason = error.get("ctx", {}).get("error", "")
+        return f"body: not valid JSON ({reason} at character {error['loc'][-1]}); send a JSON " \
+            f"object such as {EXAMPLE}"  # fmt: skip
+    if where == "body" and kind in ("missing", "model_attributes_type", "dict_type"):
+        return f"body: expected a JSON object such as {EXAMPLE}, sent with Content-Type: " \
+            "application/json"  # fmt: skip
     return f"{where}: {error['msg'].removeprefix('Value error, ')}"
 
 
 def image_url(name: str) -> str:
-    from urllib.parse import quote
-
-    return "/images/" + quote(name)
+    """The path of an image: every byte of its name percent-encoded that is not plain, so the
+    name comes back exactly (a newline, bytes that are not UTF-8)."""
+    return "/images/" + quote(os.fsencode(name))
 
 
 def page_info(searcher: Searcher) -> dict[str, Any]:
     gallery = searcher.gallery
-    return {"model": searcher.model, "gallery": gallery.source, "images": len(gallery.paths),
-            "index": searcher.index.kind, "benchmark": gallery.pids is not None,
-            "max_k": MAX_K}  # fmt: skip
+    return {"model": searcher.public_model, "gallery": gallery.source,
+            "images": len(gallery.paths), "index": searcher.index.kind,
+            "benchmark": gallery.pids is not None, "max_k": MAX_K}  # fmt: skip
 
 
 def render_page(info: dict[str, Any]) -> str:
@@ -309,7 +404,161 @@ def render_page(info: dict[str, Any]) -> str:
     )
 
 
-def run_server(app: FastAPI, host: str, port: int) -> None:
+class Guard:
+    """ASGI middleware in front of the application.
+
+    Before: the Host header must name the loopback (unless ``expose``), the body must be at most
+    ``MAX_BODY`` bytes and arrive within ``timeout`` seconds. After: every answer carries
+    ``ANSWER_HEADERS`` (an endpoint's own ``cache-control`` kept)."""
+
+    def __init__(self, app: ASGIApp, expose: bool = False,
+                 timeout: float = REQUEST_TIMEOUT) -> None:  # fmt: skip
+        self.app, self.expose, self.timeout = app, expose, timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        send = _with_headers(send)
+        refused = self._refusal(Headers(scope=scope))
+        if refused is not None:
+            await _answer(scope, receive, send, *refused)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, _bounded(receive, self.timeout), sending)
+        except HTTPException as error:  # from the body's receive, outside an endpoint
+            if started:
+                raise
+            await _answer(scope, receive, send, error.status_code, str(error.detail))
+
+    def _refusal(self, headers: Headers) -> tuple[int, str] | None:
+        host = headers.get("host")
+        if not self.expose and not is_loopback_name(host):
+            return 400, (f"the Host header {host!r} is not a loopback name (localhost, "
+                         "127.0.0.1, [::1]): this server answers only pages opened on this "
+                         "machine; start it with --expose to serve other names")  # fmt: skip
+        length = headers.get("content-length", "").strip()  # h11 refuses one that is no number
+        if length.isdigit() and int(length) > MAX_BODY:
+            return 413, (f"the request body is {int(length):,} bytes, over the limit of "
+                         f"{MAX_BODY:,}; a search is a JSON object such as {EXAMPLE}")  # fmt: skip
+        return None
+
+
+def _with_headers(send: Send) -> Send:
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = MutableHeaders(scope=message)
+            for key, value in ANSWER_HEADERS.items():
+                if key not in headers:
+                    headers[key] = value
+        await send(message)
+
+    return sending
+
+
+def _bounded(receive: Receive, timeout: float) -> Receive:
+    """``receive`` that fails with 413 past ``MAX_BODY`` bytes and 408 past ``timeout`` seconds
+    until the body has arrived (then it is passed on untouched: a streaming answer waits on it
+    for the client to leave)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    size, done = 0, False
+
+    async def receiving() -> Message:
+        nonlocal size, done
+        if done:
+            return await receive()
+        left = deadline - asyncio.get_running_loop().time()
+        try:
+            message = await asyncio.wait_for(receive(), max(left, 0.0))
+        except TimeoutError:
+            raise HTTPException(408, f"the request body did not arrive within {timeout:g} s",
+                                headers={"connection": "close"}) from None  # fmt: skip
+        size += len(message.get("body", b""))
+        if size > MAX_BODY:
+            raise HTTPException(413, f"the request body is over the limit of {MAX_BODY:,} "
+                                     f"bytes; a search request is a JSON object such as {EXAMPLE}",
+                                headers={"connection": "close"})  # fmt: skip
+        done = message["type"] != "http.request" or not message.get("more_body", False)
+        return message
+
+    return receiving
+
+
+async def _answer(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
+    response = JSONResponse({"detail": detail}, status_code=status,
+                            headers={"connection": "close"})  # fmt: skip
+    await response(scope, receive, send)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port``, opened before anything is loaded: a port in use
+    fails in a second, not after the whole gallery is encoded."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=MAX_CONNECTIONS * 2)
+    except socket.gaierror as error:
+        raise UitError(f"--host {host}: not an address of this machine ({error.strerror}); "
+                       "use 127.0.0.1 or localhost") from None  # fmt: skip
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise UitError(
+                f"--port {port}: {host}:{port} is already in use (another uit "
+                "serve?): stop what listens there, or choose another --port"
+            ) from None
+        raise UitError(f"--host {host} --port {port}: cannot listen there ({error.strerror}); "
+                       "choose another --port (1024 or above) or --host") from None  # fmt: skip
+
+
+def run_server(app: FastAPI, sock: socket.socket, timeout: float = REQUEST_TIMEOUT) -> None:
+    """Serve ``app`` on the listening ``sock`` until Ctrl-C, which then raises
+    ``KeyboardInterrupt`` (uvicorn's own ``run`` swallows it, and the command would exit 0)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    config = uvicorn.Config(app, log_level="info", http=_headers_in_time(timeout), ws="none",
+                            timeout_keep_alive=KEEP_ALIVE, limit_concurrency=MAX_CONNECTIONS,
+                            h11_max_incomplete_event_size=MAX_HEADERS,
+                            timeout_graceful_shutdown=3)  # fmt: skip
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _headers_in_time(timeout: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP/1.1 protocol, but a connection whose request line and headers have not
+    all arrived ``timeout`` seconds after it opened (or after its last answer) is closed:
+    uvicorn times out only idle keep-alive connections, so a client sending one header byte a
+    second would hold a connection as long as it liked."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadersInTime(H11Protocol):
+        late: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.late is not None:
+                self.late.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self.late is not None:
+                self.late.cancel()
+            self.late = self.loop.call_later(timeout, self._close_if_waiting)
+
+        def _close_if_waiting(self) -> None:
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeadersInTime

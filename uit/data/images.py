@@ -4,12 +4,20 @@ Every decode problem is an ``ImageError`` (a ``DataError``) naming the file and 
 PIL, OS or numpy exception. High-bit-depth images are scaled to 8 bits, not clipped; transparent
 pixels are laid over white; the EXIF orientation is honoured (the picture as every viewer shows
 it is the one a caption describes; the benchmarks' crops carry no orientation tag).
+
+Only regular files of at most ``MAX_IMAGE_BYTES`` are read (``open_image_file``): a FIFO would
+block the reader forever, a link to ``/dev/zero`` would fill its memory.
 """
 
 from __future__ import annotations
 
+import io
+import os
+import stat
 import warnings
+from contextlib import suppress
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -21,23 +29,104 @@ from uit.core.errors import DataError
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 BACKGROUND = (255, 255, 255)  # what transparent pixels become
+# A person crop is tens of kilobytes; an uncompressed 8-megapixel photo is 24 MiB. Anything
+# bigger is not a gallery image (a sparse file, a disk image) and is refused unread.
+MAX_IMAGE_BYTES = 64 << 20
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _STALE = "if a prepared folder lists it, that folder is stale: re-run `uit data prepare`"
+_DROP = "replace the file, or drop it with `uit data prepare ... --drop-missing`"
+# O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer (then fstat refuses
+# it); it changes nothing for a regular file.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class ImageError(DataError):
-    """An image file that is missing or cannot be decoded.
+    """An image file that is missing, not a regular file, or cannot be decoded.
+
+    ``problem`` says what is wrong without the path or the fix, so that a caller that knows where
+    the file comes from (a folder gallery, not a prepared benchmark) can give another fix
+    (``with_fix``) and a server can answer without showing the file system's paths.
 
     A ``DataLoader`` worker's exception reaches the main process rebuilt from its formatted
     traceback (``Caught ImageError in DataLoader worker process 0. Original Traceback ...``);
     the constructor keeps only the original message, so the CLI prints a message, not a trace.
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, path: Path | None = None, problem: str = "") -> None:
         marker = f"{type(self).__module__}.{type(self).__qualname__}: "
         if message.startswith("Caught ") and marker in message:
             message = message.rsplit(marker, 1)[1].strip()
         super().__init__(message)
+        self.path, self.problem = path, problem or message
+
+    @classmethod
+    def of(cls, path: str | Path, problem: str, fix: str) -> ImageError:
+        return cls(f"{path}: {problem}; {fix}", path=Path(path), problem=problem)
+
+    def with_fix(self, fix: str) -> ImageError:
+        """The same problem with another fix (the message as it is when the path is unknown)."""
+        return self if self.path is None else ImageError.of(self.path, self.problem, fix)
+
+
+def open_image_file(path: str | Path, inside: str | Path | None = None) -> BinaryIO:
+    """``path`` opened for reading, refused unless it is a regular file of at most
+    ``MAX_IMAGE_BYTES`` (not a FIFO, which would block, nor a device such as ``/dev/zero``,
+    which never ends, nor a folder) and, with ``inside``, really under that folder (symbolic
+    links followed; ``inside`` itself may be one).
+
+    The checks that count are made on the opened file (``fstat``), so a file swapped between a
+    check and the open is still caught; a first ``stat`` only keeps devices from being opened."""
+    path = Path(path)
+    with suppress(OSError):  # missing or unreadable: the open says which
+        _check_kind(path, os.stat(path))
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise ImageError.of(path, "image file not found", _STALE) from None
+    except OSError as error:
+        raise ImageError.of(path, f"cannot be opened ({error.strerror})", _STALE) from None
+    handle = os.fdopen(fd, "rb")
+    try:
+        _check_kind(path, os.fstat(fd))
+        if inside is not None:
+            _check_inside(path, Path(inside), os.fstat(fd))
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def _check_kind(path: Path, status: os.stat_result) -> None:
+    if stat.S_ISDIR(status.st_mode):
+        raise ImageError.of(path, "is a folder, not an image file", _STALE)
+    if not stat.S_ISREG(status.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(status.st_mode) else "a device or other special file"
+        raise ImageError.of(path, f"is {kind}, not a regular image file", _DROP)
+    if status.st_size > MAX_IMAGE_BYTES:
+        raise ImageError.of(path, f"{status.st_size:,} bytes, over the limit of "
+                                  f"{MAX_IMAGE_BYTES:,} for one image", _DROP)  # fmt: skip
+
+
+def _check_inside(path: Path, folder: Path, opened: os.stat_result) -> None:
+    """The real location of ``path`` is under ``folder``'s, and it is the file that was opened."""
+    real, root = os.path.realpath(path), os.path.join(os.path.realpath(folder), "")
+    try:
+        same = real.startswith(root) and os.path.samestat(os.stat(real), opened)
+    except OSError:  # gone or swapped since it was opened
+        same = False
+    if not same:
+        raise ImageError.of(path, f"leads outside {folder} through a symbolic link (to {real})",
+                            "replace the link with the image file")  # fmt: skip
+
+
+def read_image_bytes(path: str | Path, inside: str | Path | None = None) -> bytes:
+    """The bytes of an image file, checked as ``open_image_file`` checks it (a file that grows
+    past the limit while it is read is refused too)."""
+    with open_image_file(path, inside) as handle:
+        data = handle.read(MAX_IMAGE_BYTES + 1)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ImageError.of(path, f"over the limit of {MAX_IMAGE_BYTES:,} bytes", _DROP)
+    return data
 
 
 def load_rgb(path: str | Path) -> Image.Image:
@@ -46,32 +135,26 @@ def load_rgb(path: str | Path) -> Image.Image:
     try:
         return to_rgb(image)
     except ValueError as error:  # a mode PIL cannot convert (LAB, HSV, ...)
-        raise ImageError(
-            f"{path}: cannot convert its {image.mode} pixels to RGB ({error}); "
-            "re-save it as an RGB or grayscale PNG or JPEG"
-        ) from None
+        raise ImageError.of(
+            path, f"cannot convert its {image.mode} pixels to RGB ({error})",
+            "re-save it as an RGB or grayscale PNG or JPEG",
+        ) from None  # fmt: skip
 
 
 def _decode(path: Path) -> Image.Image:
+    data = read_image_bytes(path)
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             _refuse_bomb(image)
             image.load()
             return ImageOps.exif_transpose(image)
-    except FileNotFoundError:
-        raise ImageError(f"{path}: image file not found ({_STALE})") from None
-    except (IsADirectoryError, PermissionError) as error:
-        raise ImageError(f"{path}: cannot read the image ({error.strerror}); {_STALE}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(
-            f"{path}: refused as a possible decompression bomb ({error}); replace it with an "
-            "image of a sensible size, or drop it with `uit data prepare ... --drop-missing`"
-        ) from None
+        raise ImageError.of(path, f"refused as a possible decompression bomb ({error})",
+                            "replace it with an image of a sensible size, or drop it with "
+                            "`uit data prepare ... --drop-missing`") from None  # fmt: skip
     except Exception as error:  # a decoder fed hostile bytes can raise anything
-        raise ImageError(
-            f"{path}: not a readable image ({type(error).__name__}: {error}); replace the file, "
-            "or drop it with `uit data prepare ... --drop-missing`"
-        ) from None
+        raise ImageError.of(path, f"not a readable image ({type(error).__name__}: {error})",
+                            _DROP) from None  # fmt: skip
 
 
 def _refuse_bomb(image: Image.Image) -> None:

@@ -178,7 +178,7 @@ def inference_options(
 ) -> EvalOptions:
     """Evaluation options for a checkpoint: ``device`` resolved, autocast in the precision it
     was trained in (read from its state, not its weights)."""
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, "--device")
     precision = inference_precision(read_state(checkpoint_dir))
     return EvalOptions(device=torch_device, dtype=autocast_dtype(torch_device, precision),
                        batch_size=batch_size)  # fmt: skip

@@ -1,6 +1,8 @@
 """Search a gallery through an index: an exact scan (``top_k``) for small galleries, an
 approximate FAISS index (IVF lists of 8-bit vectors) above ``ANN_THRESHOLD`` images, built once
-and cached beside the gallery embeddings.
+and cached beside the gallery embeddings. A cached index is used only when it is the index of
+these embeddings: its header names their count, width and digest, and its lists hold each of the
+ids 0 to N-1 exactly once; anything else is rebuilt, with a warning.
 
 The approximate index only proposes a shortlist; the shortlist is scored again exactly in
 float32 from the stored embeddings, so every score it returns is the exact dot product and ties
@@ -11,9 +13,10 @@ the exact path never need it (it comes with the ``serve`` extra).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -112,37 +115,91 @@ def build_index(
     if resolve_kind(kind, feats.shape[0]) == "flat":
         return FlatIndex(feats)
     settings = AnnSettings.for_size(feats.shape[0])
-    path = index_path(cache_dir, feats, settings) if cache_dir is not None else None
-    index = _read_index(path, feats) if path is not None else None
+    header = IndexHeader.of(feats, settings)  # the file is named by the embeddings' digest
+    path = Path(cache_dir) / f"index-{header.digest}.faiss" if cache_dir is not None else None
+    index = _read_index(path, header) if path is not None else None
     if index is None:
         index = _train_and_add(feats, settings, progress)
         if path is not None:
-            atomic_write_bytes(path, _faiss().serialize_index(index).tobytes())
+            atomic_write_bytes(path, header.encode() + _faiss().serialize_index(index).tobytes())
     return AnnIndex(feats, index, settings)
 
 
-def index_path(cache_dir: str | Path, feats: torch.Tensor, settings: AnnSettings) -> Path:
-    """Keyed by the embeddings' bytes and the settings: other embeddings, another file."""
-    digest = hashlib.blake2b(settings.factory().encode(), digest_size=16)
-    digest.update(str(tuple(feats.shape)).encode())
-    digest.update(feats.contiguous().view(torch.uint8).numpy().data)
-    return Path(cache_dir) / f"index-{digest.hexdigest()}.faiss"
+INDEX_FORMAT = "uit-index-1"
 
 
-def _read_index(path: Path, feats: torch.Tensor) -> Any:
-    """The cached index at ``path``, or None when absent or damaged (then it is rebuilt)."""
+@dataclass(frozen=True)
+class IndexHeader:
+    """What a cached index file says it indexes, ahead of FAISS's bytes: 8 bytes of length,
+    then this as JSON."""
+
+    count: int
+    dim: int
+    factory: str
+    digest: str  # of the embeddings' bytes, their shape and the factory
+
+    @classmethod
+    def of(cls, feats: torch.Tensor, settings: AnnSettings) -> IndexHeader:
+        digest = hashlib.blake2b(settings.factory().encode(), digest_size=16)
+        digest.update(str(tuple(feats.shape)).encode())
+        digest.update(feats.contiguous().view(torch.uint8).numpy().data)
+        count, dim = feats.shape
+        return cls(count, dim, settings.factory(), digest.hexdigest())
+
+    def encode(self) -> bytes:
+        text = json.dumps({"format": INDEX_FORMAT, **asdict(self)}).encode()
+        return len(text).to_bytes(8, "little") + text
+
+    @classmethod
+    def split(cls, data: bytes) -> tuple[IndexHeader, bytes]:
+        """The header and FAISS's bytes of a file; ValueError (or KeyError) for another one."""
+        size = int.from_bytes(data[:8], "little")
+        fields = json.loads(data[8 : 8 + size]) if 0 < size < 4096 else {}
+        if not isinstance(fields, dict) or fields.pop("format", None) != INDEX_FORMAT:
+            raise ValueError(f"not a {INDEX_FORMAT} file")
+        return cls(**fields), data[8 + size :]
+
+
+def _read_index(path: Path, expected: IndexHeader) -> Any:
+    """The cached index at ``path``, or None when absent, damaged or not the index of the
+    embeddings ``expected`` describes (then it is rebuilt)."""
     if not path.is_file():
         return None
     try:
-        index = _faiss().deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
+        header, data = IndexHeader.split(path.read_bytes())
+        index = _faiss().deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        problem = _mismatch(header, index, expected)
     except Exception as error:  # FAISS raises RuntimeError with its own text for any damage
-        log.warning("ignoring the damaged index %s (%s)", path, str(error).splitlines()[0])
+        first = (str(error) or type(error).__name__).splitlines()[0]
+        log.warning("ignoring the damaged index %s (%s); rebuilding it", path, first)
         return None
-    if (index.ntotal, index.d) != tuple(feats.shape):
-        log.warning("ignoring the index %s: it holds %d x %d embeddings", path, index.ntotal,
-                    index.d)  # fmt: skip
+    if problem:
+        log.warning("ignoring the index %s: %s; rebuilding it", path, problem)
         return None
     return index
+
+
+def _mismatch(header: IndexHeader, index: Any, expected: IndexHeader) -> str | None:
+    """Why ``index`` (read with ``header``) is not the index of ``expected``'s embeddings."""
+    if header != expected:
+        return f"it indexes other embeddings ({header.count} x {header.dim}, {header.factory})"
+    if (index.ntotal, index.d) != (expected.count, expected.dim):
+        return f"it holds {index.ntotal} x {index.d} embeddings, not {expected.count} x " \
+            f"{expected.dim}"  # fmt: skip
+    ids = _stored_ids(index)
+    if len(ids) != expected.count or not np.array_equal(np.sort(ids), np.arange(expected.count)):
+        return f"its lists do not hold each id from 0 to {expected.count - 1} exactly once"
+    return None
+
+
+def _stored_ids(index: Any) -> np.ndarray:
+    """Every id in an IVF index's inverted lists, list by list."""
+    faiss = _faiss()
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    ids = [np.array(faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)), dtype=np.int64)
+           for i in range(ivf.nlist) if lists.list_size(i)]  # fmt: skip
+    return np.concatenate(ids) if ids else np.empty(0, dtype=np.int64)
 
 
 def _train_and_add(feats: torch.Tensor, settings: AnnSettings, progress: NewBar | None) -> Any:

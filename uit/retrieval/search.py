@@ -1,13 +1,22 @@
 """Search a gallery of person images with a sentence: encode the gallery once, cache the
-embeddings (keyed by the checkpoint's and each image's contents), rank by cosine similarity."""
+embeddings (keyed by the checkpoint's and each image's contents), rank by cosine similarity.
+
+A gallery is a folder of images (searched recursively) or a prepared benchmark's split. Only
+regular image files are read (``uit.data.images.open_image_file``), and a symbolic link in a
+folder gallery may point anywhere inside the folder but not out of it, as ``uit data prepare``
+allows none out of imgs/.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +26,8 @@ from safetensors.torch import load, save
 from uit.core.boundary import PREPARED, reading
 from uit.core.errors import DataError
 from uit.core.io import atomic_write_bytes
-from uit.data.prepared import read_manifests
+from uit.data.images import ImageError, read_image_bytes
+from uit.data.prepared import IMAGES_FILE, read_manifests
 from uit.model.encoder import DualEncoder
 from uit.retrieval.evaluate import EvalOptions, encode_images
 from uit.retrieval.metrics import ranking_keys
@@ -27,6 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+# What an unreadable image of a folder gallery asks for (``--drop-missing`` is for benchmarks).
+FOLDER_FIX = "a gallery folder holds image files only: remove this one or replace it with a " \
+    "readable image, then run again"  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -36,32 +49,139 @@ class Hit:
     score: float
 
 
+@dataclass(frozen=True)
+class Gallery:
+    """The images searched: a name to show for them (the folder's, never its whole path), the
+    folder they are under, their paths, their names (paths relative to ``root``) and, for a
+    prepared benchmark, their identities and the split's captions by identity."""
+
+    source: str
+    root: Path
+    paths: list[Path]
+    names: list[str]
+    pids: list[int] | None = None
+    captions: dict[str, int] = field(default_factory=dict)  # normalised caption -> pid
+    examples: list[str] = field(default_factory=list)  # the captions as written
+
+    @property
+    def image_fix(self) -> str | None:
+        """What an unreadable image's error says to do: a folder's file is removed or replaced;
+        a benchmark's error already says how (``--drop-missing``)."""
+        return FOLDER_FIX if self.pids is None else None
+
+
+def normalise(text: str) -> str:
+    """What a caption is matched by: lower case, single spaces, no final full stop."""
+    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(" .")
+
+
+def shown(text: str) -> str:
+    """``text`` safe to print or send as JSON: bytes of a file name that are not UTF-8 (kept by
+    Python as lone surrogates) as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def read_gallery(source: str | Path, split: str = "test") -> Gallery:
+    """A folder of images (searched recursively) or a prepared benchmark's ``split``."""
+    source = Path(source)
+    name = shown(Path(os.path.abspath(source)).name or os.sep)
+    if not (source / IMAGES_FILE).is_file():
+        paths = list_folder(source)
+        return Gallery(name, source, paths, [p.relative_to(source).as_posix() for p in paths])
+    with reading(source, *PREPARED):
+        manifests = read_manifests(source)
+    if not manifests.has_split(split):
+        raise DataError(f"{source}: the prepared {manifests.benchmark} has no {split!r} split")
+    manifests = manifests.split(split)
+    captions = manifests.captions.select("text", "pid").rows()
+    return Gallery(f"{name} ({manifests.benchmark} {split})", manifests.imgs_dir,
+                   manifests.paths(), manifests.images["path"].to_list(),
+                   manifests.images["pid"].to_list(),
+                   {normalise(text): pid for text, pid in captions},
+                   [text for text, _ in captions])  # fmt: skip
+
+
 def list_gallery(source: str | Path, split: str = "test") -> list[Path]:
     """The images of a folder (recursively, sorted), or of a prepared benchmark's split."""
-    source = Path(source)
-    if (source / "images.parquet").is_file():
-        with reading(source, *PREPARED):
-            manifests = read_manifests(source)
-        if not manifests.has_split(split):
-            raise DataError(f"{source}: the prepared {manifests.benchmark} has no {split!r} split")
-        return manifests.split(split).paths()
-    if not source.is_dir():
+    return read_gallery(source, split).paths
+
+
+def list_folder(folder: Path) -> list[Path]:
+    """The image files under ``folder``, sorted. A symbolic link that stays inside it is fine
+    (see ``_walk``); one that leads out of it, to a file or a folder, is an error, as
+    ``uit data prepare`` refuses one out of imgs/ (its target would be read and served)."""
+    if not folder.is_dir():
         raise DataError(
-            f"gallery {source} not found: give a folder of images, a prepared benchmark folder "
+            f"gallery {folder} not found: give a folder of images, a prepared benchmark folder "
             "(data/prepared/NAME) or a benchmark name"
         )
-    paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise DataError(f"gallery {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return paths
+    images, outside = _walk(folder)
+    if outside:
+        link, target = outside[0]
+        raise DataError(
+            f"gallery {folder}: {len(outside)} symbolic link(s) lead outside it (e.g. "
+            f"{shown(link.relative_to(folder).as_posix())} -> {shown(target)}); a gallery's "
+            "images are read and served from inside its folder only. Replace the links with the "
+            "image files, or link the whole gallery folder instead"
+        )
+    if not images:
+        raise DataError(f"gallery {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return sorted(images)
+
+
+def _walk(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Image files under ``folder`` (links to files inside it included) and the links that
+    lead out of it, with where they lead. A link to a folder inside it is not followed: that
+    folder is listed under its own name, once (and no loop can start)."""
+    root = os.path.realpath(folder)
+    inside = os.path.join(root, "")
+    images: list[Path] = []
+    outside: list[tuple[Path, str]] = []
+    pending = [folder]
+    while pending:
+        for entry in _entries(pending.pop()):
+            path = Path(entry.path)
+            image = path.suffix.lower() in IMAGE_SUFFIXES
+            if entry.is_symlink():
+                real = os.path.realpath(path)
+                if real != root and not real.startswith(inside):
+                    if image or os.path.isdir(real):  # what a reader would follow out
+                        outside.append((path, real))
+                elif image and not os.path.isdir(real):
+                    images.append(path)
+            elif entry.is_dir(follow_symlinks=False):
+                pending.append(path)
+            elif image:
+                images.append(path)
+    return images, outside
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as error:
+        raise DataError(
+            f"gallery folder {shown(str(folder))} cannot be read "
+            f"({error.strerror}): fix its permissions or remove it"
+        ) from None
+
+
+@contextmanager
+def image_fix(fix: str | None) -> Iterator[None]:
+    """Image errors raised inside say ``fix`` (when given) instead of their own."""
+    try:
+        yield
+    except ImageError as error:
+        if fix is None:
+            raise
+        raise error.with_fix(fix) from None
 
 
 def file_digest(path: Path) -> str:
-    """What an image's cache entry is keyed by: its bytes, not its name or time."""
-    try:
-        return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
-    except OSError as error:
-        raise DataError(f"gallery image {path}: cannot be read ({error})") from None
+    """What an image's cache entry is keyed by: its bytes, not its name or time (only a regular
+    file of a bounded size is read: see ``open_image_file``)."""
+    return hashlib.blake2b(read_image_bytes(path), digest_size=16).hexdigest()
 
 
 def checkpoint_digest(checkpoint_dir: str | Path) -> str:
@@ -90,7 +210,8 @@ class EmbeddingCache:
     The file holds the (N, D) features and, in its metadata, the N digests and a checksum of
     both; it is written under a unique temporary name and renamed into place, so processes that
     search at once each publish a whole, consistent file (the last one wins). A file that is
-    damaged, truncated or inconsistent is ignored (with a warning) and rebuilt.
+    damaged, truncated or inconsistent, or whose vectors are not finite or not the model's width
+    (``keep_width``), is ignored (with a warning) and rebuilt.
     """
 
     FORMAT = "uit-embeddings-1"
@@ -115,7 +236,17 @@ class EmbeddingCache:
             raise ValueError(f"{len(digests)} digests for features of shape {tuple(feats.shape)}")
         if metadata.get("checksum") != _checksum(digests, feats):
             raise ValueError("checksum mismatch")
+        if not feats.is_floating_point() or not torch.isfinite(feats).all():
+            raise ValueError(f"its {feats.dtype} vectors are not all finite numbers")
         return dict(zip(digests, feats, strict=True))
+
+    def keep_width(self, width: int) -> None:
+        """Forget the stored vectors unless they are ``width`` wide (the model's)."""
+        stored = next(iter(self.rows.values()), None)  # the file's rows share one width
+        if stored is not None and stored.shape[0] != width:
+            log.warning("ignoring the embedding cache %s: it holds vectors %d wide, the model's "
+                        "are %d (rebuilding it)", self.path, stored.shape[0], width)  # fmt: skip
+            self.rows = {}
 
     def missing(self, digests: Sequence[str]) -> list[int]:
         return [i for i, d in enumerate(digests) if d not in self.rows]
@@ -149,20 +280,24 @@ def gallery_embeddings(
     options: EvalOptions,
     cache: EmbeddingCache | None = None,
     progress: Advance | None = None,
+    fix: str | None = None,
 ) -> tuple[torch.Tensor, int]:
     """(N, D) normalised features of ``paths``; only images not in ``cache`` are encoded.
-    Returns the features and how many images were encoded now.
+    Returns the features and how many images were encoded now. An unreadable image's error
+    says ``fix`` when given (``Gallery.image_fix``).
 
     ``progress`` advances by N in all: by one for each image found in the cache as it is
     hashed, then by each batch encoded, so a warm cache's bar moves instead of looking stuck."""
-    if cache is None:
-        return encode_images(encoder, paths, options, progress), len(paths)
-    digests = _digests(paths, cache, progress)
-    todo = cache.missing(digests)
-    if todo:
-        feats = encode_images(encoder, [paths[i] for i in todo], options, progress)
-        cache.add([digests[i] for i in todo], feats)
-        cache.save()
+    with image_fix(fix):
+        if cache is None:
+            return encode_images(encoder, paths, options, progress), len(paths)
+        cache.keep_width(encoder.embed_dim)
+        digests = _digests(paths, cache, progress)
+        todo = cache.missing(digests)
+        if todo:
+            feats = encode_images(encoder, [paths[i] for i in todo], options, progress)
+            cache.add([digests[i] for i in todo], feats)
+            cache.save()
     return cache.get(digests), len(todo)
 
 
