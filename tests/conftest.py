@@ -15,6 +15,7 @@ from uit.raw.formats import SPECS
 from uit.synth import synthesize
 
 RecordFactory = Callable[..., Path]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _image(path: Path, colour: tuple[int, int, int] = (120, 30, 30)) -> None:
@@ -119,3 +120,11 @@ def trained(
         shutil.copy(path, gallery / path.name)
     return {"prepared": prepared, "run": base / "run", "gallery": gallery,
             "best": base / "run" / "checkpoints" / "best"}  # fmt: skip
+
+
+@pytest.fixture
+def params(tmp_path: Path) -> Path:
+    """A copy of the project's params.yaml to change."""
+    path = tmp_path / "params.yaml"
+    path.write_bytes((ROOT / "params.yaml").read_bytes())
+    return path

@@ -42,13 +42,6 @@ def one_line(*args: object) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def params(tmp_path: Path) -> Path:
-    path = tmp_path / "params.yaml"
-    path.write_bytes((ROOT / "params.yaml").read_bytes())
-    return path
-
-
 # --- 1. a key written twice -------------------------------------------------------------------
 
 

@@ -6,7 +6,6 @@ files, real locks; Prefect through its test harness and a temporary server."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -23,6 +22,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.test_hostile_cli import snapshot
 from uit.app.cli import app
 from uit.core.config import PretrainConfig, SynthConfig
 from uit.core.errors import ConfigError, TrainingError
@@ -32,11 +32,6 @@ from uit.synth.corpus import draw_corpus
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = PretrainConfig(identities=12, heldout=4, batch_size=4)
 TINY = SynthConfig(size="tiny", seed=7, image_height=32, image_width=16)
-
-
-def snapshot(*folders: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
 
 
 def cli(*args: object) -> tuple[int, str]:
@@ -211,6 +206,14 @@ def test_processes_that_cannot_split_the_batch_are_refused_before_launch(trained
     fails("train", "--benchmark", "cuhk-pedes", "--prepared", trained["prepared"],
           "--set", "train.nproc_per_node=3", "--set", "train.batch_size=32",
           says=("train.batch_size 32", "train.nproc_per_node 3", "multiple of 6"))  # fmt: skip
+
+
+def test_uit_run_refuses_a_bad_override_before_prefect_starts(tmp_path: Path) -> None:
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
+    output = fails("run", "--project", tmp_path, "--set", "train.batch_size=-3",
+                   says=("train.batch_size",))  # fmt: skip
+    assert "temporary server" not in output and not (tmp_path / ".prefect").exists()
 
 
 # --- signals: one line, the shell's exit code, nothing left running ----------------------------

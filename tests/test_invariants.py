@@ -133,10 +133,21 @@ def test_every_reload_scores_what_training_recorded(
     found = json.loads(_cli("search", str(export), top["text"], "--gallery", str(prepared),
                             "--json", "--no-cache", "--top-k", "10"))  # fmt: skip
     test = read_manifests(prepared).split("test")
-    assert [Path(r["path"]) for r in found["results"]] == [test.imgs_dir / p for p in top["paths"]]
+    ranked = [Path(r["path"]) for r in found["results"]]
+    expected = [test.imgs_dir / p for p in top["paths"]]
     scores = [r["score"] for r in found["results"]]
-    # bf16 matmuls round differently for a query alone than inside a batch of queries
-    assert scores == pytest.approx(top["scores"], abs=1e-5 if precision == "fp32" else 2e-3)
+    # bf16 matmuls round differently for a query alone than inside a batch of queries (the text
+    # tower's length is the batch's), so images whose scores are that close may trade places
+    tolerance = 1e-5 if precision == "fp32" else 2e-3
+    assert scores == pytest.approx(top["scores"], abs=tolerance)
+    evaluated = dict(zip(expected, top["scores"], strict=True))
+    for rank, (path, score) in enumerate(zip(ranked, top["scores"], strict=True)):
+        if precision == "fp32":
+            assert path == expected[rank], rank
+        elif path in evaluated:
+            assert abs(evaluated[path] - score) <= tolerance, rank
+        else:  # evaluation's 11th, tied within rounding with its 10th
+            assert rank == len(ranked) - 1, rank
 
 
 def test_old_checkpoints_without_the_architecture_record_rebuild_as_trained(

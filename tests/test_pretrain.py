@@ -60,7 +60,7 @@ def test_the_corpus_is_new_identities_in_generic_captions_as_a_prepared_folder(
     # a folder of anything else is refused and left as it was
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    with pytest.raises(ConfigError, match="not a pretraining corpus"):
+    with pytest.raises(ConfigError, match="did not write"):
         draw_corpus(tmp_path / "mine", cfg, SYNTH)
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 

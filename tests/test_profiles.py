@@ -44,13 +44,6 @@ def one_line(output: str) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def params(tmp_path: Path) -> Path:
-    path = tmp_path / "params.yaml"
-    path.write_bytes((ROOT / "params.yaml").read_bytes())
-    return path
-
-
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A copy of the project (its own params.yaml and dvc.yaml) after `dvc exp run -S`, and the

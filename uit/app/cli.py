@@ -913,7 +913,8 @@ def run_pipeline(
         raise UitError(f"{project} has no dvc.yaml: run `uit run` in the project folder")
     from uit.core.config import load_config
 
-    load_config(project / "params.yaml")  # a broken file fails here in one line, not inside DVC
+    # a broken file or --set value fails here in one line, before Prefect's server starts
+    load_config(project / "params.yaml", set_ or [])
     # Prefect's temporary server keeps its database under the project, not in the home folder.
     os.environ.setdefault("PREFECT_HOME", str(project / ".prefect"))
     from flows.pipeline import DvcError, pipeline
