@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest browser paper-path clean
+.PHONY: install demo test test-fast lint typecheck pytest browser paper-path clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -46,10 +46,17 @@ browser:
 	else echo "note: could not install chromium; the report's browser test will be skipped" \
 	  "(or fail, with UIT_REQUIRE_BROWSER=1)"; fi
 
+# The suite on every core, a test file per process at a time (its fixtures built once there).
+PYTEST_JOBS ?= auto
 pytest: install browser
-	$(BIN)/pytest
+	$(BIN)/pytest --numprocesses $(PYTEST_JOBS) --dist loadfile
 
 test: lint typecheck pytest
+
+# The edit-run loop: everything but the slow tests (pipelines, flows, servers, training runs),
+# without lint and type checks; CI runs `make test`, everything.
+test-fast: install
+	$(BIN)/pytest --numprocesses $(PYTEST_JOBS) --dist loadfile -m "not slow" -q
 
 # The paper recipe end to end on this CPU (ViT-B-16 at 384x128, random weights, two steps per
 # benchmark, through dvc repro to metrics and the report): several minutes, so not in `test`.

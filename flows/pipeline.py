@@ -251,18 +251,36 @@ def publish_metrics(
     return rows
 
 
-def _benchmarks(benchmarks: Sequence[str] | None) -> list[str]:
-    chosen = list(benchmarks or BENCHMARKS)
+def _benchmarks(
+    benchmarks: Sequence[str] | None, project: str, overrides: Sequence[str] = ()
+) -> list[str]:
+    """The benchmarks asked for, or else those of ``data.benchmarks`` (what dvc.yaml's stages
+    run on, overrides applied): a project of one benchmark is not asked for the other two."""
+    if benchmarks is None:
+        return list(load_config(Path(project) / "params.yaml", list(overrides)).data.benchmarks)
+    chosen = list(benchmarks)
     unknown = sorted(set(chosen) - set(BENCHMARKS))
     if unknown:
         raise ValueError(f"unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
     return chosen
 
 
+def check_listed(chosen: Sequence[str], project: str, overrides: Sequence[str]) -> None:
+    """Refuse a benchmark that ``data.benchmarks`` leaves out: dvc.yaml has no stage for it."""
+    listed = load_config(Path(project) / "params.yaml", list(overrides)).data.benchmarks
+    absent = [name for name in chosen if name not in listed]
+    if absent:
+        raise ConfigError(
+            f"{', '.join(absent)} is not in data.benchmarks ({', '.join(listed)}) of "
+            f"{Path(project) / 'params.yaml'}, so no stage runs on it: add it there (or "
+            "--set 'data.benchmarks=[...]'), or leave out --benchmark"
+        )
+
+
 @flow(name="preprocess", log_prints=True)
 def preprocess(benchmarks: list[str] | None = None, project: str = ".") -> None:
     """Synth (when the source is synthetic), prepare and parse each benchmark."""
-    for name in _benchmarks(benchmarks):
+    for name in _benchmarks(benchmarks, project):
         dvc(["repro", f"parse@{name}"], project)  # pulls in prepare and synth upstream
 
 
@@ -280,7 +298,7 @@ def pretrain(project: str = ".") -> dict[str, Any]:
 def train(benchmarks: list[str] | None = None, project: str = ".") -> dict[str, Any]:
     """Train, then evaluate in- and cross-domain, one benchmark at a time."""
     published = {}
-    for name in _benchmarks(benchmarks):
+    for name in _benchmarks(benchmarks, project):
         with gpu_slot(project):
             dvc(["repro", f"train@{name}"], project)
             dvc(["repro", f"evaluate@{name}"], project)
@@ -512,7 +530,8 @@ def pipeline(
     ``experiment`` name run as one DVC experiment in a temporary copy of the project; the
     workspace is left as it was, and the experiment is pushed to ``git_remote`` and DVC's
     default remote where both are configured."""
-    chosen = _benchmarks(benchmarks)
+    chosen = _benchmarks(benchmarks, project, overrides or [])
+    check_listed(chosen, project, overrides or [])
     check_ready(chosen, overrides or [], project, after_prepare=False)
     if overrides or experiment:
         name = experiment_name(experiment)

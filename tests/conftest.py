@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+import os
+
+# pytest-xdist's workers inherit COLUMNS=80, and rich fixes a console's width at creation
+# when COLUMNS is set: without it, as in a plain run, the width follows what each test sets.
+os.environ.pop("COLUMNS", None)
+# Under pytest-xdist each worker gets its share of the cores, it and the processes it starts
+# (torch would give each worker every core, and 2 workers on 2 cores would fight over them).
+if (workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
+    share = str(max(1, (os.cpu_count() or 1) // workers))
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, share)
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +143,14 @@ def params(tmp_path: Path) -> Path:
     path = tmp_path / "params.yaml"
     path.write_bytes((ROOT / "params.yaml").read_bytes())
     return path
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """One Prefect test server for the whole run (each start costs 10 to 20 s on 2 cores); the
+    flows called in this process talk to it. Yields its API URL, for subprocesses."""
+    from prefect.settings import get_current_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield str(get_current_settings().api.url)

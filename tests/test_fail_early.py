@@ -9,11 +9,9 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from flows import pipeline
 from tests.pipeline_repo import env, make_repo, sh, tiny_params
@@ -31,12 +29,6 @@ REAL = {"data": {"source": "real", "root": "data/real", "check_images": "exists"
         "synth": {"size": "tiny"}}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
 def repo_with(path: Path, **overrides: dict[str, object]) -> Path:
     repo = make_repo(path)
     (repo / "params.yaml").write_text(tiny_params(overrides))  # type: ignore[arg-type]
@@ -52,9 +44,7 @@ class Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_an_undersized_batch_fails_before_anything_trains(
-    prefect_api: None, tmp_path: Path
-) -> None:
+def test_an_undersized_batch_fails_before_anything_trains(prefect_api: str, tmp_path: Path) -> None:
     repo = repo_with(tmp_path / "repo", train={"batch_size": 32})
     """The default batch with the tiny data: cuhk-pedes and icfg-pedes would train first."""
     state = pipeline.pipeline(project=str(repo), return_state=True)
@@ -66,7 +56,7 @@ def test_an_undersized_batch_fails_before_anything_trains(
         pipeline.pipeline(["rstpreid"], project=str(repo))
 
 
-def test_a_failed_stage_is_one_line_and_a_log_file(prefect_api: None, tmp_path: Path) -> None:
+def test_a_failed_stage_is_one_line_and_a_log_file(prefect_api: str, tmp_path: Path) -> None:
     repo = repo_with(tmp_path / "repo", train={"batch_size": 32})
     task_log = Records()
     logging.getLogger("prefect.task_runs").addHandler(task_log)
@@ -98,7 +88,7 @@ def test_a_failed_stage_is_one_line_and_a_log_file(prefect_api: None, tmp_path: 
 
 
 def test_missing_real_data_fails_the_flow_with_the_readers_message(
-    prefect_api: None, tmp_path: Path
+    prefect_api: str, tmp_path: Path
 ) -> None:
     repo = repo_with(tmp_path / "repo", **REAL)
     with pytest.raises(UitError) as raised:

@@ -13,19 +13,12 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.testing.utilities import prefect_test_harness
 
 from flows import pipeline
 
 pytestmark = pytest.mark.slow
 
 Span = tuple[str, str, float, float]  # (project, dvc command, start, end)
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def run_two_trainings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Span]:
@@ -78,7 +71,7 @@ def overlaps(spans: list[Span]) -> list[tuple[str, str]]:
 
 
 def test_the_gpu_limit_serialises_training_across_flow_runs(
-    prefect_api: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    prefect_api: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     spans = run_two_trainings(monkeypatch, tmp_path)
     assert overlaps(spans) == [], sorted(spans, key=lambda span: span[2])
@@ -88,7 +81,7 @@ def test_the_gpu_limit_serialises_training_across_flow_runs(
 
 
 def test_without_the_limit_the_same_runs_overlap(
-    prefect_api: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    prefect_api: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The control: the check above can fail. Without the limit the two runs train at once."""
 

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -216,6 +215,14 @@ def test_uit_run_refuses_a_bad_override_before_prefect_starts(tmp_path: Path) ->
     assert "temporary server" not in output and not (tmp_path / ".prefect").exists()
 
 
+def test_uit_run_of_a_benchmark_the_stages_leave_out_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text("data:\n  benchmarks: [rstpreid]\n")
+    says = ("icfg-pedes is not in data.benchmarks (rstpreid)", "params.yaml")
+    output = fails("run", "--project", tmp_path, "--benchmark", "icfg-pedes", says=says)
+    assert "temporary server" not in output and "flow run" not in output.lower()
+
+
 # --- signals: one line, the shell's exit code, nothing left running ----------------------------
 
 
@@ -269,13 +276,11 @@ def _listening(port: int) -> bool:
 
 
 @pytest.fixture
-def prefect_api(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    from prefect.settings import get_current_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    monkeypatch.setenv("UIT_MACHINE", f"test-{os.getpid()}-{tmp_path.name}")
-    with prefect_test_harness(server_startup_timeout=180):
-        yield str(get_current_settings().api.url)
+def own_machine_api(prefect_api: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """The API, with a machine name of this test's own (its GPU limit and lock file alone)."""
+    name = f"test-{os.getpid()}-{tmp_path.name}"
+    monkeypatch.setenv("UIT_MACHINE", name)
+    return prefect_api
 
 
 HOLD = """
@@ -294,13 +299,13 @@ hold()
 
 
 @pytest.mark.slow
-def test_a_killed_holder_leaves_no_slot_behind(prefect_api: str, tmp_path: Path) -> None:
+def test_a_killed_holder_leaves_no_slot_behind(own_machine_api: str, tmp_path: Path) -> None:
     from prefect import flow
     from prefect.client.orchestration import get_client
 
     from flows import pipeline
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": prefect_api}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": own_machine_api}
     command = [sys.executable, "-c", HOLD, str(tmp_path)]
     holder = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True)  # fmt: skip

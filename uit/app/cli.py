@@ -648,7 +648,10 @@ def serve(
     host: Annotated[
         str, typer.Option(help="The address to listen on (loopback only, unless --expose).")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="The port to listen on.")] = 8000,
+    port: Annotated[
+        int,
+        typer.Option(min=0, max=65535, help="The port to listen on (0: a free one, printed)."),
+    ] = 8000,
     expose: Annotated[
         bool, typer.Option(help="Allow a non-loopback --host: anyone who reaches it can search.")
     ] = False,
@@ -679,6 +682,7 @@ def serve(
     check_host(host, expose)
     resolve_device(device, "--device")  # a wrong --device fails before anything is loaded
     with listen(host, port) as sock:  # a port in use fails now, not after the gallery
+        port = sock.getsockname()[1]  # the one the system chose for --port 0
         with progress_bars() as progress:
             searcher = load_searcher(checkpoint, _gallery_source(gallery), split=split,
                                      index_kind=index, cache_dir=cache_dir, device=device,
@@ -917,9 +921,11 @@ def run_pipeline(
     load_config(project / "params.yaml", set_ or [])
     # Prefect's temporary server keeps its database under the project, not in the home folder.
     os.environ.setdefault("PREFECT_HOME", str(project / ".prefect"))
-    from flows.pipeline import DvcError, pipeline
+    from flows.pipeline import DvcError, check_listed, pipeline
 
     names = [b.value for b in benchmark] if benchmark else None
+    if names:  # one the stages do not run on fails here too, not after Prefect has started
+        check_listed(names, str(project), set_ or [])
     started = time.perf_counter()
     try:
         with quiet_tracebacks((DvcError, UitError)):
