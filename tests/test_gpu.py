@@ -4,6 +4,7 @@ compiled step. Every test needs a CUDA device and is skipped cleanly without one
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,23 @@ from uit.model.objective import Objective, param_groups
 from uit.raw.prepare import prepare_benchmark
 from uit.training.train import StepState, build_step_state, fit, forward_inputs, train_step
 
-# cuBLAS is deterministic only with a fixed workspace, set before its first use in the process.
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cublas_workspace() -> Iterator[None]:
+    """cuBLAS is deterministic only with a fixed workspace, which PyTorch reads at cuBLAS's
+    first use in the process: set for this module from before its first test (gpu_checks.sh
+    runs it alone, so that is the first use) and taken away after it, never for other modules
+    nor at import, where it would leak into every test and subprocess of the run."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(
+            "CUBLAS_WORKSPACE_CONFIG", os.environ.get("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        )
+        yield
 
 
 def tiny_config(**train: object) -> Config:

@@ -137,18 +137,14 @@ def test_ctrl_c_is_one_line_and_exit_130(trained, tmp_path, monkeypatch) -> None
     assert len(output.strip().splitlines()) == 1
 
 
-def test_a_read_only_output_names_the_path(trained, tmp_path, monkeypatch) -> None:
-    """As root a chmod does not bite: the OS error is raised where the file would be written."""
-    import uit.retrieval.evaluate
-
-    target = tmp_path / "ro" / "metrics.json"
-
-    def denied(*args: object, **kwargs: object) -> None:
-        raise PermissionError(13, "Permission denied", str(target))
-
-    monkeypatch.setattr(uit.retrieval.evaluate, "atomic_write_json", denied)
-    fails("evaluate", trained["best"], trained["prepared"], "--out", tmp_path / "ro",
-          says=(str(target), "permission denied"))  # fmt: skip
+@pytest.mark.parametrize("out", ["/sys/kernel", "/sys/kernel/uit-evaluation"])
+def test_a_read_only_output_names_the_path(trained, out: str) -> None:
+    """A chmod does not bite as root, sysfs does: it refuses a new file (EACCES) or folder
+    (EPERM) to everyone. The message names the file the user asked for."""
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("no sysfs here (not Linux)")
+    fails("evaluate", trained["best"], trained["prepared"], "--out", out,
+          says=(f"{out}/metrics.json cannot be written: permission denied",))  # fmt: skip
 
 
 def test_a_bug_shows_its_traceback_behind_a_line_saying_so(trained, tmp_path, monkeypatch):

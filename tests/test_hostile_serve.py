@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.test_serve import wait_until_serving
 from uit.app.cli import app
 from uit.retrieval.index import build_index
 from uit.retrieval.search import EmbeddingCache, checkpoint_digest, file_digest, list_gallery
@@ -45,12 +46,6 @@ SECRET = b"root:x:0:0:the secret outside the gallery\n"
 
 
 # --- helpers: real processes and raw HTTP ---------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def uit_command(*args: object) -> list[str]:
@@ -122,32 +117,21 @@ def call(port: int, method: str, path: str, body: Any = None, headers: dict[str,
 
 
 class Server:
-    """`uit serve` in a real process, its output in a file (so no pipe fills up)."""
+    """`uit serve` in a real process on the port it chooses (--port 0), its output in a file (so
+    no pipe fills up)."""
 
     def __init__(self, checkpoint: Path, gallery: Path, cache: Path, log: Path) -> None:
-        self.port, self.log = free_port(), log
-        command = uit_command("serve", checkpoint, "--gallery", gallery, "--port", self.port,
+        self.log = log
+        command = uit_command("serve", checkpoint, "--gallery", gallery, "--port", 0,
                               "--cache-dir", cache, "--device", "cpu",
                               "--timeout", TIMEOUT)  # fmt: skip
         with log.open("w") as out:
             self.process = subprocess.Popen(command, env=ENV, stdout=out, stderr=out)
         try:
-            self._wait_until_ready(deadline=time.monotonic() + 180)
+            self.port = wait_until_serving(self.process, log)
         except BaseException:
             self.stop()  # a server that never answered is not left running
             raise
-
-    def _wait_until_ready(self, deadline: float) -> None:
-        while True:
-            if self.process.poll() is not None:
-                pytest.fail(f"uit serve exited {self.process.returncode}: {self.output()}")
-            try:
-                if call(self.port, "GET", "/healthz", timeout=5).status == 200:
-                    return
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"uit serve did not answer: {self.output()}"
-            time.sleep(0.3)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -437,7 +421,7 @@ def test_a_fifo_or_a_link_to_dev_zero_fails_search_and_serve_in_one_line(
         uit_command("search", trained["best"], "a man", "--gallery", galleries["fifo"],
                     "--device", "cpu", "--cache-dir", tmp_path / "a"),
         uit_command("serve", trained["best"], "--gallery", galleries["fifo"], "--device", "cpu",
-                    "--port", free_port(), "--cache-dir", tmp_path / "b"),
+                    "--port", 0, "--cache-dir", tmp_path / "b"),
         uit_command("search", trained["best"], "a man", "--gallery", galleries["zero"],
                     "--device", "cpu", "--no-cache"),
     )  # fmt: skip
@@ -601,7 +585,7 @@ def test_a_device_this_machine_lacks_is_one_line(trained: dict[str, Path], tmp_p
                        "--cache-dir", tmp_path / "c"),
             "evaluate": ("evaluate", trained["best"], trained["prepared"], "--out", tmp_path / "e"),
             "serve": ("serve", trained["best"], "--gallery", trained["gallery"], "--port",
-                      free_port(), "--cache-dir", tmp_path / "c")}[command]  # fmt: skip
+                      0, "--cache-dir", tmp_path / "c")}[command]  # fmt: skip
     code, output = cli(*args, "--device", device)
     one_line_error(code, output, "--device", device)
     assert "auto, cpu, cuda" in output or "no CUDA device" in output or "cuda:0 to" in output

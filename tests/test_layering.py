@@ -140,11 +140,63 @@ def test_the_readme_snippet_runs_on_the_library_alone(tmp_path: Path) -> None:
     assert not any(name.startswith("uit.app") for name in snippet | library)
 
 
-def test_layout_of_design_section_2_exists() -> None:
-    for name in ("params.yaml", "dvc.yaml", "pyproject.toml", "Makefile", "README.md"):
-        assert (ROOT / name).is_file(), name
-    for name in ("uit", "uit/app", "stages", "flows", "tests", "benchmarks", "docs/design.md"):
-        assert (ROOT / name).exists(), name
+def design_layout(text: str) -> dict[str, list[str]]:
+    """The layout block of design §2: each entry (a layer as ``uit/core/``) and the ``.py``
+    files its description names (a bare name is inside the entry, one with a ``/`` is from the
+    project's root)."""
+    found = re.search(r"## 2\. Layout and layers\s*```\n(.*?)```", text, re.S)
+    assert found, "the design lost its layout block"
+    entries: dict[str, list[str]] = {}
+    current = ""
+    for line in found.group(1).splitlines():
+        entry = re.match(r"( {0,2})(\S+) {2,}", line)  # a name, then its description
+        if entry:
+            current = ("uit/" if entry[1] else "") + entry[2]
+            entries[current] = []
+        described = line[len(entry[0]) :] if entry else line
+        entries[current] += re.findall(r"(?<![\w/.])[\w/]+\.py\b", described)
+    return entries
+
+
+def missing_from_layout(entries: dict[str, list[str]], root: Path) -> list[str]:
+    missing = [entry for entry in entries if not (root / entry).exists()]
+    for entry, names in entries.items():
+        paths = [root / name if "/" in name else root / entry / name for name in names]
+        missing += [f"{entry}: {name}" for name, path in zip(names, paths, strict=True)
+                    if not path.is_file()]  # fmt: skip
+    return missing
+
+
+def test_the_layout_of_design_section_2_is_the_layout_on_disk() -> None:
+    """Every folder and module the design's layout names is where it says, and its layers are
+    the folders, in the order, that the layering tests above enforce."""
+    text = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    entries = design_layout(text)
+    assert missing_from_layout(entries, ROOT) == []
+    layers = [e for e in entries if e.startswith("uit/") and e != "uit/"]
+    assert layers == [f"uit/{n}/" for n in (*ORDER, "app")]
+    assert sum(map(len, entries.values())) > 40  # the modules were read, not skipped
+    stated = re.search(r"inside\s+the\s+library\s+`([^`]+)`", text)
+    assert stated and tuple(stated.group(1).split(", ")) == ORDER
+
+
+def test_the_layout_check_names_what_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "uit" / "core").mkdir(parents=True)
+    (tmp_path / "uit" / "core" / "io.py").touch()
+    (tmp_path / "params.yaml").touch()
+    block = ("params.yaml   knobs; uit/core/config.py mirrors it\n"
+             "uit/          the package\n"
+             "  core/       io.py (writes), errors.py,\n"
+             "              device.py (CUDA)\n"
+             "  data/       images.py\n")  # fmt: skip
+    entries = design_layout(f"## 2. Layout and layers\n\n```\n{block}```\n")
+    assert entries == {"params.yaml": ["uit/core/config.py"], "uit/": [],
+                       "uit/core/": ["io.py", "errors.py", "device.py"],
+                       "uit/data/": ["images.py"]}  # fmt: skip
+    assert missing_from_layout(entries, tmp_path) == [
+        "uit/data/", "params.yaml: uit/core/config.py", "uit/core/: errors.py",
+        "uit/core/: device.py", "uit/data/: images.py",
+    ]  # fmt: skip
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from uit.model import losses
 from uit.model.losses import cmt_loss, id_loss, itc_loss, sdm_loss, tir_loss
 
 
@@ -178,25 +179,36 @@ def test_all_losses_have_finite_gradients() -> None:
         assert tensor.grad.abs().sum() > 0
 
 
-def test_similarity_losses_stay_fp32_under_bf16_autocast() -> None:
+def test_similarity_losses_stay_fp32_under_bf16_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
     """bf16 resolves about 0.004 near a cosine of 1: CMT's 0.05 margin and the 50x logits need
     the similarity matrices in fp32, which the losses compute even inside autocast."""
-    torch.manual_seed(0)
-    image, text = torch.randn(32, 64), torch.randn(32, 64)
-    image = text + 0.05 * image  # near-duplicate pairs: cosines close to 1, where bf16 is coarse
+    torch.manual_seed(3)
+    # Every cosine between 0.98 and 1 (one shared direction, identities 0.1 apart, pairs closer
+    # still): all three losses are far from 0 and hinge on differences that bf16 blurs.
+    identity = (0.1 * torch.randn(16, 64)).repeat_interleave(2, dim=0)
+    text = torch.randn(1, 64) + identity + 0.03 * torch.randn(32, 64)
+    image = text + 0.03 * torch.randn(32, 64)
     pids = torch.arange(16).repeat_interleave(2)
     terms = {
         "sdm": lambda: sdm_loss(image, text, pids, 50.0),
         "cmt": lambda: cmt_loss(image, text, pids, 0.05),
         "itc": lambda: itc_loss(image, text, 50.0),
     }
+    expected = {name: float(loss()) for name, loss in terms.items()}
+    assert min(expected.values()) > 0.05, expected
     for name, loss in terms.items():
-        expected = loss()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             inside = loss()
         assert inside.dtype == torch.float32, name
-        assert float(inside) == pytest.approx(float(expected), abs=1e-5), name
-        # what a bf16 similarity would have given: visibly different, so the test can fail
+        assert float(inside) == pytest.approx(expected[name], abs=1e-5), name
+
+    # The control: the same losses over a similarity left to autocast (bf16) land at least 20
+    # times that tolerance away (measured: 0.28, 0.0016, 0.050), so the check above can fail.
+    def bf16_cosine(text_feats: torch.Tensor, image_feats: torch.Tensor) -> torch.Tensor:
+        return F.normalize(text_feats, dim=-1) @ F.normalize(image_feats, dim=-1).T
+
+    monkeypatch.setattr(losses, "_cosine", bf16_cosine)
+    for name, loss in terms.items():
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            coarse = F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T
-        assert coarse.dtype == torch.bfloat16
+            coarse = float(loss())
+        assert abs(coarse - expected[name]) > 20 * 1e-5, (name, coarse, expected[name])

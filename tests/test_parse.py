@@ -24,7 +24,12 @@ from uit.core.errors import DataError, UitError
 from uit.parsing.accuracy import TruthCaption, evaluate_parser, read_ground_truth, score_attributes
 from uit.parsing.lexicon import load_lexicon
 from uit.parsing.parse import parse_benchmark, parse_doc
-from uit.parsing.pipeline import build_builtin_pipeline, build_pipeline, resolve_backend
+from uit.parsing.pipeline import (
+    build_builtin_pipeline,
+    build_pipeline,
+    resolve_backend,
+    trained_available,
+)
 from uit.raw.prepare import prepare_benchmark
 from uit.text.parsed import (
     INFO_FILE,
@@ -271,12 +276,44 @@ def test_cli_parse(prepared: Path, tmp_path: Path) -> None:
     assert trained.exit_code == 1 and "python -m spacy download uit_no_such" in trained.output
 
 
-def test_parse_benchmark_script_prints_a_table(
+def parse_benchmark_rows(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> dict[str, list[str]]:
+    """Run benchmarks/parse.py on 300 captions; its table's rows by pipeline name."""
+    script = ROOT / "benchmarks" / "parse.py"
+    argv = [str(script), "--captions", "300", "--repeats", "1", *args]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(script), run_name="__main__")
+    header, columns, *rows = capsys.readouterr().out.splitlines()
+    assert header.startswith("spaCy ") and "median of 1" in header, header
+    assert columns.split()[-2:] == ["captions/s", "captions/cpu-s"], columns
+    return {row[:28].strip(): row[28:].split() for row in rows}
+
+
+def measured(row: list[str]) -> None:
+    """A row of numbers: 300 captions, tokens per caption, then positive timings and rates."""
+    captions, tokens, *timings = row
+    assert captions == "300" and 5 < float(tokens) < 60, row
+    assert all(float(value.replace(",", "")) > 0 for value in timings[1:]), row
+
+
+def test_parse_benchmark_script_measures_the_builtin_and_says_an_absent_model_is_absent(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    script = ROOT / "benchmarks" / "parse.py"
-    monkeypatch.setattr(sys, "argv", [str(script), "--captions", "300", "--repeats", "1"])
-    runpy.run_path(str(script), run_name="__main__")
-    table = capsys.readouterr().out
-    assert "captions/cpu-s" in table and "built-in (uit lexicon)" in table
-    assert "trained (en_core_web_sm)" in table  # measured when installed, else said absent
+    rows = parse_benchmark_rows(monkeypatch, capsys, "--trained-model", "uit_no_such_model")
+    assert rows.keys() == {"built-in (uit lexicon)", "trained (uit_no_such_model)"}
+    measured(rows["built-in (uit lexicon)"])
+    absent = " ".join(rows["trained (uit_no_such_model)"])
+    assert absent == "absent: not installed (python -m spacy download uit_no_such_model)"
+
+
+def test_parse_benchmark_script_measures_the_trained_model_when_it_is_installed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = ParseConfig().trained_model
+    rows = parse_benchmark_rows(monkeypatch, capsys)
+    trained = rows[f"trained ({model})"]
+    if trained_available(model):
+        measured(trained)
+    else:
+        assert trained[0] == "absent:", trained

@@ -7,7 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
+import re
 import subprocess
 import sys
 import time
@@ -31,10 +31,8 @@ SENTENCES = ["a person in a red coat", "a man with a black backpack", "a woman i
              "someone wearing white shoes", "a girl with long hair and a green bag"]  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+# What `uit serve` prints once it listens; with --port 0, the port the system chose.
+SERVING = re.compile(r" at http://127\.0\.0\.1:(\d+)/ \(API: ")
 
 
 class Client:
@@ -43,8 +41,10 @@ class Client:
     def __init__(self, port: int) -> None:
         self.port = port
 
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+    def call(
+        self, method: str, path: str, body: Any = None, timeout: float = 60
+    ) -> tuple[int, Any, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             data = None if body is None else json.dumps(body)
             connection.request(method, path, body=data,
@@ -62,32 +62,49 @@ class Client:
         return answer
 
 
+def wait_until_serving(process: subprocess.Popen, log: Path, timeout: float = 180) -> int:
+    """The port of ``uit serve --port 0`` (``process``, its output in ``log``) once /healthz
+    answers 200; fails with its output when it exits first or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"uit serve exited {process.returncode}: {log.read_text(errors='replace')}")
+        found = SERVING.search(log.read_text(errors="replace"))
+        try:
+            if found and Client(int(found[1])).call("GET", "/healthz", timeout=5)[0] == 200:
+                return int(found[1])
+        except OSError:  # not listening yet, or a reset: asked again below
+            pass
+        if time.monotonic() > deadline:  # any answer but 200 counts against it too
+            pytest.fail(f"uit serve did not answer in {timeout:g} s: {log.read_text()[-3000:]}")
+        time.sleep(0.3)
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @pytest.fixture(scope="module")
 def served(trained: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """`uit serve` of the tiny checkpoint on the prepared test split, once for the module."""
-    port, cache = free_port(), tmp_path_factory.mktemp("serve-cache")
+    """`uit serve` of the tiny checkpoint on the prepared test split, once for the module, on a
+    port it chooses (--port 0: no other process can take it between a choice and the bind)."""
+    base = tmp_path_factory.mktemp("serve")
+    cache, log = base / "cache", base / "serve.log"
     command = [sys.executable, "-c", "from uit.app import main; main()", "serve",
-               str(trained["best"]), "--gallery", str(trained["prepared"]), "--port", str(port),
+               str(trained["best"]), "--gallery", str(trained["prepared"]), "--port", "0",
                "--cache-dir", str(cache), "--device", "cpu"]  # fmt: skip
     environ = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(command, env=environ, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    client = Client(port)
+    with log.open("w") as out:  # a file, not a pipe that nobody drains
+        process = subprocess.Popen(command, env=environ, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"uit serve exited {process.returncode}: {process.stdout.read()}")
-            try:
-                if client.call("GET", "/healthz")[0] == 200:
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "uit serve did not answer in 180 s"
-                time.sleep(0.3)
-        yield client, cache
+        yield Client(wait_until_serving(process, log)), cache
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_server(process)
 
 
 def test_health_says_which_model_and_gallery(served: Any, trained: dict[str, Path]) -> None:
