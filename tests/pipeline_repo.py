@@ -26,6 +26,15 @@ TINY: dict[str, dict[str, Any]] = {
 }
 
 
+# One benchmark, fine-tuned from random weights: for the tests of orchestration (deployments,
+# workers, experiments), where what trains does not matter; tests/test_pipeline.py runs the
+# pretrain stage and all three benchmarks.
+ONE_BENCHMARK: dict[str, dict[str, Any]] = {
+    "data": {"benchmarks": ["rstpreid"]},
+    "model": {**TINY["model"], "pretrained": ""},
+}
+
+
 def env() -> dict[str, str]:
     """The project's interpreter first on PATH (DVC stages call ``python``), no analytics."""
     path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"

@@ -23,10 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.pipeline_repo import BIN, env, make_repo, sh
+from tests.pipeline_repo import BIN, ONE_BENCHMARK, env, make_repo, sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # one tiny pipeline run
-ONE_BENCHMARK = {"data": {"benchmarks": ["rstpreid"]}}
 
 
 def free_port() -> int:

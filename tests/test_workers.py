@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from flows import pipeline
-from tests.pipeline_repo import BIN, make_repo, sh
+from tests.pipeline_repo import BIN, ONE_BENCHMARK, make_repo, sh
 from tests.test_deployment import free_port, recipe_env, snapshot, start, stop, wait_healthy
 from uit.core.errors import UitError
 
@@ -130,7 +130,7 @@ RUNS = {"gpu-a": ("no-cmt", "loss.cmt=0"), "gpu-b": ("no-tir", "loss.tir=0")}
 def shared_remotes(tmp_path: Path) -> Path:
     """The project pushed to a bare git repository, with a local folder as DVC's default
     remote committed in .dvc/config, as the README sets them up. Returns the bare one."""
-    seed, bare = make_repo(tmp_path / "seed"), tmp_path / "uit.git"
+    seed, bare = make_repo(tmp_path / "seed", params=ONE_BENCHMARK), tmp_path / "uit.git"
     sh("git", "init", "-q", "--bare", "-b", "main", str(bare), cwd=tmp_path)
     sh("dvc", "remote", "add", "-d", "storage", str(tmp_path / "uit-dvc"), cwd=seed)
     sh("git", "commit", "-q", "-m", "Shared DVC remote", ".dvc/config", cwd=seed)
