@@ -13,8 +13,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -276,11 +278,16 @@ def _listening(port: int) -> bool:
 
 
 @pytest.fixture
-def own_machine_api(prefect_api: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    """The API, with a machine name of this test's own (its GPU limit and lock file alone)."""
-    name = f"test-{os.getpid()}-{tmp_path.name}"
-    monkeypatch.setenv("UIT_MACHINE", name)
-    return prefect_api
+def own_machine_api(
+    prefect_api: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[str]:
+    """The API, with a machine name of this test's own (its GPU limit and lock file alone);
+    the lock file it leaves in the temporary folder is removed afterwards."""
+    from flows import pipeline
+
+    monkeypatch.setenv("UIT_MACHINE", f"test-{os.getpid()}-{tmp_path.name}")
+    yield prefect_api
+    (Path(tempfile.gettempdir()) / f"{pipeline.gpu_limit_name()}.lock").unlink(missing_ok=True)
 
 
 HOLD = """
