@@ -39,9 +39,9 @@ DVC_YAML = """stages:
 """
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("compare")
+def fake_pipeline(path: Path) -> Path:
+    """A git and DVC repository whose one stage turns params into metrics (no training),
+    reproduced and committed."""
     (path / "stage.py").write_text(STAGE)
     (path / "dvc.yaml").write_text(DVC_YAML)
     (path / "params.yaml").write_text("loss:\n  cmt: 10.0\ntrain:\n  seed: 0\n  epochs: 8\n")
@@ -53,6 +53,11 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sh("git", "add", "-A", cwd=path)
     sh("git", "commit", "-q", "-m", "baseline", cwd=path)
     return path
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fake_pipeline(tmp_path_factory.mktemp("compare"))
 
 
 def compare(repo: Path, *args: str, columns: int = 300) -> tuple[int, str]:

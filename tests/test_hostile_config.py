@@ -18,7 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.pipeline_repo import ROOT, sh
-from tests.test_compare import DVC_YAML, STAGE
+from tests.test_compare import fake_pipeline
 from uit.app.cli import _experiment_frame, app
 from uit.app.compare import Experiment, comparison, read_exp_show
 from uit.app.report import read_results
@@ -138,16 +138,8 @@ def test_profile_on_a_params_file_without_settings_is_one_line(params: Path, tex
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fake pipeline of test_compare (params -> metrics, no training), one experiment."""
-    path = tmp_path_factory.mktemp("hostile-compare")
-    (path / "stage.py").write_text(STAGE)
-    (path / "dvc.yaml").write_text(DVC_YAML)
-    (path / "params.yaml").write_text("loss:\n  cmt: 10.0\ntrain:\n  seed: 0\n  epochs: 8\n")
-    for args in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.email", "t@e.st"],
-                 ["git", "config", "user.name", "t"], ["dvc", "init", "-q"],
-                 ["dvc", "config", "core.analytics", "false"], ["dvc", "repro"],
-                 ["git", "add", "-A"], ["git", "commit", "-q", "-m", "baseline"],
-                 ["dvc", "exp", "run", "-S", "loss.cmt=0", "-n", "no-cmt"]):  # fmt: skip
-        sh(*args, cwd=path)
+    path = fake_pipeline(tmp_path_factory.mktemp("hostile-compare"))
+    sh("dvc", "exp", "run", "-S", "loss.cmt=0", "-n", "no-cmt", cwd=path)
     return path
 
 
