@@ -75,20 +75,25 @@ def _reason(error: OSError) -> str:
 
 
 def check_new_file(
-    path: str | Path, option: str, *, overwrite: bool = False, suffixes: Collection[str] = ()
+    path: str | Path,
+    option: str,
+    *,
+    overwrite: bool = False,
+    suffixes: Collection[str] = (),
+    error: type[UitError] = UitError,
 ) -> Path:
     """The one rule for a single-file output (``--sheet``, ``--plot``, ``weights convert``'s
     OUT...): a new file, or an existing one only when the user said ``--overwrite``; never a
     folder; its name ending in one of ``suffixes`` (the format written follows the name)."""
     path = Path(path)
     if suffixes and path.suffix.lower() not in suffixes:
-        raise UitError(f"{option} {path}: the name must end in {' or '.join(sorted(suffixes))}, "
-                       "the format that is written")  # fmt: skip
+        raise error(f"{option} {path}: the name must end in {' or '.join(sorted(suffixes))}, "
+                    "the format that is written")  # fmt: skip
     if path.is_dir():
-        raise UitError(f"{option} {path} is a folder; give the path of a file to write")
+        raise error(f"{option} {path} is a folder; give the path of a file to write")
     if (path.exists() or path.is_symlink()) and not overwrite:
-        raise UitError(f"{option} {path} already exists and would be replaced: give a new name, "
-                       "or add --overwrite to replace it")  # fmt: skip
+        raise error(f"{option} {path} already exists; choose another file name, or add "
+                    "--overwrite to replace it")  # fmt: skip
     return path
 
 

@@ -58,7 +58,7 @@ from torch import Tensor
 
 from uit.core.config import ModelConfig
 from uit.core.errors import WeightsError
-from uit.core.io import atomic_write_bytes
+from uit.core.io import atomic_write_bytes, check_new_file
 from uit.model.build import build_model, register_configs
 from uit.model.checkpoint import first_non_finite, save_checkpoint
 
@@ -193,12 +193,9 @@ def convert_weights(
     weights were trained with. The file appears whole or not at all; an existing ``out_file`` is
     refused unless ``overwrite`` is set. Returns what was read.
     """
-    out = Path(out_file)
-    if out.is_dir() or (out.exists() and not overwrite):
-        raise WeightsError(
-            f"{out} already exists; choose another file name for the converted weights, or "
-            "ask for it to be replaced (overwrite)"
-        )
+    out = check_new_file(
+        out_file, "OUT", overwrite=overwrite, error=WeightsError
+    )  # every output's rule
     state, info = read_state_dict(src)
     marker = {True: "true", False: "false", None: ""}[info.quick_gelu]
     metadata = {"format": "open_clip", "source_format": info.format, "quick_gelu": marker}
