@@ -25,6 +25,7 @@ import torch
 
 from uit.core.errors import UitError
 from uit.core.io import atomic_write_bytes
+from uit.retrieval.scan import scan_method
 from uit.retrieval.search import top_indices, top_k
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IndexKind = Literal["flat", "ann", "auto"]
-ANN_THRESHOLD = 50_000  # images: below it an exact float16 scan answers in a few milliseconds
+ANN_THRESHOLD = 50_000  # images: below it an exact scan answers in a few milliseconds
 DEFAULT_NPROBE = 32  # lists visited per query: recall@10 >= 0.99 at 100k and 1M (benchmarks/)
 TRAIN_PER_LIST = 40  # k-means training points per list (FAISS warns below 39)
 ADD_CHUNK = 16_384  # embeddings added per step of the progress bar
@@ -61,6 +62,12 @@ class FlatIndex:
     def __init__(self, feats: torch.Tensor) -> None:
         self.feats = feats  # (N, D)
 
+    def describe(self) -> str:
+        """What a server prints: the kind, and how this machine scans (``uit.retrieval.scan``)."""
+        if self.feats.dtype != torch.float16:
+            return f"flat index, {self.feats.dtype} scan".replace("torch.", "")
+        return f"flat index, {'float16' if self.feats.is_cuda else scan_method()} scan"
+
     def search(self, query_feats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(Q, D) -> float32 scores and indices (Q, k), best first, ties to the lower index."""
         return top_k(query_feats, self.feats, k)
@@ -74,6 +81,9 @@ class AnnIndex:
     def __init__(self, feats: torch.Tensor, index: Any, settings: AnnSettings) -> None:
         self.feats, self.index, self.settings = feats, index, settings
         index.nprobe = settings.nprobe
+
+    def describe(self) -> str:
+        return f"ann index, {self.settings.factory()} visiting {self.settings.nprobe} lists"
 
     def search(self, query_feats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         k = min(k, self.feats.shape[0])

@@ -31,6 +31,7 @@ from uit.data.prepared import IMAGES_FILE, read_manifests
 from uit.model.encoder import DualEncoder
 from uit.retrieval.evaluate import EvalOptions, encode_images
 from uit.retrieval.metrics import ranking_keys
+from uit.retrieval.scan import coarse_scores
 
 if TYPE_CHECKING:
     from uit.core.console import Advance
@@ -252,7 +253,7 @@ class EmbeddingCache:
         return [i for i, d in enumerate(digests) if d not in self.rows]
 
     def add(self, digests: Sequence[str], feats: torch.Tensor) -> None:
-        """Stored as float16: half the memory, and twice the scan speed in ``top_k``."""
+        """Stored as float16: half the memory, and less to read in ``top_k``'s scan."""
         self.rows.update(zip(digests, feats.half(), strict=True))
 
     def get(self, digests: Sequence[str]) -> torch.Tensor:
@@ -314,7 +315,7 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     """(Q, N) -> indices (Q, k) of each row's best scores, best first, ties to the lower index.
 
     The same as ``torch.topk(ranking_keys(scores), k)`` but with a float ``topk`` over the row
-    (int64 keys for 100k items took about 85 ms a query on a 2-core CPU, the float one 0.4 ms):
+    (int64 keys over a whole row are two orders of magnitude slower; ``docs/performance.md``):
     only the items at or above the k-th best score get keys."""
     values, indices = torch.topk(scores, k, dim=1)  # (Q, k) each; ties in any order
     rows = []
@@ -332,15 +333,15 @@ def top_k(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Q, D) x (N, D) normalised -> float32 scores and indices (Q, k), ties to the lower index.
 
-    A float16 gallery (the cache's) is scanned in float16, which reads half the memory; a
-    shortlist of the best ``max(8k, 64)`` is then scored again in float32, so the returned scores
-    are the exact dot products of the stored embeddings."""
+    A float16 gallery (the cache's) is scanned by ``uit.retrieval.scan`` in the arithmetic this
+    CPU does fast; a shortlist of the best ``max(8k, 64)`` is then scored again in float32, so the
+    returned scores are the exact dot products of the stored embeddings, whatever the scan."""
     k = min(k, gallery_feats.shape[0])
     if gallery_feats.dtype != torch.float16:
         similarity = query_feats.float() @ gallery_feats.float().T  # (Q, N)
         indices = top_indices(similarity, k)
         return similarity.gather(1, indices), indices
-    coarse = (gallery_feats @ query_feats.half().T).T.float()  # (Q, N); gallery-major is faster
+    coarse = coarse_scores(query_feats, gallery_feats)  # (Q, N) float32
     short = min(max(8 * k, 64), gallery_feats.shape[0])
     candidates = top_indices(coarse, short).sort(dim=1).values
     exact = torch.einsum("qd,qcd->qc", query_feats.float(), gallery_feats[candidates].float())
