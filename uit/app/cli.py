@@ -690,7 +690,7 @@ def serve(
         address = f"[{host}]" if ":" in host else host
         err_console.print(f"serving {searcher.model} on {gallery} (shown as "
                           f"{searcher.gallery.source}: {len(searcher.gallery.paths)} images, "
-                          f"{searcher.index.kind} index) at http://{address}:{port}/ (API: "
+                          f"{searcher.index.describe()}) at http://{address}:{port}/ (API: "
                           "/openapi.json); Ctrl-C stops", markup=False, highlight=False,
                           soft_wrap=True)  # fmt: skip
         run_server(build_app(searcher, expose=expose, timeout=timeout), sock, timeout)

@@ -48,6 +48,7 @@ from uit.raw.prepare import clean_caption
 from uit.retrieval.search import Gallery, normalise, read_gallery, shown
 
 if TYPE_CHECKING:
+    import torch
     from spacy.language import Language
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -153,10 +154,7 @@ def load_searcher(
     progress: NewBar | None = None,
 ) -> Searcher:
     """Everything a server needs, loaded once: model, gallery embeddings (cached), index."""
-    from uit.core.config import ParseConfig
-    from uit.parsing.pipeline import build_pipeline
     from uit.retrieval.evaluate import load_for_inference
-    from uit.retrieval.index import build_index
     from uit.retrieval.search import EmbeddingCache, checkpoint_digest, gallery_embeddings
 
     model = describe_model(checkpoint)  # a missing checkpoint fails here, before the gallery
@@ -166,10 +164,32 @@ def load_searcher(
     bar = progress("encoding the gallery (cached images are only hashed)",
                    len(gallery.paths)) if progress else None  # fmt: skip
     feats, _ = gallery_embeddings(encoder, gallery.paths, options, cache, bar, gallery.image_fix)
+    return assemble_searcher((encoder, tokenizer, options), gallery, feats, index_kind=index_kind,
+                             cache_dir=cache_dir, progress=progress, model=model,
+                             public_model=describe_model(checkpoint, public=True))  # fmt: skip
+
+
+def assemble_searcher(
+    loaded: tuple[DualEncoder, Tokenizer, EvalOptions],
+    gallery: Gallery,
+    feats: torch.Tensor,
+    *,
+    index_kind: IndexKind = "auto",
+    cache_dir: Path | None = None,
+    progress: NewBar | None = None,
+    model: str,
+    public_model: str | None = None,
+) -> Searcher:
+    """A searcher over ``gallery``'s embeddings ``feats``: the index chosen for them and the
+    parser that marks attribute words (``benchmarks/search.py`` times this with its own
+    embeddings)."""
+    from uit.core.config import ParseConfig
+    from uit.parsing.pipeline import build_pipeline
+    from uit.retrieval.index import build_index
+
     index = build_index(feats, index_kind, cache_dir, progress)
     nlp, _ = build_pipeline(ParseConfig())
-    return Searcher(encoder, tokenizer, options, gallery, index, nlp, model,
-                    describe_model(checkpoint, public=True))  # fmt: skip
+    return Searcher(*loaded, gallery, index, nlp, model, public_model)
 
 
 def check_host(host: str, expose: bool) -> None:
