@@ -51,13 +51,40 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+def listening(group: int, port: int) -> bool:
+    """Whether a process of the process group ``group`` holds the listening TCP socket of
+    ``port`` on 127.0.0.1 (Linux: /proc/net/tcp names the socket's inode, /proc/PID/fd holds it)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
+            inodes.add(f"socket:[{fields[9]}]")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getpgid(int(pid)) != group:
+                continue
+            fds = Path(f"/proc/{pid}/fd")
+            if any(os.readlink(fds / fd) in inodes for fd in os.listdir(fds)):
+                return True
+        except OSError:  # a process that ended, or a descriptor closed, meanwhile
+            continue
+    return False
+
+
+def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 120) -> bool:
+    """Whether the server at ``url`` answers healthy; False when it exited because its port was
+    taken between ``free_port()`` and its start (the caller tries another port)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert server.poll() is None, f"the server exited:\n{log.read_text()[-3000:]}"
+        if server.poll() is not None:
+            text = log.read_text()
+            if "address already in use" in text.lower():
+                return False
+            raise AssertionError(f"the server exited:\n{text[-3000:]}")
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
+            healthy = httpx.get(f"{url}/health", timeout=2).status_code == 200
+            if healthy and listening(server.pid, int(url.split(":")[2].split("/")[0])):
+                return True  # ours answered, not another server on a port ours failed to take
         except httpx.HTTPError:
             pass
         time.sleep(1)
@@ -91,17 +118,26 @@ def recipe_env(home: Path, url: str) -> dict[str, str]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
-    """The project (a tiny copy) and a server started in it, as in the README."""
+    """The project (a tiny copy) and a server started in it, as in the README; on a port that
+    another process took after ``free_port()`` found it free, again on another."""
     repo = make_repo(tmp_path / "repo", params=ONE_BENCHMARK)
     (tmp_path / "home").mkdir()
-    url = f"http://127.0.0.1:{free_port()}/api"
-    port = url.rsplit(":", 1)[1].split("/")[0]
-    environ = recipe_env(tmp_path / "home", url)
     log = tmp_path / "server.log"
-    process = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                     port], repo, environ, log)  # fmt: skip
+    for _ in range(3):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/api"
+        environ = recipe_env(tmp_path / "home", url)
+        process = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                         "--port", str(port)], repo, environ, log)  # fmt: skip
+        try:
+            if wait_healthy(url, process, log):
+                break
+        except BaseException:
+            stop(process)
+            raise
+    else:
+        raise AssertionError("three free ports were taken before the server could bind one")
     try:
-        wait_healthy(url, process, log)
         yield url, environ, repo
     finally:
         stop(process)
