@@ -122,6 +122,10 @@ class ModelConfig(Section):
     # QuickGELU (OpenAI's activation) or GELU. auto: what the pretrained tag says, or what a
     # weights file written by `uit weights convert` records; GELU for random init and other files.
     quick_gelu: Literal["auto"] | bool = "auto"
+    # How pretrained image position embeddings are resized to this grid (e.g. 14x14 -> 24x8):
+    # bicubic with antialiasing, as open_clip's load_checkpoint does, or bilinear without it, as
+    # the released code's resize_pos_embed does. Used only when weights are loaded at another grid.
+    pos_embed_resize: Literal["bicubic", "bilinear"] = "bicubic"
     cache_dir: str = ""  # where open_clip keeps downloaded weights ("" = its default)
 
 
@@ -150,6 +154,13 @@ class TIRConfig(Section):
     mask_ratio: float = Field(0.7, gt=0.0, lt=1.0)
     decoder_layers: int = Field(4, ge=1)
     cross_attn_residual: bool = False  # the released code feeds only the attention output on
+    # The decoder blocks' activation: open_clip's GELU, or QuickGELU as the released decoder's
+    # OpenAI blocks use.
+    activation: Literal["gelu", "quick_gelu"] = "gelu"
+    # default: PyTorch's initialisation, mask token drawn from N(0, 0.02) (MAE's); clip: as the
+    # released decoder, CLIP's normal initialisation of the attention and MLP weights and a mask
+    # token at zeros.
+    init: Literal["default", "clip"] = "default"
 
 
 class OptimConfig(Section):

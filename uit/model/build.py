@@ -4,6 +4,7 @@ from an open_clip tag or a local file, position embeddings resized to the new gr
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -12,6 +13,8 @@ from typing import Any
 
 import open_clip
 import torch
+import torch.nn.functional as F
+from open_clip.factory import load_state_dict
 from open_clip.model import CLIP
 
 from uit.core.config import ModelConfig
@@ -20,6 +23,7 @@ from uit.model.encoder import DualEncoder
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).with_name("configs")
+IMAGE_POSITIONS = "visual.positional_embedding"
 
 
 @cache
@@ -145,7 +149,7 @@ def build_model(cfg: ModelConfig) -> DualEncoder:
             f"model.name: {cfg.name} has a custom text tower; uit needs open_clip's CLIP"
         )
     if weights is not None:
-        _load_weights(clip, weights)
+        _load_weights(clip, weights, cfg.pos_embed_resize)
     preprocess = open_clip.get_model_preprocess_cfg(clip)
     return DualEncoder(
         clip,
@@ -213,9 +217,10 @@ def inference_config(state: dict[str, Any], source: str | Path) -> ModelConfig:
     return cfg.model_copy(update={"pretrained": "", "quick_gelu": quick_gelu})
 
 
-def _load_weights(clip: CLIP, path: str) -> None:
+def _load_weights(clip: CLIP, path: str, resize: str = "bicubic") -> None:
     """Load a state dict (safetensors, or a torch file read with ``weights_only=True``); open_clip
-    resizes the image and text position embeddings to this model's grid and context."""
+    resizes the image (bicubic, antialiased) and text position embeddings to this model's grid
+    and context. ``resize="bilinear"`` redoes the image ones as the released code does."""
     try:
         open_clip.load_checkpoint(clip, path, strict=True, weights_only=True)
     except (
@@ -226,6 +231,8 @@ def _load_weights(clip: CLIP, path: str) -> None:
         torch.serialization.pickle.UnpicklingError,
     ) as error:
         raise UitError(f"could not load weights from {path}: {error}") from None
+    if resize == "bilinear":
+        _resize_image_positions_bilinear(clip, path)
     from uit.model.checkpoint import first_non_finite
 
     key = first_non_finite(clip.state_dict())
@@ -235,6 +242,41 @@ def _load_weights(clip: CLIP, path: str) -> None:
             "could only diverge. Use the original weights file."
         )
     log.info("loaded weights from %s", path)
+
+
+def resize_positions(positions: torch.Tensor, grid: tuple[int, int], mode: str) -> torch.Tensor:
+    """Image position embeddings of a square grid, CLS row first, (1 + S * S, D), resized to
+    ``grid`` (rows, cols): (1 + rows * cols, D), the CLS row kept. ``bicubic`` is antialiased, as
+    open_clip's ``resize_pos_embed``; ``bilinear`` is not, as the released ``resize_pos_embed``
+    (``F.interpolate``'s defaults). Both with ``align_corners=False``, computed in float32."""
+    cls, patches = positions[:1], positions[1:]
+    side = math.isqrt(patches.shape[0])
+    if side * side != patches.shape[0]:
+        raise WeightsError(
+            f"{IMAGE_POSITIONS}: {patches.shape[0]} patch positions are not a square grid"
+        )
+    square = patches.float().reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, S, S)
+    resized = F.interpolate(
+        square, size=grid, mode=mode, align_corners=False, antialias=mode == "bicubic"
+    )
+    table = resized.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)  # (rows * cols, D)
+    return torch.cat([cls, table.to(positions.dtype)])
+
+
+def _resize_image_positions_bilinear(clip: CLIP, path: str) -> None:
+    """Replace the image position embeddings that open_clip resized (bicubic) by the bilinear
+    resize of the file's own; at the file's own grid nothing was resized. The file is read a
+    second time, by open_clip's reader, as ``load_checkpoint`` read it."""
+    stored = load_state_dict(path, weights_only=True).get(IMAGE_POSITIONS)
+    if stored is None:
+        raise WeightsError(
+            f"model.pos_embed_resize: bilinear: {path} holds no {IMAGE_POSITIONS} (open_clip's "
+            "name); convert it with `uit weights convert`, or use bicubic"
+        )
+    target = clip.visual.positional_embedding
+    if stored.shape != target.shape:
+        with torch.no_grad():
+            target.copy_(resize_positions(stored, clip.visual.grid_size, "bilinear"))
 
 
 def build_tokenizer(cfg: ModelConfig) -> Callable[[list[str]], torch.Tensor]:

@@ -47,7 +47,7 @@ class Objective(nn.Module):
         self.id_head = IDHead(encoder.embed_dim, num_classes) if loss.id > 0 else None
         self.tir_decoder = (
             TIRDecoder(encoder.embed_dim, encoder.patch_size, encoder.grid_size,
-                       tir.decoder_layers, tir.cross_attn_residual)
+                       tir.decoder_layers, tir.cross_attn_residual, tir.activation, tir.init)
             if loss.tir > 0 else None
         )  # fmt: skip
 

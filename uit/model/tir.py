@@ -6,11 +6,15 @@ that predicts the colour pixels of every patch; the loss counts only the dropped
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
-from open_clip.transformer import Transformer
+from open_clip.transformer import QuickGELU, Transformer
 from torch import Tensor, nn
 
 GRAYSCALE_WEIGHTS = (0.2989, 0.5870, 0.1140)
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
+INITS = ("default", "clip")
 
 
 def weighted_grayscale(images: Tensor) -> Tensor:
@@ -53,12 +57,31 @@ def sincos_2d(dim: int, grid: tuple[int, int]) -> Tensor:
     return torch.cat([torch.zeros(1, dim, dtype=torch.float64), table]).float()
 
 
+def clip_init_(cross_attn: nn.MultiheadAttention, blocks: Transformer) -> None:
+    """CLIP's normal initialisation (OpenAI's ``initialize_parameters``), as the released decoder
+    applies it to its cross-attention and blocks: in-projections std width^-0.5; out-projections
+    and MLP outputs width^-0.5 (2 layers)^-0.5; MLP inputs (2 width)^-0.5. Biases, LayerNorms
+    and the embed and pixel layers keep PyTorch's initialisation, as released."""
+    attn_std = blocks.width**-0.5
+    proj_std = attn_std * (2 * blocks.layers) ** -0.5
+    fc_std = (2 * blocks.width) ** -0.5
+    for attn in (cross_attn, *(block.attn for block in blocks.resblocks)):
+        nn.init.normal_(attn.in_proj_weight, std=attn_std)
+        nn.init.normal_(attn.out_proj.weight, std=proj_std)
+    for block in blocks.resblocks:
+        nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+        nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+
+
 class TIRDecoder(nn.Module):
     """LayerNorm, linear embed, mask tokens, fixed positions, one cross-attention to the caption,
     LayerNorm, transformer blocks, LayerNorm, linear to pixels (design §4).
 
     With ``cross_attn_residual=False`` (the released arrangement) only the cross-attention output
-    continues; with ``True`` it is added to its input.
+    continues; with ``True`` it is added to its input. ``activation`` is the blocks' (the released
+    decoder's OpenAI blocks: ``quick_gelu``). ``init="default"``: PyTorch's initialisation and a
+    mask token drawn from N(0, 0.02), as MAE's; ``"clip"``: ``clip_init_`` and a mask token at
+    zeros, as released.
     """
 
     def __init__(
@@ -68,8 +91,15 @@ class TIRDecoder(nn.Module):
         grid_size: tuple[int, int],
         layers: int = 4,
         cross_attn_residual: bool = False,
+        activation: Literal["gelu", "quick_gelu"] = "gelu",
+        init: Literal["default", "clip"] = "default",
     ) -> None:
         super().__init__()
+        if activation not in ACTIVATIONS or init not in INITS:
+            raise ValueError(
+                f"TIRDecoder: activation {activation!r} (one of {', '.join(ACTIVATIONS)}), "
+                f"init {init!r} (one of {', '.join(INITS)})"
+            )
         heads = max(1, embed_dim // 64)
         self.grid_size = grid_size
         self.cross_attn_residual = cross_attn_residual
@@ -82,10 +112,13 @@ class TIRDecoder(nn.Module):
         self.ln_query = nn.LayerNorm(embed_dim)
         self.cross_attn = nn.MultiheadAttention(embed_dim, heads, batch_first=True)
         self.ln_cross = nn.LayerNorm(embed_dim)
-        self.blocks = Transformer(embed_dim, layers, heads)
+        self.blocks = Transformer(embed_dim, layers, heads, act_layer=ACTIVATIONS[activation])
         self.ln_out = nn.LayerNorm(embed_dim)
         self.pred = nn.Linear(embed_dim, patch_size * patch_size * 3)
-        nn.init.normal_(self.mask_token, std=0.02)
+        if init == "clip":
+            clip_init_(self.cross_attn, self.blocks)  # the mask token stays at zeros
+        else:
+            nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(self, image_tokens: Tensor, text_tokens: Tensor, ids_restore: Tensor) -> Tensor:
         """Kept tokens (B, 1 + K, D), caption tokens (B, L, D), restore (B, N) -> (B, N, p*p*3)."""
