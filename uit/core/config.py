@@ -194,7 +194,7 @@ class TrainConfig(Section):
     eval_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     max_steps_per_epoch: int = Field(0, ge=0)  # 0: every batch; else a cap (smoke runs)
-    compile: bool = False  # torch.compile the objective (about 1.7x faster steps on an H200)
+    compile: bool = False  # torch.compile the objective (README: its speed on an H200)
     # The paper's image augmentation (flip, pad and crop, random erasing); false: resize only,
     # as CLIP-style pretraining on the synthetic corpus uses (pretrain.image_augment).
     image_augment: bool = True

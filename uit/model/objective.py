@@ -261,8 +261,9 @@ def param_groups(objective: Objective, cfg: OptimConfig) -> list[dict[str, Any]]
 def build_optimizer(objective: Objective, cfg: OptimConfig) -> torch.optim.Adam:
     """Adam over ``param_groups``, as torch's fused kernel, on a GPU and on the CPU alike.
 
-    On the CPU the per-parameter loop took a quarter of a ``uit-tiny`` step (52 ms of about 220:
-    its 49,408-row token embedding alone is 6.3M parameters); the fused kernel takes 7 ms for
-    the same update, equal to it within float rounding.
+    On the CPU the per-parameter loop took a quarter of a ``uit-tiny`` step (its 49,408-row
+    token embedding alone is 6.3M parameters); the fused kernel makes the same update, equal
+    within float rounding, in a fraction of that (docs/results.md has the one-off profile;
+    ``benchmarks/train_step.py`` times both optimisers).
     """
     return torch.optim.Adam(param_groups(objective, cfg), lr=cfg.lr, eps=cfg.eps, fused=True)
