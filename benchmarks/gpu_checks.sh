@@ -9,10 +9,12 @@
 #     on the synthetic `medium` CUHK-PEDES-style benchmark for 3 epochs: seconds per epoch, peak
 #     memory, loss per epoch, test R@1, and whether `uit evaluate` reproduces the selection
 #     metrics;
-#  3. throughput of the real training step (benchmarks/train_step.py: uit.training.train.train_step,
-#     fp32 / bf16 / + fused Adam / + compile): median and spread of seconds per step, compute-only
-#     seconds per CUHK-PEDES-sized epoch, model FLOPs utilisation;
-#  4. images per second of the data pipeline (benchmarks/loader.py) on the synthetic `small`
+#  3. throughput of the real training step of the paper profile (benchmarks/train_step.py:
+#     uit.training.train.train_step with profiles/paper.yaml's keys and CUHK-PEDES's 11,003 ID
+#     classes; fp32 / bf16 / fused Adam / + compile): median and spread of seconds per step,
+#     compute-only seconds per epoch, model FLOPs utilisation;
+#  4. images per second of the paper profile's training loader (benchmarks/loader.py: augmentation,
+#     token masking, the released sampler, pinned memory) on the synthetic `medium`
 #     CUHK-PEDES-style benchmark, from start and steady, by number of workers.
 # Every step runs even when an earlier one failed. Output goes to $OUT (default gpu-out/): one
 # file per step and steps.txt, each step's exit status; the script exits 1 when any step failed
@@ -76,12 +78,23 @@ paper() {
     && cp "$DATA/paper/paper_run.json" "$OUT/"
 }
 
+# profiles/paper.yaml's keys as --set options (random weights: nothing is downloaded here)
+paper_sets() {
+  python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from paper_run import paper_overrides
+print(' '.join('--set ' + o for o in paper_overrides()))"
+}
+
 train_step() {
-  timeout 150 python3 benchmarks/train_step.py --steps 10 --windows 5 --warmup 3 --compile
+  # shellcheck disable=SC2046  # the options are words without spaces, split on purpose
+  timeout 150 python3 benchmarks/train_step.py $(paper_sets) --set model.pretrained= \
+    --prepared "$DATA/prepared-medium/cuhk-pedes" --classes 11003 \
+    --steps 10 --windows 5 --warmup 3 --compile
 }
 
 loader() {
-  timeout 60 python3 benchmarks/loader.py "$DATA/prepared-small/cuhk-pedes" --batch-size 128 \
+  # shellcheck disable=SC2046
+  timeout 300 python3 benchmarks/loader.py "$DATA/prepared-medium/cuhk-pedes" \
+    --parsed "$DATA/parsed-medium/cuhk-pedes" $(paper_sets) --set parse.backend=builtin \
     --batches 60 --workers 0 4 8 12 16
 }
 

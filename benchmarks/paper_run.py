@@ -1,9 +1,11 @@
 """The paper path, timed: train with the paper profile on a prepared benchmark, then re-score
 the selected checkpoint the way ``uit evaluate`` does and check it reproduces the selection score.
 
-Prints one row per epoch (seconds, loss terms, selection R@1 and mAP, peak GPU memory), the
-test metrics of the selected checkpoint, and whether ``uit evaluate`` on the selection split
-gives exactly the numbers recorded during training. For a GPU machine (see
+Prints the machine and the model and train settings it ran (the repository's params.yaml with
+profiles/paper.yaml's keys, random weights, then the ``--set`` overrides), then one row per epoch
+(seconds, loss terms, selection R@1 and mAP, peak GPU memory), the test metrics of the selected
+checkpoint, and whether ``uit evaluate`` on the selection split gives exactly the numbers
+recorded during training. For a GPU machine (see
 ``benchmarks/gpu_checks.sh``); on a CPU, with ``--set model.name=uit-tiny`` and a small
 benchmark, it exercises the same code.
 
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _machine import machine  # benchmarks/ is on sys.path when a script runs
 
 from uit.core.config import load_config, read_yaml
 from uit.retrieval.evaluate import evaluate_checkpoint
@@ -79,6 +82,7 @@ def main() -> None:
 
     overrides = [*paper_overrides(), "model.pretrained=", *args.overrides]
     cfg = load_config(ROOT / "params.yaml", overrides)
+    print(f"machine: {machine()}")
     print("model", cfg.model.model_dump(), "\ntrain", cfg.train.model_dump(), flush=True)
     reporter = TimingReporter()
     started = time.perf_counter()

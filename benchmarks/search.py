@@ -2,29 +2,36 @@
 
 Random L2-normalised float16 embeddings stand in for a cached gallery (``--gallery`` images,
 ``--dim`` wide: 512 is ViT-B-16's); each query is ranked with ``uit.retrieval.search.top_k``
-(a float16 scan, a float32 rescoring of a shortlist, ties to the lower index) and with the plain
-float32 way (one matrix product over a float32 copy of the same embeddings, then
-``torch.topk``). Prints the machine, milliseconds per query (min, median and max over
-``--queries``) and how many
-queries get the same top 10 from both.
+(a coarse scan, a float32 rescoring of a shortlist, ties to the lower index) with each of the
+scan's methods (``uit.retrieval.scan``: float16, or float16 converted to float32 in blocks), and
+with the plain float32 way (one matrix product over a float32 copy of the same embeddings, then
+``torch.topk``), side by side on the same queries. Prints the machine, the method uit picks on
+it and why, milliseconds per query (min, median and max over ``--queries``) and how many queries
+get the same top 10 as the baseline.
 
 Then the approximate index of ``uit serve`` (``uit.retrieval.index``: FAISS IVF lists of 8-bit
 vectors, its shortlist rescored exactly) on clustered embeddings (``--index-sizes``, 512-d:
 normalised points around ``--centres`` gaussian centres; uniform random vectors have no
 neighbours worth the name and make recall meaningless): build time, the index's size, ms per
 query against the exact scan, and recall@10 against the exact top 10. Last, the API end to end
-(``POST /search`` on a real uvicorn server, text encoding by uit-tiny included) over an
-``--api-gallery`` of clustered embeddings, with the index ``auto`` picks and with the flat scan.
+(``POST /search`` on a real uvicorn server, the query's text encoding included) over an
+``--api-gallery`` of clustered embeddings, with the index ``auto`` picks and with the flat scan,
+through the searcher ``uit serve`` assembles: the model of ``--checkpoint`` loaded as ``uit serve``
+loads it, or by default the architecture ``--params`` (``params.yaml``) names, with random
+weights (the time does not depend on what the weights are).
 
 Usage: ``python benchmarks/search.py [--gallery 100000] [--dim 512] [--queries 20]
-[--index-sizes 100000,1000000] [--api-gallery 100000]``
+[--index-sizes 100000,1000000] [--api-gallery 100000] [--params params.yaml | --checkpoint DIR]``
+``UIT_SCAN=float32`` fixes the exact scan's method for the API rows (the first table runs both).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
+import os
 import socket
 import statistics
 import threading
@@ -34,8 +41,11 @@ from pathlib import Path
 import torch
 from _machine import machine  # benchmarks/ is on sys.path when a script runs
 
+from uit.app.serve import assemble_searcher, describe_model
 from uit.retrieval.index import AnnIndex, FlatIndex, build_index
-from uit.retrieval.search import top_k
+from uit.retrieval.metrics import ranking_keys
+from uit.retrieval.scan import CALIBRATION_ROWS, ENV, METHODS, calibrate, scan_method
+from uit.retrieval.search import Gallery, top_indices, top_k
 
 SENTENCES = ["a woman in a red coat carrying a black backpack", "a man in a blue shirt and jeans",
              "a young girl with long black hair wearing a white dress and pink shoes",
@@ -56,7 +66,7 @@ def timed(function, *args) -> tuple[float, torch.Tensor]:
 
 def row(name: str, times: list[float]) -> str:
     low, mid, high = min(times), statistics.median(times), max(times)
-    return f"{name:<34}{low:>8.2f}{mid:>10.2f}{high:>8.2f}{len(times):>9}"
+    return f"{name:<42}{low:>8.2f}{mid:>10.2f}{high:>8.2f}{len(times):>9}"
 
 
 def clustered(n: int, dim: int, centres: int, seed: int) -> torch.Tensor:
@@ -99,35 +109,53 @@ def index_row(n: int, args: argparse.Namespace) -> str:
 
 
 def api_rows(args: argparse.Namespace) -> list[str]:
-    """Median and 90th percentile of ``POST /search`` over HTTP, per index kind."""
-    from uit.core.config import ModelConfig, ParseConfig
-    from uit.model.build import build_model, build_tokenizer
-    from uit.parsing.pipeline import build_pipeline
-    from uit.retrieval.evaluate import EvalOptions
-
-    cfg = ModelConfig(name="uit-tiny", image_height=64, image_width=32, context_length=48)
-    encoder, tokenizer = build_model(cfg).eval(), build_tokenizer(cfg)
+    """Median and 90th percentile of ``POST /search`` over HTTP, per index kind, through the
+    searcher ``uit serve`` assembles (``uit.app.serve.assemble_searcher``) with the model
+    ``--checkpoint`` holds or, without one, ``--params``' model with random weights."""
+    encoder, tokenizer, options, model = api_model(args)
+    print(f"model: {model}; text encoded on {options.device} in "
+          f"{str(options.dtype or torch.float32).removeprefix('torch.')}")  # fmt: skip
+    print(f"{'index':<14}{'gallery':>10}{'median ms':>11}{'p90 ms':>9}{'queries':>9}  searcher")
     feats = clustered(args.api_gallery, encoder.embed_dim, args.centres, seed=3)
-    nlp, _ = build_pipeline(ParseConfig())
+    names = [f"{i:07d}.png" for i in range(len(feats))]  # never read: no image is requested
+    gallery = Gallery("synthetic", Path("."), [Path(n) for n in names], names)
     rows = []
     for kind in ("auto", "flat"):
-        index = build_index(feats, kind)  # type: ignore[arg-type]
-        times = serve_and_time(encoder, tokenizer, EvalOptions(), feats, index, nlp, args)
-        times.sort()
-        label, p90 = f"{kind} -> {index.kind}", times[int(0.9 * (len(times) - 1))]
+        searcher = assemble_searcher((encoder, tokenizer, options), gallery, feats,
+                                     index_kind=kind, model=model)  # fmt: skip
+        times = sorted(serve_and_time(searcher, args))
+        label, p90 = f"{kind} -> {searcher.index.kind}", times[int(0.9 * (len(times) - 1))]
         rows.append(f"{label:<14}{args.api_gallery:>10,}{statistics.median(times):>11.2f}"
-                    f"{p90:>9.2f}{len(times):>9}")  # fmt: skip
+                    f"{p90:>9.2f}{len(times):>9}  {searcher.index.describe()}")  # fmt: skip
     return rows
 
 
-def serve_and_time(encoder, tokenizer, options, feats, index, nlp, args) -> list[float]:
+def api_model(args: argparse.Namespace):
+    """The encoder, tokenizer and options ``uit serve`` would load, and a line naming them."""
+    from uit.core.config import load_config
+    from uit.core.device import autocast_dtype, resolve_device
+    from uit.model.build import build_model, build_tokenizer
+    from uit.retrieval.evaluate import EvalOptions, load_for_inference
+
+    if args.checkpoint:
+        encoder, tokenizer, options = load_for_inference(args.checkpoint, args.device)
+        return encoder, tokenizer, options, describe_model(Path(args.checkpoint))
+    cfg = load_config(args.params)
+    model_cfg = cfg.model.model_copy(update={"pretrained": ""})  # timing only: no weights
+    device = resolve_device(args.device, "--device")
+    options = EvalOptions(device=device, dtype=autocast_dtype(device, cfg.train.precision))
+    encoder = build_model(model_cfg).to(device).eval()
+    m = model_cfg
+    return (encoder, build_tokenizer(model_cfg), options,
+            f"{m.name} at {m.image_height}x{m.image_width}, context {m.context_length}, random "
+            f"weights (the architecture of {args.params}; --checkpoint: trained ones)")  # fmt: skip
+
+
+def serve_and_time(searcher, args: argparse.Namespace) -> list[float]:
     import uvicorn
 
-    from uit.app.serve import Gallery, Searcher, build_app
+    from uit.app.serve import build_app
 
-    names = [f"{i:07d}.png" for i in range(len(feats))]  # never read: no image is requested
-    gallery = Gallery("synthetic", Path("."), [Path(n) for n in names], names)
-    searcher = Searcher(encoder, tokenizer, options, gallery, index, nlp, "uit-tiny (random)")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -165,26 +193,67 @@ def flat_table(args: argparse.Namespace) -> None:
     queries = torch.nn.functional.normalize(
         torch.randn(args.queries, args.dim, generator=generator), dim=-1
     )
-    top_k(queries[:1], gallery, args.k), float32_top_k(queries[:1], gallery32, args.k)  # warm-up
-    fast, plain, same = [], [], 0
-    for query in queries.unsqueeze(1):  # one (1, D) query at a time, as `uit search` asks
-        ms, expected = timed(float32_top_k, query, gallery32, args.k)
-        plain.append(ms)
-        ms, (_, indices) = timed(top_k, query, gallery, args.k)
-        fast.append(ms)
-        same += bool(torch.equal(indices, expected))
+    calibration = calibrate()
+    picked = scan_method()
     print(
         f"top {args.k} of {args.gallery:,} embeddings ({args.dim}-d, cached as float16) per "
         f"query; {machine()}"
     )
-    print(f"{'method':<34}{'min ms':>8}{'median ms':>10}{'max ms':>8}{'queries':>9}")
-    print(row("float32 matmul + torch.topk", plain))
-    print(row("uit.retrieval.search.top_k (float16 scan)", fast))
-    speedup = statistics.median(plain) / statistics.median(fast)
     print(
-        f"speed-up {speedup:.1f}x (median over median); same top {args.k} as float32: "
-        f"{same}/{args.queries} queries"
+        "uit's scan on this CPU: "
+        + ", ".join(f"{m} {ms:.2f} ms" for m, ms in calibration.items())
+        + f" per {CALIBRATION_ROWS:,} rows -> {picked}"
+        + (f" (fixed by {ENV})" if os.environ.get(ENV) else "")
     )
+    methods = {f"top_k, {m} scan": functools.partial(scanned, method=m) for m in METHODS}
+    times: dict[str, list[float]] = {"float32 matmul + torch.topk (baseline)": []}
+    times |= {name: [] for name in methods}
+    same = dict.fromkeys(methods, 0)
+    float32_top_k(queries[:1], gallery32, args.k)  # warm-up
+    for function in methods.values():
+        function(queries[:1], gallery, args.k)
+    for query in queries.unsqueeze(1):  # one (1, D) query at a time, as `uit search` asks
+        ms, expected = timed(float32_top_k, query, gallery32, args.k)
+        times["float32 matmul + torch.topk (baseline)"].append(ms)
+        for name, function in methods.items():  # side by side: each query by every method
+            ms, (_, indices) = timed(function, query, gallery, args.k)
+            times[name].append(ms)
+            same[name] += bool(torch.equal(indices, expected))
+    print(f"{'method':<42}{'min ms':>8}{'median ms':>10}{'max ms':>8}{'queries':>9}{'same':>6}")
+    baseline = statistics.median(times["float32 matmul + torch.topk (baseline)"])
+    for name, values in times.items():
+        mark = " <- uit" if name == f"top_k, {picked} scan" else ""
+        agree = f"{same[name]:>6}" if name in same else f"{'-':>6}"
+        speed = f"  {baseline / statistics.median(values):.1f}x"
+        print(row(name, values) + agree + speed + mark)
+    print(f"same: queries with the baseline's top {args.k} (of {args.queries}); Nx: the "
+          "baseline's median over the method's")  # fmt: skip
+    keys_table(gallery32, queries, args)
+
+
+def scanned(query, gallery, k, method):
+    """``top_k`` with the scan fixed to ``method``, as ``UIT_SCAN`` would fix it."""
+    previous = os.environ.get(ENV)
+    os.environ[ENV] = method
+    try:
+        return top_k(query, gallery, k)
+    finally:
+        if previous is None:
+            del os.environ[ENV]
+        else:
+            os.environ[ENV] = previous
+
+
+def keys_table(gallery32: torch.Tensor, queries: torch.Tensor, args: argparse.Namespace) -> None:
+    """Why ``top_indices`` gives integer keys to the best items only: keys for a whole row."""
+    scores = queries[:5] @ gallery32.T  # (5, N)
+    whole, best = [], []
+    for row_scores in scores.unsqueeze(1):
+        whole.append(timed(lambda s: torch.topk(ranking_keys(s), args.k), row_scores)[0])
+        best.append(timed(top_indices, row_scores, args.k)[0])
+    print(f"\nties to the lower index over {args.gallery:,} scores (ms per query, median of 5): "
+          f"int64 keys for the whole row {statistics.median(whole):.2f}, "
+          f"top_indices {statistics.median(best):.2f}")  # fmt: skip
 
 
 def main() -> None:
@@ -202,6 +271,17 @@ def main() -> None:
     parser.add_argument("--centres", type=int, default=3000)
     parser.add_argument("--api-gallery", type=int, default=100_000, help="0: no API rows.")
     parser.add_argument("--api-queries", type=int, default=50)
+    parser.add_argument(
+        "--params",
+        default="params.yaml",
+        help="The API rows' model: this config's architecture, random weights.",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        help="The API rows' model: a checkpoint or export, "
+        "loaded as `uit serve` loads it (instead of --params).",
+    )
+    parser.add_argument("--device", default="auto", help="Where the API rows encode the text.")
     args = parser.parse_args()
     flat_table(args)
     sizes = [int(n) for n in args.index_sizes.split(",") if n]
@@ -216,10 +296,9 @@ def main() -> None:
             print(index_row(n, args), flush=True)
     if args.api_gallery:
         print(
-            f"\nPOST /search end to end (HTTP, uit-tiny encodes the text, top {args.k}); "
+            f"\nPOST /search end to end (HTTP, the model encodes the text, top {args.k}); "
             "one client, one request at a time"
         )
-        print(f"{'index':<14}{'gallery':>10}{'median ms':>11}{'p90 ms':>9}{'queries':>9}")
         for line in api_rows(args):
             print(line)
 

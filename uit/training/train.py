@@ -43,6 +43,7 @@ from uit.model.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from uit.model.encoder import DualEncoder
 from uit.model.objective import Objective, build_optimizer, group_lr
 from uit.retrieval.evaluate import EvalOptions, evaluate
 from uit.text.masking import build_token_masker
@@ -205,15 +206,25 @@ def build_step_state(
     return StepState(objective, forward, optimizer, device, dtype, world=world)
 
 
-def _build_run(
-    cfg: Config, train: Manifests, attribute_words: Mapping[int, Sequence[str]] | None,
-    augment: Callable[[str, Sequence[str], random.Random], str] | None,
-    tagged_words: Mapping[int, TaggedWords] | None, world: World | None = None,
-) -> _Run:  # fmt: skip
-    world = world or World()  # a single process unless fit says otherwise
-    seed_everything(cfg.train.seed)  # the same on every rank: same weights, same global plans
-    device = process_device(world, resolve_device(cfg.train.device))
-    encoder = build_model(cfg.model)
+@dataclass(frozen=True)
+class TrainData:
+    """What ``uit train``'s loader iterates: the dataset, the identity sampler, the device fed."""
+
+    dataset: TrainDataset
+    sampler: IdentityBatchSampler
+    device: torch.device
+
+
+def build_train_data(
+    cfg: Config, train: Manifests, encoder: DualEncoder, device: torch.device,
+    world: World | None = None, *, attribute_words: Mapping[int, Sequence[str]] | None = None,
+    augment: Callable[[str, Sequence[str], random.Random], str] | None = None,
+    tagged_words: Mapping[int, TaggedWords] | None = None,
+) -> TrainData:  # fmt: skip
+    """The training dataset (``encoder``'s input size and normalisation, the image transform of
+    ``train.image_augment``, the caption augmentation and token masking) and this process's
+    sampler (``benchmarks/loader.py`` times what this builds)."""
+    world = world or World()
     build = build_train_transform if cfg.train.image_augment else build_eval_transform
     transform = build(encoder.image_size, encoder.image_mean, encoder.image_std)
     tokenizer = build_tokenizer(cfg.model)
@@ -225,8 +236,28 @@ def _build_run(
     sampler = IdentityBatchSampler(dataset.labels, cfg.train.batch_size, cfg.train.instances_per_id,
                                    seed=cfg.train.seed, rank=world.rank, world_size=world.size,
                                    random_instances=cfg.train.random_instances)  # fmt: skip
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.train.num_workers,
-                        pin_memory=device.type == "cuda")  # fmt: skip
+    return TrainData(dataset, sampler, device)
+
+
+def train_loader(data: TrainData, workers: int) -> DataLoader[Any]:
+    """The ``DataLoader`` over ``data`` with ``workers`` processes, pinned memory for a GPU."""
+    return DataLoader(data.dataset, batch_sampler=data.sampler, num_workers=workers,
+                      pin_memory=data.device.type == "cuda")  # fmt: skip
+
+
+def _build_run(
+    cfg: Config, train: Manifests, attribute_words: Mapping[int, Sequence[str]] | None,
+    augment: Callable[[str, Sequence[str], random.Random], str] | None,
+    tagged_words: Mapping[int, TaggedWords] | None, world: World | None = None,
+) -> _Run:  # fmt: skip
+    world = world or World()  # a single process unless fit says otherwise
+    seed_everything(cfg.train.seed)  # the same on every rank: same weights, same global plans
+    device = process_device(world, resolve_device(cfg.train.device))
+    encoder = build_model(cfg.model)
+    data = build_train_data(cfg, train, encoder, device, world, attribute_words=attribute_words,
+                            augment=augment, tagged_words=tagged_words)  # fmt: skip
+    dataset, sampler = data.dataset, data.sampler
+    loader = train_loader(data, cfg.train.num_workers)
     gather = gather_batch if world.distributed else None
     objective = Objective(encoder, dataset.num_classes, cfg.loss, cfg.tir, gather).to(device)
     state = build_step_state(objective, cfg, device, world=world)
