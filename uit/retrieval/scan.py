@@ -30,7 +30,7 @@ from uit.core.errors import ConfigError
 ScanMethod = Literal["float16", "float32"]
 METHODS: tuple[ScanMethod, ...] = ("float16", "float32")
 ENV = "UIT_SCAN"
-BLOCK = 4096  # rows per float32 block: 8 MiB at 512-d (1024 was slower: benchmarks/search.py)
+BLOCK = 4096  # rows per float32 block (8 MiB at 512-d); smaller blocks were slower
 CALIBRATION_ROWS = 16_384  # rows timed per method: enough to read memory, not to wait
 
 
@@ -48,26 +48,34 @@ def scan_method() -> ScanMethod:
 
 @functools.cache
 def _fastest() -> ScanMethod:
-    timings = calibrate()
+    timings = calibration()
     return min(METHODS, key=lambda method: timings[method])
 
 
-def calibrate(rows: int = CALIBRATION_ROWS, dim: int = 512, repeats: int = 5) -> dict[str, float]:
+@functools.cache
+def calibration() -> dict[str, float]:
+    """This process's timing of both methods (``calibrate``), made once: what ``scan_method``
+    picked by."""
+    return calibrate()
+
+
+def calibrate(rows: int = CALIBRATION_ROWS, dim: int = 512, repeats: int = 7) -> dict[str, float]:
     """Best-of-``repeats`` milliseconds per query of each method on a random (rows, dim)
-    float16 gallery: what ``scan_method`` picks by."""
+    float16 gallery. The methods take turns, so that a slow start (threads waking, pages
+    faulting in) or a busy moment falls on both."""
     generator = torch.Generator().manual_seed(0)
     feats = torch.randn(rows, dim, generator=generator).half()
     query = torch.randn(1, dim, generator=generator)
-    timings: dict[str, float] = {}
-    for method in METHODS:
-        coarse_scores(query, feats, method)  # warm-up: first calls allocate
-        best = float("inf")
-        for _ in range(repeats):
+    timings = dict.fromkeys(METHODS, float("inf"))
+    for _ in range(2):  # warm-up: first calls allocate
+        for method in METHODS:
+            coarse_scores(query, feats, method)
+    for _ in range(repeats):
+        for method in METHODS:
             start = time.perf_counter()
             coarse_scores(query, feats, method)
-            best = min(best, time.perf_counter() - start)
-        timings[method] = best * 1000
-    return timings
+            timings[method] = min(timings[method], (time.perf_counter() - start) * 1000)
+    return dict(timings)
 
 
 def coarse_scores(
@@ -89,7 +97,7 @@ def coarse_scores(
             torch.mm(queries, converted.T, out=out[:, start:end])
             continue
         # one query: multiply and sum in torch's own threads (a BLAS product after a parallel
-        # copy made the two thread pools wait on each other: 12 or 65 ms, at random)
+        # copy made the two thread pools wait on each other, at random five times slower)
         torch.mul(rows, queries[0], out=converted)
         torch.sum(converted, dim=1, out=out[0, start:end])
     return out
