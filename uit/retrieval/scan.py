@@ -66,7 +66,7 @@ def calibrate(rows: int = CALIBRATION_ROWS, dim: int = 512, repeats: int = 7) ->
     generator = torch.Generator().manual_seed(0)
     feats = torch.randn(rows, dim, generator=generator).half()
     query = torch.randn(1, dim, generator=generator)
-    timings = dict.fromkeys(METHODS, float("inf"))
+    timings: dict[str, float] = {method: float("inf") for method in METHODS}
     for _ in range(2):  # warm-up: first calls allocate
         for method in METHODS:
             coarse_scores(query, feats, method)
@@ -75,7 +75,7 @@ def calibrate(rows: int = CALIBRATION_ROWS, dim: int = 512, repeats: int = 7) ->
             start = time.perf_counter()
             coarse_scores(query, feats, method)
             timings[method] = min(timings[method], (time.perf_counter() - start) * 1000)
-    return dict(timings)
+    return timings
 
 
 def coarse_scores(

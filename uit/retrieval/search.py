@@ -314,9 +314,9 @@ def _digests(paths: Sequence[Path], cache: EmbeddingCache, progress: Advance | N
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     """(Q, N) -> indices (Q, k) of each row's best scores, best first, ties to the lower index.
 
-    The same as ``torch.topk(ranking_keys(scores), k)`` but with a float ``topk`` over the row
-    (int64 keys over a whole row are two orders of magnitude slower; ``docs/performance.md``):
-    only the items at or above the k-th best score get keys."""
+    The same as ``torch.topk(ranking_keys(scores), k)`` but with a float ``topk`` over the row:
+    only the items at or above the k-th best score get int64 keys (``benchmarks/search.py``
+    times both ways)."""
     values, indices = torch.topk(scores, k, dim=1)  # (Q, k) each; ties in any order
     rows = []
     for row, best, where in zip(scores, values, indices, strict=True):
