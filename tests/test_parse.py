@@ -216,8 +216,10 @@ def test_recall_on_the_tiny_synthetic_benchmark(
 ) -> None:
     scores = [evaluate_parser(nlp, name, tiny_synth[0]) for name in BENCHMARKS]
     overall = scores[0] + scores[1] + scores[2]
-    # README: 99.98% on the synthetic demo benchmark; the tiny one has fewer, not harder, words
-    assert all(score.recall >= 0.999 for score in scores), [s.to_dict() for s in scores]
+    # docs/caption-gap.md: recall 99.98%, precision 99.8% on the synthetic demo benchmark; what
+    # it misses are typos ("geen"), as on real captions; the floor is 0.99 / 0.97
+    assert all(score.recall >= 0.99 for score in scores), [s.to_dict() for s in scores]
+    assert all(score.precision >= 0.97 for score in scores), [s.to_dict() for s in scores]
     assert overall.attribute_words > 1000 and overall.skipped == 3  # one empty caption each
     assert 0.0 < overall.filler_share < 0.6  # nouns of fillers ("street") are kept, verbs not
 
@@ -235,6 +237,9 @@ def test_score_counts_each_word_once_case_insensitive_and_hyphens_by_parts() -> 
     score = score_attributes(truth, [["she", "Black", "t", "shirt", "street"]])
     assert (score.attribute_words, score.attribute_found) == (5, 3)  # "black" once, no "bag"
     assert score.missed == {"black": 1, "bag": 1} and score.recall == 0.6
+    assert score.extra == {} and score.precision == 1.0  # "street" is a filler word
+    wrong = score_attributes(truth, [["she", "black", "t-shirt", "bag", "black", "car"]])
+    assert wrong.extra == {"car": 1} and wrong.precision == 5 / 6
     assert (score.filler_words, score.filler_kept, score.filler_share) == (1, 1, 1.0)
     assert score_attributes(truth, [["t-shirt"]]).attribute_found == 1
     assert score_attributes(truth, [["shirt"]]).attribute_found == 0

@@ -3,9 +3,10 @@
 The generator writes ``attributes.json`` beside each annotation file: for every caption, the
 attribute words it used (colours, garments, footwear, bags, hair, gender words, pronouns) and the
 filler words ("walking along the street"). Recall is the share of those attribute words that the
-parser marks as attribute words; the filler share is the share of filler words it marks too (a
-part-of-speech parser keeps the nouns and adjectives of fillers, "street", "sunny": design §3.3
-defines attribute words by tag, so this share measures noise, not an error).
+parser marks as attribute words; precision is the share of the parser's attribute words, filler
+words left aside, that the truth holds; the filler share is the share of filler words it marks
+too (a part-of-speech parser keeps the nouns and adjectives of fillers, "street", "sunny": design
+§3.3 defines attribute words by tag, so this share measures noise, not an error).
 
 Words are compared case-insensitively within each caption, each occurrence once. A hyphenated
 word ("t-shirt", "short-sleeved") counts as found when every part of it is among the parser's
@@ -52,10 +53,16 @@ class AttributeScore:
     filler_kept: int
     skipped: int = 0
     missed: Counter[str] = field(default_factory=Counter)  # ground-truth words not found
+    extra: Counter[str] = field(default_factory=Counter)  # found, but neither truth nor filler
 
     @property
     def recall(self) -> float:
         return self.attribute_found / self.attribute_words if self.attribute_words else 1.0
+
+    @property
+    def precision(self) -> float:
+        wrong = sum(self.extra.values())
+        return self.attribute_found / (self.attribute_found + wrong) if wrong else 1.0
 
     @property
     def filler_share(self) -> float:
@@ -71,6 +78,7 @@ class AttributeScore:
             filler_kept=self.filler_kept + other.filler_kept,
             skipped=self.skipped + other.skipped,
             missed=self.missed + other.missed,
+            extra=self.extra + other.extra,
         )
 
     def to_dict(self, top_missed: int = 10) -> dict[str, Any]:
@@ -79,9 +87,11 @@ class AttributeScore:
             "skipped": self.skipped,
             "attribute_words": self.attribute_words,
             "recall": self.recall,
+            "precision": self.precision,
             "filler_words": self.filler_words,
             "filler_share": self.filler_share,
             "most_missed": dict(self.missed.most_common(top_missed)),
+            "most_extra": dict(self.extra.most_common(top_missed)),
         }
 
 
@@ -139,12 +149,13 @@ def _take(available: Counter[str], word: str) -> bool:
 def score_attributes(
     truth: Sequence[TruthCaption], predicted: Sequence[Sequence[str]], skipped: int = 0
 ) -> AttributeScore:
-    """Recall of attribute words and share of filler words kept; ``predicted[i]`` holds the
-    attribute words the parser found in ``truth[i]``."""
+    """Recall and precision of attribute words and share of filler words kept; ``predicted[i]``
+    holds the attribute words the parser found in ``truth[i]``."""
     if len(truth) != len(predicted):
         raise ValueError(f"{len(truth)} captions of truth but {len(predicted)} parsed")
     found = kept = 0
     missed: Counter[str] = Counter()
+    extra: Counter[str] = Counter()
     for caption, words in zip(truth, predicted, strict=True):
         available = _parts(words)
         for word in caption.attribute_words:
@@ -153,6 +164,7 @@ def score_attributes(
             else:
                 missed[word.lower()] += 1
         kept += sum(_take(available, word) for word in caption.filler_words)
+        extra += +available
     return AttributeScore(
         captions=len(truth),
         attribute_words=sum(len(c.attribute_words) for c in truth),
@@ -161,6 +173,7 @@ def score_attributes(
         filler_kept=kept,
         skipped=skipped,
         missed=missed,
+        extra=extra,
     )
 
 

@@ -22,8 +22,8 @@ from uit.core.errors import ConfigError
 from uit.core.io import atomic_write_json, replaced_dir
 from uit.data.prepared import CAPTIONS_FILE, IMAGES_FILE, IMGS_DIR_BASE, STATS_FILE
 from uit.raw.formats import SPECS
+from uit.synth.alttext import write_generic_caption
 from uit.synth.attributes import sample_families
-from uit.synth.captions import write_generic_caption
 from uit.synth.generate import SIZES, _Image, _plan_images, _render_all
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def plan_corpus(cfg: PretrainConfig, synth: SynthConfig) -> list[_Image]:
     rng = random.Random(f"{cfg.seed}:{CORPUS}:identities")
     seen = benchmark_identities(synth)
     drawn = sample_families(rng, cfg.identities, seen)
-    last_train_family = drawn[cfg.identities - cfg.heldout - 1][0]
+    last_train_family = drawn[cfg.identities - cfg.heldout][0] - 1  # val: at least heldout
     images: list[_Image] = []
     for pid, (family, identity) in enumerate(drawn):
         split = "train" if family <= last_train_family else "val"

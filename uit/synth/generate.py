@@ -129,6 +129,15 @@ def _captions(spec: BenchmarkSpec, plan: Plan, key: str, image: _Image) -> list[
     ]
 
 
+def benchmark_captions(name: str, cfg: SynthConfig) -> list[str]:
+    """Every caption ``generate_benchmark`` writes for ``name``, without drawing an image (the
+    deliberate dirty records left out)."""
+    spec, plan = SPECS[name], SIZES[cfg.size][name]
+    images, _ = _plan_images(spec, plan, cfg.seed)
+    key = f"{cfg.seed}:{name}"
+    return [c.text for image in images for c in _captions(spec, plan, key, image)]
+
+
 def _tokens(text: str) -> list[str]:
     return re.findall(r"[a-z]+|[^\sa-z]", text.lower())
 
