@@ -2,7 +2,9 @@
 ``data.benchmarks`` (in- and cross-domain) -> per benchmark metrics and top 10, and one
 metrics file for DVC. The model is loaded once for all of them. On the benchmark it was trained
 on, the file also holds the zero-shot metrics of the weights it was fine-tuned from and TIR's
-colour error against its baselines (``uit.retrieval.evaluate.in_domain_extras``)."""
+colour error against its baselines (``uit.retrieval.evaluate.in_domain_extras``). Every
+benchmark's entry holds the diagnostics of ``uit.retrieval.evaluate.diagnose``: attribute
+binding (from the parsed captions) and, on synthetic data, look-alike retrieval."""
 
 from __future__ import annotations
 
@@ -22,14 +24,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prepared", required=True, help="folder of the prepared benchmarks")
     parser.add_argument("--out", required=True, help="folder for each benchmark's top 10s")
     parser.add_argument("--metrics", required=True, help="JSON file of every benchmark's metrics")
+    parser.add_argument("--parsed", help="folder of the parsed benchmarks (attribute binding)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     benchmarks = load_config(args.params).data.benchmarks
     prepared = {str(name): Path(args.prepared) / name for name in benchmarks}
+    parsed = {str(name): Path(args.parsed) / name for name in benchmarks} if args.parsed else None
     with bars() as bar:
         extras = in_domain_extras(args.checkpoint, prepared[args.benchmark], progress=bar)
         evaluate_across(args.checkpoint, prepared, args.out, args.metrics, progress=bar,
-                        extras={args.benchmark: extras})  # fmt: skip
+                        extras={args.benchmark: extras}, parsed_dirs=parsed)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ def test_report_tables_show_the_metrics_files(pipeline: tuple[Path, Path]) -> No
         restoration = scored["restoration"]
         assert restoration["patches"] > 0
         assert (
-            f"TIR {restoration['tir']:.1f}, the true grayscale"
+            f"TIR {restoration['tir']:.1f}, the mean colour"
             in (repo / "reports/pipeline/report.md").read_text()
         )
 

@@ -63,12 +63,19 @@ def test_train_then_evaluate_in_and_across_domains(data: Path, tmp_path: Path) -
     for target in ("cuhk-pedes", "rstpreid"):  # in-domain, then cross-domain
         out = tmp_path / f"eval-{target}"
         result = runner.invoke(
-            app, ["evaluate", str(best), str(data / "prepared" / target), "--out", str(out)]
-        )
+            app,
+            ["evaluate", str(best), str(data / "prepared" / target), "--out", str(out),
+             "--parsed", str(data / "parsed" / target)],
+        )  # fmt: skip
         assert result.exit_code == 0, result.output
+        assert "attribute binding" in result.output and "look-alikes" in result.output
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["benchmark"] == target and metrics["split"] == "test"
         assert set(metrics["t2i"]) == {"R1", "R5", "R10", "mAP", "mINP"}
+        # the diagnostics: binding from the parsed captions, look-alikes from the synthetic truth
+        assert metrics["binding"]["all"]["pairs"] == pl.read_parquet(out / "binding.parquet").height
+        assert all(0 <= row["score"] <= 100 for row in metrics["binding"].values())
+        assert set(metrics["lookalike"]) == {"R1", "chance", "margin", "queries"}
         assert set(metrics["i2t"]) == {"R1", "R5", "R10", "mAP"}
         assert all(0 <= v <= 100 for v in metrics["t2i"].values())
         top = pl.read_parquet(out / "top_k.parquet")
@@ -142,14 +149,20 @@ def test_train_and_evaluate_stages(data: Path, tmp_path: Path) -> None:
         "eval",
         "--metrics",
         "metrics.json",
+        "--parsed",
+        str(parsed),
         "--params",
         str(params),
     )
     combined = json.loads((tmp_path / "metrics.json").read_text())
     assert set(combined) == {"cuhk-pedes", "rstpreid"}  # in-domain and cross-domain
-    assert set(combined["cuhk-pedes"]) == {"t2i", "i2t"}
+    # every benchmark: attribute binding (parsed captions) and look-alikes (synthetic truth)
+    assert set(combined["cuhk-pedes"]) == {"t2i", "i2t", "binding", "lookalike"}
     # in-domain only: TIR's colour error (no zero-shot: trained from random weights)
-    assert set(combined["rstpreid"]) == {"t2i", "i2t", "restoration"}
+    assert set(combined["rstpreid"]) == {"t2i", "i2t", "binding", "lookalike", "restoration"}
+    restoration = combined["rstpreid"]["restoration"]
+    assert set(restoration) == {"tir", "tir_other", "grayscale", "mean_colour", "patches"}
+    assert set(combined["rstpreid"]["binding"]) >= {"all", "colour"}
     detail = json.loads((tmp_path / "eval/cuhk-pedes/metrics.json").read_text())
     assert detail["benchmark"] == "cuhk-pedes" and detail["t2i"] == combined["cuhk-pedes"]["t2i"]
     assert (tmp_path / "eval/rstpreid/top_k.parquet").is_file()

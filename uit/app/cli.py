@@ -427,8 +427,14 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train | val | test")] = "test",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Images or captions per batch.")] = 256,
+    parsed: Annotated[
+        Path | None,
+        typer.Option(help="The benchmark's parsed captions (uit data parse): attribute binding."),
+    ] = None,
 ) -> None:
-    """Text-to-image (and image-to-text) retrieval metrics of a checkpoint on a split."""
+    """Text-to-image (and image-to-text) retrieval metrics of a checkpoint on a split, with the
+    diagnostics of UIT's ideas: attribute binding (with --parsed) and, on synthetic data,
+    retrieval among look-alikes."""
     from uit.retrieval.evaluate import evaluate_checkpoint
     from uit.retrieval.metrics import METRICS
 
@@ -441,6 +447,7 @@ def evaluate(
             device=device,
             batch_size=batch_size,
             progress=adder(progress),
+            parsed_dir=parsed,
         )
     table = Table(title=f"{metrics['benchmark']} {split}: {checkpoint}")
     for column in ("direction", *METRICS):
@@ -452,7 +459,30 @@ def evaluate(
             *(f"{row[k]:.2f}" if k in row else "-" for k in METRICS),
         )
     console.print(table)
+    for diagnostic in diagnostics_tables(metrics):
+        console.print(diagnostic)
     console.print(f"wrote {out}")
+
+
+def diagnostics_tables(metrics: dict[str, Any]) -> list[Table]:
+    """``binding`` and ``lookalike`` of an evaluation's metrics as tables, those it has."""
+    tables = []
+    if metrics.get("binding"):
+        table = Table(title="attribute binding: true caption above its counterfactual (chance 50%)")
+        for column in ("kind", "pairs", "score %"):
+            table.add_column(column, justify="right")
+        for kind, row in metrics["binding"].items():
+            table.add_row(kind, f"{row['pairs']:.0f}", f"{row['score']:.1f}")
+        tables.append(table)
+    if "lookalike" in metrics:
+        found = metrics["lookalike"]
+        table = Table(title="look-alikes: each query ranked within its family (synthetic truth)")
+        for column in ("R1 %", "chance %", "margin", "queries"):
+            table.add_column(column, justify="right")
+        table.add_row(f"{found['R1']:.1f}", f"{found['chance']:.1f}", f"{found['margin']:.3f}",
+                      f"{found['queries']:.0f}")  # fmt: skip
+        tables.append(table)
+    return tables
 
 
 @app.command()

@@ -172,6 +172,20 @@ def _check_metrics(tests: Any, benchmark: str) -> None:
             _check_directions(scores["zero_shot"], f"{test}.zero_shot")
         if "restoration" in scores:
             _check_restoration(scores["restoration"], f"{test}.restoration")
+        _check_diagnostics(scores, test)
+
+
+def _check_diagnostics(scores: Mapping[str, Any], test: str) -> None:
+    """``binding`` (per kind a score in percent and a count of pairs) and ``lookalike`` (R1
+    and its chance in percent)."""
+    binding = scores.get("binding", {})
+    _check_mapping(binding, f"{test}.binding", "kind -> score, pairs")
+    for kind, row in binding.items():
+        _check_mapping(row, f"{test}.binding.{kind}", "score, pairs")
+        _check_percentages(row, f"{test}.binding.{kind}.", ("score",))
+    if "lookalike" in scores:
+        _check_mapping(scores["lookalike"], f"{test}.lookalike", "R1, chance, margin, queries")
+        _check_percentages(scores["lookalike"], f"{test}.lookalike.", ("R1", "chance"))
 
 
 def _check_mapping(value: Any, key: str, holds: str) -> None:
@@ -197,8 +211,8 @@ def _check_percentages(values: Mapping[str, Any], prefix: str, names: Sequence[s
 
 def _check_restoration(scores: Any, key: str) -> None:
     """Colour errors (0-255 per channel) and a count of patches."""
-    _check_mapping(scores, key, "tir, grayscale, mean_colour, patches")
-    for name in ("tir", "grayscale", "mean_colour", "patches"):
+    _check_mapping(scores, key, "tir, tir_other, grayscale, mean_colour, patches")
+    for name in ("tir", "tir_other", "grayscale", "mean_colour", "patches"):
         value = scores.get(name, 0)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{key}.{name}: {_short(value)} is not a number")
@@ -262,15 +276,96 @@ ZERO_SHOT_HEADER = ["benchmark", "zero-shot R1", "fine-tuned R1", "zero-shot mAP
                     "fine-tuned mAP", "fine-tuned from"]  # fmt: skip
 
 
+CLEAR_GAIN = 1.0  # 0-255: how much lower the own caption's error must be for TIR to read it
+
+
 def restoration_line(scores: Mapping[str, float] | None) -> str:
-    """TIR's colour error on the masked test patches against both baselines, in one sentence."""
+    """TIR's colour error on the masked test patches against the mean-colour baseline and the
+    true-grayscale oracle, and from another identity's caption, in two sentences."""
     if not scores:
         return ""
     tir, gray, mean = (scores.get(k, float("nan")) for k in ("tir", "grayscale", "mean_colour"))
-    verdict = "beats both baselines" if tir < min(gray, mean) else "does not beat both baselines"
-    return (f"Colour error on the masked patches of the test images (mean absolute, 0-255 per "
-            f"channel, {int(scores.get('patches', 0)):,} patches): TIR {tir:.1f}, the true "
-            f"grayscale {gray:.1f}, the mean colour {mean:.1f}: TIR {verdict}.")  # fmt: skip
+    verdict = "beats" if tir < mean else "does not beat"
+    line = (f"Colour error on the masked patches of the test images (mean absolute, 0-255 per "
+            f"channel, {int(scores.get('patches', 0)):,} patches): TIR {tir:.1f}, the mean "
+            f"colour {mean:.1f} (TIR {verdict} it); the true grayscale, an oracle that knows the "
+            f"masked patches' luminance (TIR does not), {gray:.1f}.")  # fmt: skip
+    other = scores.get("tir_other")
+    if other is None:
+        return line
+    reads = "reads the caption" if other - tir >= CLEAR_GAIN else "does not clearly read it"
+    return (f"{line} From another identity's caption, on the same masks: {other:.1f} against "
+            f"{tir:.1f} from the image's own: TIR {reads} (a gain of {other - tir:.1f}; "
+            f"{CLEAR_GAIN:.0f} or more counts).")  # fmt: skip
+
+
+BINDING_HEADER = ["diagnostic", "what", "score (%)", "chance (%)", "count"]
+
+
+def diagnostics_rows(tested: Mapping[str, Any]) -> list[list[str]]:
+    """A benchmark's diagnostics as table rows: attribute binding per kind (the share of
+    counterfactual pairs whose image prefers the true caption), then look-alike R@1."""
+    binding = tested.get("binding", {})
+    rows = [["attribute binding", kind, _fmt(row.get("score")), "50.0",
+             f"{row.get('pairs', 0):.0f}"] for kind, row in binding.items()]  # fmt: skip
+    found = tested.get("lookalike")
+    if found:
+        rows.append(["look-alikes", f"R@1 in the family (margin {found.get('margin', 0):.3f})",
+                     _fmt(found.get("R1")), _fmt(found.get("chance")),
+                     f"{found.get('queries', 0):.0f}"])  # fmt: skip
+    return rows
+
+
+DIAGNOSTICS_NOTE = (
+    "Attribute binding: each test caption against the same caption with one colour, garment, "
+    "shoe, carried object or gender word changed into another of its kind; the score is the "
+    "share of pairs where the caption's own image scores the true caption higher (a tie counts "
+    "half). Look-alikes: each query ranked only against its identity's family (people who "
+    "differ in one or two attributes; synthetic ground truth, absent on real data); chance is "
+    "a random ranking's R@1."
+)
+
+
+def diagnostics_section(
+    benchmark: str, tested: Mapping[str, Any], pairs_file: Path | None, test: Manifests | None,
+    seed: int = 0,
+) -> tuple[str, str, str] | None:  # fmt: skip
+    """The diagnostics table of the benchmark a model was trained on, and where the evaluate
+    stage wrote its binding pairs, one counterfactual pair with both scores."""
+    rows = diagnostics_rows(tested)
+    if not rows:
+        return None
+    name = NAMES.get(benchmark, benchmark)
+    markdown = markdown_table(BINDING_HEADER, rows) + "\n\n" + DIAGNOSTICS_NOTE
+    fragment = (html_table(BINDING_HEADER, rows)
+                + f"<p class='note'>{html.escape(DIAGNOSTICS_NOTE)}</p>")  # fmt: skip
+    if pairs_file is not None and test is not None and pairs_file.is_file():
+        fragment += _counterfactual_figure(pairs_file, test, seed)
+    return f"Diagnostics of UIT's ideas ({name} test)", markdown, fragment
+
+
+def _counterfactual_figure(pairs_file: Path, test: Manifests, seed: int) -> str:
+    """One counterfactual pair drawn at random (seeded): the image, both captions and scores."""
+    import random
+
+    import polars as pl
+
+    from uit.app.contact_sheet import Tile
+
+    pairs = pl.read_parquet(pairs_file)
+    if not pairs.height:
+        return ""
+    row = pairs.row(random.Random(seed).randrange(pairs.height), named=True)
+    true, counter = row["true_score"], row["counter_score"]
+    tile = Tile(test.imgs_dir / row["path"], f"{true:.3f} vs {counter:.3f}",
+                (30, 160, 60) if true > counter else (210, 40, 40))  # fmt: skip
+    strip = _strip(row["text"], [tile], "")
+    caption = (f"True caption ({true:.3f}): {row['text']} | changed {row['word']} -> "
+               f"{row['substitute']} ({counter:.3f}): {row['counterfactual']}")  # fmt: skip
+    return (
+        f"<figure><img src='{data_uri(strip.webp, 'image/webp')}' alt='a counterfactual "
+        f"pair'><figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def cross_domain_rows(
@@ -338,6 +433,13 @@ def build_report(
         report.figures.append(curves_figure(runs))
     if experiments is not None and experiments.height:
         report.sections.append(experiments_section(experiments))
+    for run in runs:
+        test = None if prepared_dir is None else _test_split(Path(prepared_dir) / run.benchmark)
+        pairs = None if evals_dir is None else _pairs_file(evals_dir, run.benchmark)
+        section = diagnostics_section(run.benchmark, run.tests.get(run.benchmark, {}), pairs,
+                                      test, cfg.seed)  # fmt: skip
+        if section is not None:
+            report.sections.append(section)
     if evals_dir is None or prepared_dir is None:
         return report
     for run in runs:
@@ -360,6 +462,13 @@ def build_report(
         if restorations is not None:
             report.sections.append(restorations)
     return report
+
+
+def _pairs_file(evals_dir: str | Path, benchmark: str) -> Path:
+    """Where the evaluate stage put the binding pairs of a model on its own benchmark."""
+    from uit.retrieval.evaluate import BINDING_FILE
+
+    return top_k_file(Path(evals_dir) / benchmark, benchmark).with_name(BINDING_FILE)
 
 
 def _load_once(checkpoint: Path, cfg: ReportConfig) -> tuple[Any, Any]:

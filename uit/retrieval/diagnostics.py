@@ -6,12 +6,22 @@
 - ``lookalike_r1`` and ``lookalike_margin``: does retrieval tell look-alikes apart? Each query
   is ranked only against its family's gallery images (identities that share most attributes,
   as the caller defines families), where a model that sees only the shared attributes is at
-  chance.
+  chance. ``read_families`` finds the families of a synthetic benchmark (its ground truth);
+  real data has none.
+- ``counterfactuals`` and ``binding_scores``: does the model bind each attribute word to what
+  it names? A caption's own image should score it above the same caption with one colour,
+  garment, shoe, carried object or gender word changed (chance 50%). Works on real captions:
+  the parser's attribute words say which words to change.
 """
 
 from __future__ import annotations
 
+import json
+import random
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -65,18 +75,17 @@ def caption_reliance_sums(
 ) -> dict[str, float]:
     """``restoration_errors`` of ``images`` (B, 3, H, W) from ``text`` (B, L) and from
     ``other_text`` (B, L) on the same masks (drawn once from ``generator``, which advances as
-    for one call): sums over the masked patches (``own``, ``other``, ``mean_colour``) and their
-    count (``patches``), so that batches add up; ``CaptionReliance.from_sums`` averages."""
+    for one call): sums over the masked patches (``own``, ``other``, ``mean_colour``,
+    ``grayscale``; ``tir`` and ``tir_other`` repeat ``own`` and ``other`` under the names of
+    the evaluate stage's ``restoration``) and their count (``patches``), so that batches add
+    up; ``CaptionReliance.from_sums`` averages."""
     replay = torch.Generator(device=generator.device)
     replay.set_state(generator.get_state())
     own = restoration_errors(objective, images, text, generator)
     other = restoration_errors(objective, images, other_text, replay)
-    return {
-        "own": float(own["tir"]),
-        "other": float(other["tir"]),
-        "mean_colour": float(own["mean_colour"]),
-        "patches": float(own["patches"]),
-    }
+    sums = {name: float(value) for name, value in own.items()}  # tir, grayscale, mean_colour
+    return {**sums, "tir_other": float(other["tir"]), "own": sums["tir"],
+            "other": float(other["tir"])}  # fmt: skip
 
 
 def caption_reliance(
@@ -133,3 +142,150 @@ def lookalike_margin(
     best_lookalike = scores.masked_fill(~family | relevant, float("-inf")).amax(dim=1)
     has = torch.isfinite(best_lookalike)
     return float((best_true - best_lookalike)[has].mean())
+
+
+# Attribute binding: does the model tie each attribute word to what it names? Counterfactual
+# captions change one attribute word into another of the same kind; the caption's own image
+# should score the true caption higher.
+
+# kind -> sets of groups (" | " between groups, synonyms within one). A word is replaced by the
+# first word of another group of its own set, so that the number agrees ("shirt" by "dress",
+# "jeans" by "shorts") and a synonym ("grey" for "gray") never counts as a counterfactual. Every
+# word is in the parser's lexicon (uit.parsing.lexicon.PERSON_VOCABULARY), so real captions work.
+BINDING_VOCABULARY: dict[str, tuple[str, ...]] = {
+    "colour": (
+        "black | white | gray grey | red | blue | green | yellow | purple | pink | brown | orange",
+    ),
+    "garment": (
+        "shirt t-shirt tshirt tee top blouse polo | jacket coat overcoat raincoat parka blazer "
+        "windbreaker anorak | sweater jumper pullover cardigan hoodie sweatshirt | dress gown "
+        "| skirt miniskirt",
+        "trousers pants slacks | jeans | shorts | leggings tights",
+    ),
+    "footwear": (
+        "shoe sneaker trainer | boot | sandal | slipper",
+        "shoes sneakers trainers | boots | sandals | slippers",
+    ),
+    "carried": (
+        "backpack rucksack knapsack | handbag purse | suitcase luggage | briefcase | umbrella "
+        "| bottle | phone",
+    ),
+    "gender": ("man guy gentleman male boy | woman lady female girl", "men gentlemen | women"),
+}
+BINDING_KINDS = tuple(BINDING_VOCABULARY)
+
+
+def _binding_groups() -> dict[str, tuple[str, list[list[str]], int]]:
+    """word -> (its kind, the groups of its set, the index of its group)."""
+    found: dict[str, tuple[str, list[list[str]], int]] = {}
+    for kind, sets in BINDING_VOCABULARY.items():
+        for text in sets:
+            groups = [group.split() for group in text.split("|")]
+            for index, group in enumerate(groups):
+                found.update(dict.fromkeys(group, (kind, groups, index)))
+    return found
+
+
+_BINDING_GROUPS = _binding_groups()
+
+
+@dataclass(frozen=True)
+class Counterfactual:
+    """A caption with one attribute ``word`` (as written) replaced by ``substitute``."""
+
+    caption_id: int
+    kind: str
+    word: str
+    substitute: str
+    text: str
+
+
+def _replace_once(text: str, word: str, substitute: str) -> str | None:
+    """``text`` with the first whole-word ``word`` (any case; "shirt" is not in "t-shirt")
+    replaced, its capital kept; None where the word is not found as written."""
+    pattern = re.compile(rf"(?<![\w-]){re.escape(word)}(?![\w-])", re.IGNORECASE)
+    found = pattern.search(text)
+    if found is None:
+        return None
+    written = found.group(0)
+    replacement = substitute.capitalize() if written[0].isupper() else substitute
+    return text[: found.start()] + replacement + text[found.end() :]
+
+
+def counterfactuals(
+    captions: Sequence[tuple[int, str]],
+    attribute_words: Mapping[int, Sequence[str]],
+    per_caption: int = 2,
+    max_captions: int = 500,
+    seed: int = 0,
+) -> list[Counterfactual]:
+    """Up to ``per_caption`` counterfactuals of each of up to ``max_captions`` ``captions``
+    ((caption_id, text), drawn at random beyond that), each replacing one of the caption's
+    attribute words (``attribute_words``: caption_id -> the parser's words) that
+    ``BINDING_VOCABULARY`` knows by a word of another group of its kind. Seeded."""
+    rng = random.Random(seed)
+    if len(captions) > max_captions:
+        captions = [captions[i] for i in sorted(rng.sample(range(len(captions)), max_captions))]
+    made = []
+    for caption_id, text in captions:
+        words = sorted(
+            {w.lower() for w in attribute_words.get(caption_id, ())} & set(_BINDING_GROUPS)
+        )
+        for word in rng.sample(words, min(per_caption, len(words))):
+            kind, groups, own = _BINDING_GROUPS[word]
+            substitute = rng.choice([g for i, g in enumerate(groups) if i != own])[0]
+            changed = _replace_once(text, word, substitute)
+            if changed is not None:
+                made.append(Counterfactual(caption_id, kind, word, substitute, changed))
+    return made
+
+
+def binding_scores(
+    true_scores: Tensor, counter_scores: Tensor, kinds: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """The share (percent) of (caption, counterfactual) pairs whose image scores the true
+    caption higher (``true_scores`` (P,) against ``counter_scores`` (P,)), a tie counting half
+    (so a model blind to the word scores 50, chance), as ``score`` with the count of ``pairs``:
+    over ``all`` pairs and per kind (kinds without a pair left out)."""
+    wins = (true_scores > counter_scores).float() + 0.5 * (true_scores == counter_scores).float()
+    names = list(kinds)
+    result = {}
+    for kind in ("all", *BINDING_KINDS):
+        chosen = [i for i, k in enumerate(names) if kind in ("all", k)]
+        if chosen:
+            score = float(wins[chosen].mean()) * 100
+            result[kind] = {"score": score, "pairs": float(len(chosen))}
+    return result
+
+
+def lookalike_chance(
+    query_pids: Tensor, gallery_pids: Tensor, query_families: Tensor, gallery_families: Tensor
+) -> float:
+    """``lookalike_r1`` of a random ranking, in percent: the mean over queries of the share of
+    its family's gallery images that are its own identity's."""
+    relevant = query_pids[:, None] == gallery_pids[None, :]  # (Q, G)
+    family = query_families[:, None] == gallery_families[None, :]
+    _check_families(relevant, family)
+    return float(((relevant & family).sum(1) / family.sum(1)).mean()) * 100
+
+
+SIDECAR = "attributes.json"  # what uit.synth.generate writes beside a synthetic benchmark
+
+
+def read_families(imgs_dir: Path) -> dict[str, int] | None:
+    """Image path (relative to ``imgs_dir``) -> its identity's family, from the ground truth a
+    synthetic benchmark keeps beside its images (``attributes.json``: identities drawn in
+    families that differ in one or two attributes); None for real data, which has none."""
+    try:
+        truth = json.loads((Path(imgs_dir).parent / SIDECAR).read_text(encoding="utf-8"))
+        if "generator" not in truth:  # not what the synthetic benchmark's generator wrote
+            return None
+        family = {str(pid): int(v["family"]) for pid, v in truth["identities"].items()}
+        return {str(image["path"]): family[str(image["pid"])] for image in truth["images"]}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ValueError(
+            f"{Path(imgs_dir).parent / SIDECAR}: not a synthetic benchmark's "
+            f"ground truth ({error!r})"
+        ) from None

@@ -34,9 +34,19 @@ from uit.model.build import (
 )
 from uit.model.checkpoint import EXPORT_KIND, read_state
 from uit.model.encoder import DualEncoder
+from uit.retrieval.diagnostics import (
+    binding_scores,
+    counterfactuals,
+    lookalike_chance,
+    lookalike_margin,
+    lookalike_r1,
+    read_families,
+)
 from uit.retrieval.metrics import I2T_METRICS, ranking_keys, retrieval_metrics
+from uit.text.parsed import read_attribute_words
 
-METRICS_FILE, TOP_K_FILE = "metrics.json", "top_k.parquet"
+METRICS_FILE, TOP_K_FILE, BINDING_FILE = "metrics.json", "top_k.parquet", "binding.parquet"
+DIAGNOSTICS = ("binding", "lookalike")  # what ``diagnose`` adds to a benchmark's metrics
 
 if TYPE_CHECKING:
     from uit.core.console import Advance, NewBar
@@ -55,6 +65,8 @@ class EvalOptions:
 class Evaluation:
     metrics: dict[str, dict[str, float]]  # {"t2i": {...}, "i2t": {...}}
     top_k: pl.DataFrame  # one row per query: its ranked gallery images and which are hits
+    gallery: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (G, D) image feats
+    similarity: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (Q, G)
 
 
 @torch.no_grad()
@@ -138,7 +150,101 @@ def evaluate(
     i2t = retrieval_metrics(similarity.T, gallery_pids, query_pids, missing="exclude")
     i2t.pop("excluded")  # gallery images whose every caption was dropped have no query to find
     metrics: dict[str, Any] = {"t2i": t2i, "i2t": {k: i2t[k] for k in I2T_METRICS}}
-    return Evaluation(metrics=metrics, top_k=top_k_table(similarity, split, options.top_k))
+    return Evaluation(metrics=metrics, top_k=top_k_table(similarity, split, options.top_k),
+                      gallery=gallery, similarity=similarity)  # fmt: skip
+
+
+# Diagnostics of UIT's ideas beside the retrieval metrics (uit.retrieval.diagnostics).
+
+BINDING_PER_CAPTION, BINDING_CAPTIONS = 2, 500  # counterfactuals per caption, captions at most
+
+
+def attribute_binding(
+    encoder: DualEncoder,
+    split: Manifests,
+    tokenizer: Tokenizer,
+    attribute_words: Mapping[int, Sequence[str]],
+    options: EvalOptions,
+    gallery: torch.Tensor | None = None,
+    similarity: torch.Tensor | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, dict[str, float]], pl.DataFrame]:
+    """``binding_scores`` of ``split``'s captions against their ``counterfactuals`` (from the
+    parser's ``attribute_words``), each pair scored on the caption's own image (``gallery``
+    and ``similarity``: ``split``'s image features and caption-image scores, where already
+    computed); and one row per pair, for pictures."""
+    captions = split.captions
+    made = counterfactuals(list(zip(captions["caption_id"].to_list(), captions["text"].to_list(),
+                                    strict=True)), attribute_words, BINDING_PER_CAPTION,
+                           BINDING_CAPTIONS, seed)  # fmt: skip
+    if not made:
+        return {}, pl.DataFrame()
+    if gallery is None:
+        gallery = encode_images(encoder, split.paths(), options)
+    caption_row = {cid: i for i, cid in enumerate(captions["caption_id"].to_list())}
+    image_row = {iid: i for i, iid in enumerate(split.images["image_id"].to_list())}
+    rows = [caption_row[c.caption_id] for c in made]
+    own = torch.tensor([image_row[captions["image_id"][r]] for r in rows])  # (P,)
+    texts = [captions["text"][r] for r in rows]
+    counter = encode_texts(encoder, [c.text for c in made], tokenizer, options)  # (P, D)
+    counter_scores = (counter * gallery[own]).sum(-1)
+    if similarity is None:
+        true_scores = (encode_texts(encoder, texts, tokenizer, options) * gallery[own]).sum(-1)
+    else:
+        true_scores = similarity[torch.tensor(rows), own]
+    pairs = pl.DataFrame({
+        "caption_id": [c.caption_id for c in made], "kind": [c.kind for c in made],
+        "word": [c.word for c in made], "substitute": [c.substitute for c in made],
+        "text": texts, "counterfactual": [c.text for c in made],
+        "path": split.images["path"].gather(own.numpy()),
+        "true_score": true_scores.tolist(), "counter_score": counter_scores.tolist(),
+    })  # fmt: skip
+    return binding_scores(true_scores, counter_scores, [c.kind for c in made]), pairs
+
+
+def lookalike_scores(
+    similarity: torch.Tensor, split: Manifests, families: Mapping[str, int]
+) -> dict[str, float]:
+    """Text-to-image retrieval among look-alikes: each query ranked against its identity's
+    family only (``families``: image path -> family, ``read_families``): ``R1`` and its
+    ``chance`` (a random ranking's), in percent, the mean ``margin`` of the best true image's
+    similarity over the best look-alike's, and the number of ``queries``."""
+    paths = dict(zip(split.images["image_id"].to_list(), split.images["path"].to_list(),
+                     strict=True))  # fmt: skip
+    missing = [p for p in paths.values() if p not in families]
+    if missing:
+        raise DataError(f"{split.imgs_dir}: {missing[0]} has no family in the ground truth")
+    gallery_families = torch.tensor([families[paths[i]] for i in split.images["image_id"]])
+    query_families = torch.tensor([families[paths[i]] for i in split.captions["image_id"]])
+    query_pids = torch.tensor(split.captions["pid"].to_list())
+    args = (query_pids, torch.tensor(split.images["pid"].to_list()), query_families,
+            gallery_families)  # fmt: skip
+    return {"R1": lookalike_r1(similarity, *args), "chance": lookalike_chance(*args),
+            "margin": lookalike_margin(similarity, *args),
+            "queries": float(len(query_families))}  # fmt: skip
+
+
+def diagnose(
+    encoder: DualEncoder,
+    split: Manifests,
+    tokenizer: Tokenizer,
+    evaluation: Evaluation,
+    options: EvalOptions,
+    attribute_words: Mapping[int, Sequence[str]] | None = None,
+) -> tuple[dict[str, Any], pl.DataFrame | None]:
+    """The diagnostics an evaluation adds beside its metrics: ``binding``, where the parser's
+    ``attribute_words`` are at hand (and the binding pairs); ``lookalike``, where ``split`` is
+    synthetic (its ground truth tells the families)."""
+    found: dict[str, Any] = {}
+    pairs = None
+    if attribute_words is not None:
+        found["binding"], pairs = attribute_binding(encoder, split, tokenizer, attribute_words,
+                                                    options, evaluation.gallery,
+                                                    evaluation.similarity)  # fmt: skip
+    families = read_families(split.imgs_dir)
+    if families is not None:
+        found["lookalike"] = lookalike_scores(evaluation.similarity, split, families)
+    return found, pairs
 
 
 # Whole operations on folders: what `uit evaluate`, `uit search`, the evaluate stage and the
@@ -154,13 +260,17 @@ def evaluate_checkpoint(
     device: str = "auto",
     batch_size: int = 256,
     progress: NewBar | None = None,
+    parsed_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of any prepared benchmark (in- or cross-domain); write
-    ``metrics.json`` and each query's top 10 (``top_k.parquet``) to ``out_dir``."""
+    ``metrics.json`` and each query's top 10 (``top_k.parquet``) to ``out_dir``. With the
+    benchmark's parsed captions (``parsed_dir``), the metrics hold ``binding`` (and
+    ``binding.parquet`` its pairs); on a synthetic benchmark, ``lookalike`` (``diagnose``)."""
     manifests = _split_manifests(prepared_dir, split)
     encoder, tokenizer, options = load_for_inference(checkpoint_dir, device, batch_size)
+    words = None if parsed_dir is None else read_attribute_words(parsed_dir)
     return _evaluate_into(encoder, tokenizer, manifests, split, options, Path(out_dir),
-                          str(checkpoint_dir), progress)  # fmt: skip
+                          str(checkpoint_dir), progress, words)  # fmt: skip
 
 
 def load_for_inference(
@@ -195,22 +305,27 @@ def evaluate_across(
     batch_size: int = 256,
     progress: NewBar | None = None,
     extras: Mapping[str, Mapping[str, Any]] | None = None,
+    parsed_dirs: Mapping[str, str | Path] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate one checkpoint on several benchmarks (in- and cross-domain), loading it once.
 
     Writes ``out_dir/<benchmark>/{metrics.json,top_k.parquet}`` per benchmark and, for DVC,
-    ``metrics_file`` with every benchmark's text-to-image and image-to-text metrics, plus
-    ``extras`` of a benchmark beside them (``in_domain_extras``).
+    ``metrics_file`` with every benchmark's text-to-image and image-to-text metrics and its
+    diagnostics (``diagnose``: ``binding`` for a benchmark in ``parsed_dirs``, ``lookalike``
+    for a synthetic one), plus ``extras`` of a benchmark beside them (``in_domain_extras``).
     """
     every = {name: _split_manifests(path, split) for name, path in prepared_dirs.items()}
     encoder, tokenizer, options = load_for_inference(checkpoint_dir, device, batch_size)
     out_dir = Path(out_dir)
     combined = {}
     for name, manifests in every.items():
+        parsed = (parsed_dirs or {}).get(name)
+        words = None if parsed is None else read_attribute_words(parsed)
         metrics = _evaluate_into(encoder, tokenizer, manifests, split, options,
                                  top_k_file(out_dir, name).parent, str(checkpoint_dir),
-                                 progress)  # fmt: skip
-        combined[name] = {"t2i": metrics["t2i"], "i2t": metrics["i2t"],
+                                 progress, words)  # fmt: skip
+        found = {k: metrics[k] for k in DIAGNOSTICS if k in metrics}
+        combined[name] = {"t2i": metrics["t2i"], "i2t": metrics["i2t"], **found,
                           **(extras or {}).get(name, {})}  # fmt: skip
     atomic_write_json(Path(metrics_file), combined)
     return combined
@@ -284,12 +399,21 @@ def _evaluate_into(
     out_dir: Path,
     checkpoint: str,
     progress: NewBar | None,
+    attribute_words: Mapping[int, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    result = evaluate(encoder, manifests.split(split), tokenizer, options, progress)
+    tested = manifests.split(split)
+    result = evaluate(encoder, tested, tokenizer, options, progress)
+    found, pairs = diagnose(encoder, tested, tokenizer, result, options, attribute_words)
     metrics = {"benchmark": manifests.benchmark, "split": split, "checkpoint": checkpoint,
-               **result.metrics}  # fmt: skip
+               **result.metrics, **found}  # fmt: skip
     atomic_write_json(out_dir / METRICS_FILE, metrics)
-    buffer = io.BytesIO()
-    result.top_k.write_parquet(buffer)
-    atomic_write_bytes(out_dir / TOP_K_FILE, buffer.getvalue())
+    _write_parquet(out_dir / TOP_K_FILE, result.top_k)
+    if pairs is not None and pairs.height:
+        _write_parquet(out_dir / BINDING_FILE, pairs)
     return metrics
+
+
+def _write_parquet(path: Path, frame: pl.DataFrame) -> None:
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    atomic_write_bytes(path, buffer.getvalue())
