@@ -99,13 +99,19 @@ def caption_reliance(
     )
 
 
-def _check_families(relevant: Tensor, family: Tensor) -> None:
-    """Refuse a query whose family holds none of its relevant gallery images."""
+def _family_masks(
+    query_pids: Tensor, gallery_pids: Tensor, query_families: Tensor, gallery_families: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(Q, G) masks: the gallery images of each query's identity, and of its family; a query
+    whose family holds none of its relevant images is refused."""
+    relevant = query_pids[:, None] == gallery_pids[None, :]
+    family = query_families[:, None] == gallery_families[None, :]
     missing = (~(relevant & family).any(dim=1)).nonzero().flatten()
     if len(missing):
         raise ValueError(
             f"look-alike gallery: query {int(missing[0])} has no relevant image in its family"
         )
+    return relevant, family
 
 
 def lookalike_r1(
@@ -118,9 +124,7 @@ def lookalike_r1(
     """R@1 in percent of text-to-image ``similarity`` (Q, G) when each query is ranked only
     against the gallery images of its own family (``*_families``: one family id per query and
     per gallery image). Ties go to the lower gallery index, as in ``uit.retrieval.metrics``."""
-    relevant = query_pids[:, None] == gallery_pids[None, :]  # (Q, G)
-    family = query_families[:, None] == gallery_families[None, :]
-    _check_families(relevant, family)
+    _, family = _family_masks(query_pids, gallery_pids, query_families, gallery_families)
     top = similarity.float().masked_fill(~family, float("-inf")).argmax(dim=1)  # first maximum
     return float((gallery_pids[top] == query_pids).float().mean()) * 100
 
@@ -134,9 +138,7 @@ def lookalike_margin(
 ) -> float:
     """Mean over queries of the best relevant image's similarity minus the best look-alike's
     (same family, another pid); queries without a look-alike are left out (NaN if all are)."""
-    relevant = query_pids[:, None] == gallery_pids[None, :]  # (Q, G)
-    family = query_families[:, None] == gallery_families[None, :]
-    _check_families(relevant, family)
+    relevant, family = _family_masks(query_pids, gallery_pids, query_families, gallery_families)
     scores = similarity.float()
     best_true = scores.masked_fill(~relevant, float("-inf")).amax(dim=1)  # (Q,)
     best_lookalike = scores.masked_fill(~family | relevant, float("-inf")).amax(dim=1)
@@ -263,9 +265,7 @@ def lookalike_chance(
 ) -> float:
     """``lookalike_r1`` of a random ranking, in percent: the mean over queries of the share of
     its family's gallery images that are its own identity's."""
-    relevant = query_pids[:, None] == gallery_pids[None, :]  # (Q, G)
-    family = query_families[:, None] == gallery_families[None, :]
-    _check_families(relevant, family)
+    relevant, family = _family_masks(query_pids, gallery_pids, query_families, gallery_families)
     return float(((relevant & family).sum(1) / family.sum(1)).mean()) * 100
 
 
