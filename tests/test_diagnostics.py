@@ -6,6 +6,7 @@ report words them."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import polars as pl
@@ -19,9 +20,12 @@ from uit.retrieval.diagnostics import (
     _BINDING_GROUPS,
     binding_scores,
     counterfactuals,
+    paraphrases,
     read_families,
+    read_identities,
 )
 from uit.retrieval.evaluate import EvalOptions, attribute_binding, lookalike_scores
+from uit.synth.captions import STYLES
 
 CAPTIONS = [
     (0, "A woman in a red shirt and blue jeans carries a black backpack."),
@@ -144,6 +148,44 @@ def test_real_data_has_no_families(tmp_path: Path) -> None:
     assert read_families(tmp_path / "imgs") is None
     (tmp_path / "attributes.json").write_text("{}")  # someone else's file of that name
     assert read_families(tmp_path / "imgs") is None
+
+
+def test_paraphrases_describe_the_same_people_in_another_style() -> None:
+    """Captions of the generator's own identities, in each style: seeded, one per identity, and
+    every attribute word they use names something that person has (the ground-truth walk of
+    tests/test_synth_world.py, here on the diagnostic's path)."""
+    from uit.synth.attributes import sample_families
+    from uit.synth.captions import write_caption
+
+    rng = random.Random(0)
+    people = [identity for _, identity in sample_families(rng, 12, set())]
+    for style in ("cuhk-pedes", "icfg-pedes", "rstpreid"):
+        texts = paraphrases(people, style, seed=3)
+        assert texts == paraphrases(people, style, seed=3) and len(texts) == len(people)
+        assert texts != paraphrases(people, style, seed=4)
+        again = random.Random(f"paraphrase:3:{style}")
+        assert texts == [write_caption(p, STYLES[style], again).text for p in people]
+    assert paraphrases(people, "cuhk-pedes") != paraphrases(people, "icfg-pedes")
+
+
+def test_identities_are_read_from_the_ground_truth_by_image(tmp_path: Path) -> None:
+    from uit.synth.attributes import sample_identity
+
+    rng = random.Random(1)
+    drawn = {pid: sample_identity(rng) for pid in (1, 2)}
+    truth = {"generator": {"seed": 0},
+             "identities": {str(pid): {"family": 0, **p.to_dict()} for pid, p in drawn.items()},
+             "images": [{"path": f"{pid}_{k}.png", "pid": pid} for pid in (1, 2)
+                        for k in (0, 1)]}  # fmt: skip
+    (tmp_path / "attributes.json").write_text(json.dumps(truth))
+    identities = read_identities(tmp_path / "imgs")
+    assert identities == {"1_0.png": drawn[1], "1_1.png": drawn[1], "2_0.png": drawn[2],
+                          "2_1.png": drawn[2]}  # fmt: skip
+    assert read_identities(tmp_path / "elsewhere" / "imgs") is None
+    # the families-only file of the look-alike test names no person: an error, not a guess
+    (tmp_path / "toy").mkdir()
+    with pytest.raises(ValueError, match="not a synthetic benchmark's ground truth"):
+        read_identities(synthetic_split(tmp_path / "toy").imgs_dir)
 
 
 def test_the_report_labels_the_grayscale_an_oracle_and_says_whether_tir_reads_the_caption() -> None:

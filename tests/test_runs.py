@@ -76,6 +76,12 @@ def test_train_then_evaluate_in_and_across_domains(data: Path, tmp_path: Path) -
         assert metrics["binding"]["all"]["pairs"] == pl.read_parquet(out / "binding.parquet").height
         assert all(0 <= row["score"] <= 100 for row in metrics["binding"].values())
         assert set(metrics["lookalike"]) == {"R1", "chance", "margin", "queries"}
+        # the same people in the other benchmarks' styles, against the same gallery
+        assert set(metrics["paraphrase"]) == {"cuhk-pedes", "icfg-pedes", "rstpreid"} - {target}
+        for row in metrics["paraphrase"].values():
+            assert 0 <= row["R1"] <= 100
+            assert row["drop"] == pytest.approx(metrics["t2i"]["R1"] - row["R1"])
+        assert "paraphrase" in result.output
         assert set(metrics["i2t"]) == {"R1", "R5", "R10", "mAP"}
         assert all(0 <= v <= 100 for v in metrics["t2i"].values())
         top = pl.read_parquet(out / "top_k.parquet")
@@ -157,9 +163,10 @@ def test_train_and_evaluate_stages(data: Path, tmp_path: Path) -> None:
     combined = json.loads((tmp_path / "metrics.json").read_text())
     assert set(combined) == {"cuhk-pedes", "rstpreid"}  # in-domain and cross-domain
     # every benchmark: attribute binding (parsed captions) and look-alikes (synthetic truth)
-    assert set(combined["cuhk-pedes"]) == {"t2i", "i2t", "binding", "lookalike"}
+    assert set(combined["cuhk-pedes"]) == {"t2i", "i2t", "binding", "lookalike", "paraphrase"}
     # in-domain only: TIR's colour error (no zero-shot: trained from random weights)
-    assert set(combined["rstpreid"]) == {"t2i", "i2t", "binding", "lookalike", "restoration"}
+    assert set(combined["rstpreid"]) == {"t2i", "i2t", "binding", "lookalike", "paraphrase",
+                                         "restoration"}  # fmt: skip
     restoration = combined["rstpreid"]["restoration"]
     assert set(restoration) == {"tir", "tir_other", "grayscale", "mean_colour", "patches"}
     assert set(combined["rstpreid"]["binding"]) >= {"all", "colour"}

@@ -465,7 +465,8 @@ def evaluate(
 
 
 def diagnostics_tables(metrics: dict[str, Any]) -> list[Table]:
-    """``binding`` and ``lookalike`` of an evaluation's metrics as tables, those it has."""
+    """``binding``, ``lookalike`` and ``paraphrase`` of an evaluation's metrics as tables,
+    those it has."""
     tables = []
     if metrics.get("binding"):
         table = Table(title="attribute binding: true caption above its counterfactual (chance 50%)")
@@ -481,6 +482,13 @@ def diagnostics_tables(metrics: dict[str, Any]) -> list[Table]:
             table.add_column(column, justify="right")
         table.add_row(f"{found['R1']:.1f}", f"{found['chance']:.1f}", f"{found['margin']:.3f}",
                       f"{found['queries']:.0f}")  # fmt: skip
+        tables.append(table)
+    if metrics.get("paraphrase"):
+        table = Table(title="paraphrase: the same people described in another benchmark's style")
+        for column in ("style", "R1 %", "drop"):
+            table.add_column(column, justify="right")
+        for style, row in metrics["paraphrase"].items():
+            table.add_row(style, f"{row['R1']:.1f}", f"{row['drop']:+.1f}")
         tables.append(table)
     return tables
 

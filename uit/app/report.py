@@ -304,7 +304,8 @@ BINDING_HEADER = ["diagnostic", "what", "score (%)", "chance (%)", "count"]
 
 def diagnostics_rows(tested: Mapping[str, Any]) -> list[list[str]]:
     """A benchmark's diagnostics as table rows: attribute binding per kind (the share of
-    counterfactual pairs whose image prefers the true caption), then look-alike R@1."""
+    counterfactual pairs whose image prefers the true caption), then look-alike R@1, then R@1
+    with the queries written in each other benchmark's style."""
     binding = tested.get("binding", {})
     rows = [["attribute binding", kind, _fmt(row.get("score")), "50.0",
              f"{row.get('pairs', 0):.0f}"] for kind, row in binding.items()]  # fmt: skip
@@ -313,6 +314,16 @@ def diagnostics_rows(tested: Mapping[str, Any]) -> list[list[str]]:
         rows.append(["look-alikes", f"R@1 in the family (margin {found.get('margin', 0):.3f})",
                      _fmt(found.get("R1")), _fmt(found.get("chance")),
                      f"{found.get('queries', 0):.0f}"])  # fmt: skip
+    for style, row in tested.get("paraphrase", {}).items():
+        rows.append(
+            [
+                "paraphrase",
+                f"R@1 in the {style} style (drop {row.get('drop', 0):+.1f})",
+                _fmt(row.get("R1")),
+                "-",
+                f"{found.get('queries', 0):.0f}" if found else "-",
+            ]
+        )
     return rows
 
 
@@ -322,7 +333,8 @@ DIAGNOSTICS_NOTE = (
     "share of pairs where the caption's own image scores the true caption higher (a tie counts "
     "half). Look-alikes: each query ranked only against its identity's family (people who "
     "differ in one or two attributes; synthetic ground truth, absent on real data); chance is "
-    "a random ranking's R@1."
+    "a random ranking's R@1. Paraphrase: the same test people described in another "
+    "benchmark's caption style (synthetic ground truth); the drop is from the split's own R@1."
 )
 
 

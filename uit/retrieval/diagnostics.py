@@ -19,14 +19,19 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 from uit.model.objective import Objective, restoration_errors
+from uit.synth.attributes import Identity
+from uit.synth.captions import STYLES, write_caption
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -276,16 +281,55 @@ def read_families(imgs_dir: Path) -> dict[str, int] | None:
     """Image path (relative to ``imgs_dir``) -> its identity's family, from the ground truth a
     synthetic benchmark keeps beside its images (``attributes.json``: identities drawn in
     families that differ in one or two attributes); None for real data, which has none."""
+    truth = _ground_truth(imgs_dir)
+    if truth is None:
+        return None
+    return _by_path(imgs_dir, truth, lambda attributes: int(attributes["family"]))
+
+
+def read_identities(imgs_dir: Path) -> dict[str, Identity] | None:
+    """Image path (relative to ``imgs_dir``) -> the synthetic identity drawn in it, from the same
+    ground truth as ``read_families``; None for real data."""
+    truth = _ground_truth(imgs_dir)
+    if truth is None:
+        return None
+    names = {f.name for f in fields(Identity)}
+    return _by_path(imgs_dir, truth,
+                    lambda attributes: Identity(**{k: v for k, v in attributes.items()
+                                                   if k in names}))  # fmt: skip
+
+
+def _ground_truth(imgs_dir: Path) -> dict[str, Any] | None:
     try:
         truth = json.loads((Path(imgs_dir).parent / SIDECAR).read_text(encoding="utf-8"))
-        if "generator" not in truth:  # not what the synthetic benchmark's generator wrote
-            return None
-        family = {str(pid): int(v["family"]) for pid, v in truth["identities"].items()}
-        return {str(image["path"]): family[str(image["pid"])] for image in truth["images"]}
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
-        raise ValueError(
-            f"{Path(imgs_dir).parent / SIDECAR}: not a synthetic benchmark's "
-            f"ground truth ({error!r})"
-        ) from None
+    except (OSError, ValueError) as error:
+        raise _not_truth(imgs_dir, error) from None
+    if not isinstance(truth, dict) or "generator" not in truth:  # not the generator's file
+        return None
+    return truth
+
+
+def _by_path(
+    imgs_dir: Path, truth: dict[str, Any], value: Callable[[dict[str, Any]], T]
+) -> dict[str, T]:
+    try:
+        per_pid = {str(pid): value(v) for pid, v in truth["identities"].items()}
+        return {str(image["path"]): per_pid[str(image["pid"])] for image in truth["images"]}
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise _not_truth(imgs_dir, error) from None
+
+
+def _not_truth(imgs_dir: Path, error: Exception) -> ValueError:
+    return ValueError(
+        f"{Path(imgs_dir).parent / SIDECAR}: not a synthetic benchmark's ground truth ({error!r})"
+    )
+
+
+def paraphrases(identities: Sequence[Identity], style: str, seed: int = 0) -> list[str]:
+    """One caption of each identity written afresh in benchmark ``style``'s caption style
+    (``uit.synth.captions.STYLES``), seeded: the same people, described as another benchmark's
+    annotators would."""
+    rng = random.Random(f"paraphrase:{seed}:{style}")
+    return [write_caption(identity, STYLES[style], rng).text for identity in identities]

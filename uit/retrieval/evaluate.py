@@ -40,13 +40,20 @@ from uit.retrieval.diagnostics import (
     lookalike_chance,
     lookalike_margin,
     lookalike_r1,
+    paraphrases,
     read_families,
+    read_identities,
 )
 from uit.retrieval.metrics import I2T_METRICS, ranking_keys, retrieval_metrics
+from uit.synth.captions import STYLES
 from uit.text.parsed import read_attribute_words
 
 METRICS_FILE, TOP_K_FILE, BINDING_FILE = "metrics.json", "top_k.parquet", "binding.parquet"
-DIAGNOSTICS = ("binding", "lookalike")  # what ``diagnose`` adds to a benchmark's metrics
+DIAGNOSTICS = (
+    "binding",
+    "lookalike",
+    "paraphrase",
+)  # what ``diagnose`` adds to a benchmark's metrics
 
 if TYPE_CHECKING:
     from uit.core.console import Advance, NewBar
@@ -233,8 +240,8 @@ def diagnose(
     attribute_words: Mapping[int, Sequence[str]] | None = None,
 ) -> tuple[dict[str, Any], pl.DataFrame | None]:
     """The diagnostics an evaluation adds beside its metrics: ``binding``, where the parser's
-    ``attribute_words`` are at hand (and the binding pairs); ``lookalike``, where ``split`` is
-    synthetic (its ground truth tells the families)."""
+    ``attribute_words`` are at hand (and the binding pairs); ``lookalike`` and ``paraphrase``,
+    where ``split`` is synthetic (its ground truth tells the families and the people)."""
     found: dict[str, Any] = {}
     pairs = None
     if attribute_words is not None:
@@ -244,7 +251,37 @@ def diagnose(
     families = read_families(split.imgs_dir)
     if families is not None:
         found["lookalike"] = lookalike_scores(evaluation.similarity, split, families)
+        found["paraphrase"] = paraphrase_scores(encoder, split, tokenizer, evaluation, options)
     return found, pairs
+
+
+def paraphrase_scores(
+    encoder: DualEncoder,
+    split: Manifests,
+    tokenizer: Tokenizer,
+    evaluation: Evaluation,
+    options: EvalOptions,
+) -> dict[str, dict[str, float]]:
+    """Text-to-image R@1 when each query is replaced by a caption of the same person in another
+    benchmark's style (``paraphrases``, from the synthetic ground truth), against the same
+    gallery; ``drop`` is the split's own R@1 minus it. One entry per other style."""
+    identities = read_identities(split.imgs_dir)
+    if identities is None:
+        return {}
+    paths = dict(zip(split.images["image_id"].to_list(), split.images["path"].to_list(),
+                     strict=True))  # fmt: skip
+    people = [identities[paths[i]] for i in split.captions["image_id"].to_list()]
+    query_pids = split.captions["pid"].to_list()
+    gallery_pids = split.images["pid"].to_list()
+    gallery = evaluation.gallery.to(options.device)
+    found = {}
+    for style in sorted(STYLES):
+        if style == split.benchmark:
+            continue
+        texts = encode_texts(encoder, paraphrases(people, style), tokenizer, options)
+        r1 = retrieval_metrics(texts @ gallery.T, query_pids, gallery_pids)["R1"]
+        found[style] = {"R1": r1, "drop": evaluation.metrics["t2i"]["R1"] - r1}
+    return found
 
 
 # Whole operations on folders: what `uit evaluate`, `uit search`, the evaluate stage and the
