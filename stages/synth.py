@@ -12,7 +12,7 @@ from uit.core.boundary import run_stage
 from uit.core.config import SYNTHETIC_ROOT, load_config
 from uit.core.console import bars
 from uit.core.errors import ConfigError
-from uit.synth import synthesize
+from uit.synth.generate import synthesize
 
 log = logging.getLogger("stages.synth")
 

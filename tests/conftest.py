@@ -27,7 +27,7 @@ from PIL import Image
 
 from uit.core.config import SynthConfig
 from uit.raw.formats import SPECS
-from uit.synth import synthesize
+from uit.synth.generate import synthesize
 
 RecordFactory = Callable[..., Path]
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from uit.core.errors import CheckpointError, ConfigError
 from uit.core.io import atomic_write_text
 from uit.model.checkpoint import save_checkpoint
 from uit.raw.prepare import prepare_benchmark
-from uit.synth import synthesize
+from uit.synth.generate import synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
 

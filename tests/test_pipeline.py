@@ -29,7 +29,7 @@ from uit.core.config import Config, SynthConfig
 from uit.model.build import build_tokenizer, load_encoder
 from uit.raw.formats import SPECS
 from uit.retrieval.evaluate import EvalOptions, encode_images, encode_texts
-from uit.synth import synthesize
+from uit.synth.generate import synthesize
 
 pytestmark = pytest.mark.slow
 

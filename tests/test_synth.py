@@ -17,10 +17,9 @@ from uit.core.config import BENCHMARKS, SynthConfig
 from uit.raw.formats import SPECS
 from uit.raw.prepare import prepare_benchmark
 from uit.raw.readers import read_benchmark
-from uit.synth import SIZES, generate_benchmark
 from uit.synth.attributes import Identity, sample_families
 from uit.synth.captions import STYLES, write_caption
-from uit.synth.generate import SIDECAR
+from uit.synth.generate import SIDECAR, SIZES, generate_benchmark
 from uit.synth.vocabulary import COLOUR_WORDS
 
 

@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
@@ -186,7 +186,7 @@ def synth(
     from uit.core.config import parse_config
     from uit.core.io import check_new_file
     from uit.raw.formats import get_spec
-    from uit.synth import synthesize
+    from uit.synth.generate import synthesize
 
     if contact_sheet is not None:
         check_new_file(contact_sheet, "--contact-sheet", overwrite=overwrite, suffixes=IMAGES)
@@ -469,28 +469,31 @@ def diagnostics_tables(metrics: dict[str, Any]) -> list[Table]:
     those it has."""
     tables = []
     if metrics.get("binding"):
-        table = Table(title="attribute binding: true caption above its counterfactual (chance 50%)")
-        for column in ("kind", "pairs", "score %"):
-            table.add_column(column, justify="right")
-        for kind, row in metrics["binding"].items():
-            table.add_row(kind, f"{row['pairs']:.0f}", f"{row['score']:.1f}")
-        tables.append(table)
+        rows = [(kind, f"{row['pairs']:.0f}", f"{row['score']:.1f}")
+                for kind, row in metrics["binding"].items()]  # fmt: skip
+        tables.append(_table("attribute binding: true caption above its counterfactual "
+                             "(chance 50%)", ("kind", "pairs", "score %"), rows))  # fmt: skip
     if "lookalike" in metrics:
         found = metrics["lookalike"]
-        table = Table(title="look-alikes: each query ranked within its family (synthetic truth)")
-        for column in ("R1 %", "chance %", "margin", "queries"):
-            table.add_column(column, justify="right")
-        table.add_row(f"{found['R1']:.1f}", f"{found['chance']:.1f}", f"{found['margin']:.3f}",
-                      f"{found['queries']:.0f}")  # fmt: skip
-        tables.append(table)
+        row = (f"{found['R1']:.1f}", f"{found['chance']:.1f}", f"{found['margin']:.3f}",
+               f"{found['queries']:.0f}")  # fmt: skip
+        title = "look-alikes: each query ranked within its family (synthetic truth)"
+        tables.append(_table(title, ("R1 %", "chance %", "margin", "queries"), [row]))
     if metrics.get("paraphrase"):
-        table = Table(title="paraphrase: the same people described in another benchmark's style")
-        for column in ("style", "R1 %", "drop"):
-            table.add_column(column, justify="right")
-        for style, row in metrics["paraphrase"].items():
-            table.add_row(style, f"{row['R1']:.1f}", f"{row['drop']:+.1f}")
-        tables.append(table)
+        rows = [(style, f"{row['R1']:.1f}", f"{row['drop']:+.1f}")
+                for style, row in metrics["paraphrase"].items()]  # fmt: skip
+        tables.append(_table("paraphrase: the same people described in another benchmark's "
+                             "style", ("style", "R1 %", "drop"), rows))  # fmt: skip
     return tables
+
+
+def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 @app.command()

@@ -1,5 +1,6 @@
-"""The procedural synthetic benchmark (design §3.4), in the exact formats of the real three."""
+"""The procedural synthetic benchmark (design §3.4), in the exact formats of the real three.
 
-from uit.synth.generate import SIZES, generate_benchmark, synthesize
-
-__all__ = ["SIZES", "generate_benchmark", "synthesize"]
+``uit.synth.generate`` writes it; the package imports nothing itself, so code that only reads
+the synthetic world (its attributes and caption grammar, for diagnostics) does not load the
+renderer and the benchmark formats with it.
+"""
