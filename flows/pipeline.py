@@ -39,6 +39,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.states import Failed, State
 
 from flows import preflight
@@ -140,7 +141,10 @@ def ensure_gpu_limit(slots: int = 1) -> str:
     """Create (or resize) this machine's global concurrency limit for GPU work."""
     name = gpu_limit_name()
     with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name, slots)
+        try:
+            client.upsert_global_concurrency_limit_by_name(name, slots)
+        except ObjectAlreadyExists:  # another run created it between Prefect's read and create
+            client.upsert_global_concurrency_limit_by_name(name, slots)  # now it updates
     return name
 
 

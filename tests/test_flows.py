@@ -92,3 +92,24 @@ def test_without_the_limit_the_same_runs_overlap(
 
     monkeypatch.setattr(pipeline, "gpu_slot", no_slot)
     assert overlaps(run_two_trainings(monkeypatch, tmp_path)) != []
+
+
+def test_runs_that_create_the_gpu_limit_at_the_same_moment_all_get_it(prefect_api: str) -> None:
+    """Creating the limit races: Prefect's upsert reads, finds nothing, and creates, so of two
+    runs starting together one met a unique-name error and its flow failed (seen in CI)."""
+    name = pipeline.gpu_limit_name()
+    for _ in range(5):
+        with get_client(sync_client=True) as client:
+            with contextlib.suppress(Exception):
+                client.delete_global_concurrency_limit_by_name(name)
+        together = threading.Barrier(6, timeout=60)
+
+        def ensure() -> str:
+            together.wait()
+            return pipeline.ensure_gpu_limit()
+
+        with ThreadPoolExecutor(6) as pool:
+            names = [f.result() for f in [pool.submit(ensure) for _ in range(6)]]
+        assert names == [name] * 6
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(name).limit == 1
