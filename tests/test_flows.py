@@ -99,12 +99,11 @@ def test_runs_that_create_the_gpu_limit_at_the_same_moment_all_get_it(prefect_ap
     runs starting together one met a unique-name error and its flow failed (seen in CI)."""
     name = pipeline.gpu_limit_name()
     for _ in range(5):
-        with get_client(sync_client=True) as client:
-            with contextlib.suppress(Exception):
-                client.delete_global_concurrency_limit_by_name(name)
+        with get_client(sync_client=True) as client, contextlib.suppress(Exception):
+            client.delete_global_concurrency_limit_by_name(name)
         together = threading.Barrier(6, timeout=60)
 
-        def ensure() -> str:
+        def ensure(together: threading.Barrier = together) -> str:
             together.wait()
             return pipeline.ensure_gpu_limit()
 
