@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     with bars() as bar:
         extras = in_domain_extras(args.checkpoint, prepared[args.benchmark], progress=bar)
         evaluate_across(args.checkpoint, prepared, args.out, args.metrics, progress=bar,
-                        extras={args.benchmark: extras}, parsed_dirs=parsed)  # fmt: skip
+                        extras={args.benchmark: extras}, parsed_dirs=parsed,
+                        paraphrased={args.benchmark})  # fmt: skip
 
 
 if __name__ == "__main__":

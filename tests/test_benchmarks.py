@@ -154,8 +154,8 @@ CONFIG_LINE = re.compile(r"^  ([a-z_. ]+): (.+)$")
 # The params the loader and step benchmarks get: the committed file with these changed, so that
 # a value taken from anywhere but the file shows.
 TINY_CHANGES = {"model": {"image_height": 64, "image_width": 32, "context_length": 40},
-                "train": {"batch_size": 16}, "tir": {"decoder_layers": 1},
-                "augment": {"keep_attributes_p": 0.5}}  # fmt: skip
+                "train": {"batch_size": 16, "image_augment": True}, "tir": {"decoder_layers": 1},
+                "augment": {"keep_attributes_p": 0.5, "mask_tokens": True}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ call with a model trained on another benchmark.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -238,10 +238,12 @@ def diagnose(
     evaluation: Evaluation,
     options: EvalOptions,
     attribute_words: Mapping[int, Sequence[str]] | None = None,
+    paraphrase: bool = True,
 ) -> tuple[dict[str, Any], pl.DataFrame | None]:
     """The diagnostics an evaluation adds beside its metrics: ``binding``, where the parser's
-    ``attribute_words`` are at hand (and the binding pairs); ``lookalike`` and ``paraphrase``,
-    where ``split`` is synthetic (its ground truth tells the families and the people)."""
+    ``attribute_words`` are at hand (and the binding pairs); ``lookalike`` and (unless
+    ``paraphrase`` is false: it encodes every query twice more) ``paraphrase``, where ``split``
+    is synthetic (its ground truth tells the families and the people)."""
     found: dict[str, Any] = {}
     pairs = None
     if attribute_words is not None:
@@ -251,6 +253,7 @@ def diagnose(
     families = read_families(split.imgs_dir)
     if families is not None:
         found["lookalike"] = lookalike_scores(evaluation.similarity, split, families)
+    if families is not None and paraphrase:
         found["paraphrase"] = paraphrase_scores(encoder, split, tokenizer, evaluation, options)
     return found, pairs
 
@@ -343,13 +346,15 @@ def evaluate_across(
     progress: NewBar | None = None,
     extras: Mapping[str, Mapping[str, Any]] | None = None,
     parsed_dirs: Mapping[str, str | Path] | None = None,
+    paraphrased: Collection[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate one checkpoint on several benchmarks (in- and cross-domain), loading it once.
 
     Writes ``out_dir/<benchmark>/{metrics.json,top_k.parquet}`` per benchmark and, for DVC,
     ``metrics_file`` with every benchmark's text-to-image and image-to-text metrics and its
     diagnostics (``diagnose``: ``binding`` for a benchmark in ``parsed_dirs``, ``lookalike``
-    for a synthetic one), plus ``extras`` of a benchmark beside them (``in_domain_extras``).
+    for a synthetic one, ``paraphrase`` for a synthetic one in ``paraphrased``, None: every
+    one), plus ``extras`` of a benchmark beside them (``in_domain_extras``).
     """
     every = {name: _split_manifests(path, split) for name, path in prepared_dirs.items()}
     encoder, tokenizer, options = load_for_inference(checkpoint_dir, device, batch_size)
@@ -360,7 +365,8 @@ def evaluate_across(
         words = None if parsed is None else read_attribute_words(parsed)
         metrics = _evaluate_into(encoder, tokenizer, manifests, split, options,
                                  top_k_file(out_dir, name).parent, str(checkpoint_dir),
-                                 progress, words)  # fmt: skip
+                                 progress, words,
+                                 paraphrased is None or name in paraphrased)  # fmt: skip
         found = {k: metrics[k] for k in DIAGNOSTICS if k in metrics}
         combined[name] = {"t2i": metrics["t2i"], "i2t": metrics["i2t"], **found,
                           **(extras or {}).get(name, {})}  # fmt: skip
@@ -437,10 +443,12 @@ def _evaluate_into(
     checkpoint: str,
     progress: NewBar | None,
     attribute_words: Mapping[int, Sequence[str]] | None = None,
+    paraphrase: bool = True,
 ) -> dict[str, Any]:
     tested = manifests.split(split)
     result = evaluate(encoder, tested, tokenizer, options, progress)
-    found, pairs = diagnose(encoder, tested, tokenizer, result, options, attribute_words)
+    found, pairs = diagnose(encoder, tested, tokenizer, result, options, attribute_words,
+                            paraphrase)  # fmt: skip
     metrics = {"benchmark": manifests.benchmark, "split": split, "checkpoint": checkpoint,
                **result.metrics, **found}  # fmt: skip
     atomic_write_json(out_dir / METRICS_FILE, metrics)
