@@ -1,6 +1,10 @@
 """The UIT ablation on a prepared benchmark: each idea switched on alone and all together, with
-several seeds, every run selected on val and scored on test. Prints a Markdown table of mean and
-standard deviation and writes it (with the per-run numbers) to ``--out``.
+several seeds, every run selected on val and scored on test, with the diagnostics of each idea
+beside R@1 and mAP (attribute binding, look-alike R@1, paraphrase R@1 where the benchmark is
+synthetic, TIR's colour error from the own and another identity's caption where TIR trained).
+Prints Markdown tables (mean and standard deviation; each variant paired with the baseline of
+the same seed, with the standard error of the paired mean) and writes them, with the per-run
+numbers, to ``--out``.
 
 Usage: ``python experiments/ablation.py PREPARED PARSED --out docs/ablation.md [--seeds 0 1 2]
 [--set section.key=value ...]``; the base configuration is ``params.yaml`` plus the overrides.
@@ -15,7 +19,7 @@ import time
 from pathlib import Path
 
 from uit.core.config import load_config
-from uit.retrieval.evaluate import evaluate_checkpoint
+from uit.retrieval.evaluate import evaluate_checkpoint, in_domain_extras
 from uit.training.benchmark import train_benchmark
 
 VARIANTS = {
@@ -26,6 +30,8 @@ VARIANTS = {
     "full UIT": [],
 }
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+# The diagnostics of the ideas, flattened into a run's record (absent where they do not apply).
+DIAGNOSTICS = ("binding", "lookalike", "paraphrase_drop", "tir_own", "tir_other", "mean_colour")
 BASELINE = "SDM + ID (baseline)"
 
 
@@ -34,32 +40,57 @@ def run_variant(args: argparse.Namespace, name: str, overrides: list[str], seed:
     work = Path(args.work) / f"{name.replace(' ', '_').replace('+', 'p')}-s{seed}"
     start = time.perf_counter()
     train_benchmark(cfg, args.prepared, work, parsed_dir=args.parsed)
-    metrics = evaluate_checkpoint(work / "checkpoints/best", args.prepared, work / "test")
-    return {"variant": name, "seed": seed, "seconds": time.perf_counter() - start, **metrics["t2i"]}
+    best = work / "checkpoints/best"
+    metrics = evaluate_checkpoint(best, args.prepared, work / "test", parsed_dir=args.parsed)
+    extras = in_domain_extras(best, args.prepared)
+    return {"variant": name, "seed": seed, "seconds": time.perf_counter() - start,
+            **metrics["t2i"], **diagnostics(metrics, extras)}  # fmt: skip
 
 
-def table(runs: list[dict]) -> str:
-    lines = ["| variant | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+def diagnostics(metrics: dict, extras: dict) -> dict[str, float]:
+    found = {}
+    if "binding" in metrics:
+        found["binding"] = metrics["binding"]["all"]["score"]
+    if "lookalike" in metrics:
+        found["lookalike"] = metrics["lookalike"]["R1"]
+    drops = [row["drop"] for row in metrics.get("paraphrase", {}).values()]
+    if drops:
+        found["paraphrase_drop"] = statistics.mean(drops)
+    restoration = extras.get("restoration")
+    if restoration:
+        found |= {"tir_own": restoration["tir"], "tir_other": restoration["tir_other"],
+                  "mean_colour": restoration["mean_colour"]}  # fmt: skip
+    return found
+
+
+def table(runs: list[dict], metrics: tuple[str, ...] = METRICS) -> str:
+    """Mean ± standard deviation over seeds per variant; "-" where a metric does not apply."""
+    lines = ["| variant | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     for name in VARIANTS:
         rows = [r for r in runs if r["variant"] == name]
         if not rows:
             continue
         cells = []
-        for metric in METRICS:
-            values = [r[metric] for r in rows]
+        for metric in metrics:
+            values = [r[metric] for r in rows if metric in r]
+            if not values:
+                cells.append("-")
+                continue
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def paired(runs: list[dict], metrics: tuple[str, ...] = ("R1", "mAP")) -> str:
+def paired(
+    runs: list[dict], metrics: tuple[str, ...] = ("R1", "mAP", "binding", "lookalike")
+) -> str:
     """Each variant against the baseline trained with the same seed: the mean and standard
     deviation of the per-seed differences, and on how many seeds the variant was ahead. The
     seed moves both runs of a pair alike (the same data order and initial heads), so these
     differences are what the ablation can tell apart; their spread is the noise to beat."""
     base = {r["seed"]: r for r in runs if r["variant"] == BASELINE}
-    header = ["variant", *(f"Δ{m} (mean ± std)" for m in metrics), "ahead on seeds"]
+    header = ["variant", *(f"Δ{m} (mean ± SE)" for m in metrics), "ΔR1 std", "ahead on seeds"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---|" * (len(header) - 1)]
     for name in VARIANTS:
         if name == BASELINE:
@@ -69,11 +100,17 @@ def paired(runs: list[dict], metrics: tuple[str, ...] = ("R1", "mAP")) -> str:
             continue
         cells = []
         for metric in metrics:
-            deltas = [r[metric] - b[metric] for r, b in pairs]
+            deltas = [r[metric] - b[metric] for r, b in pairs if metric in r and metric in b]
+            if not deltas:
+                cells.append("-")
+                continue
             spread = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
-            cells.append(f"{statistics.mean(deltas):+.1f} ± {spread:.1f}")
+            cells.append(f"{statistics.mean(deltas):+.2f} ± {spread / len(deltas) ** 0.5:.2f}")
+        r1 = [r[metrics[0]] - b[metrics[0]] for r, b in pairs]
+        std = statistics.stdev(r1) if len(r1) > 1 else 0.0
         ahead = sum(r[metrics[0]] > b[metrics[0]] for r, b in pairs)
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ahead} of {len(pairs)} |")
+        lines.append(f"| {name} | " + " | ".join(cells)
+                     + f" | {std:.2f} | {ahead} of {len(pairs)} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -99,7 +136,9 @@ def main() -> None:
                 with log.open("a") as handle:
                     handle.write(json.dumps(runs[-1]) + "\n")
             print(json.dumps(runs[-1]), flush=True)
-    text = table(runs) + "\n\nPaired with the baseline of the same seed (R@1 decides 'ahead'):\n\n"
+    text = table(runs) + "\n\nThe ideas' diagnostics (mean ± std over seeds):\n\n"
+    text += table(runs, DIAGNOSTICS)
+    text += "\n\nPaired with the baseline of the same seed (R@1 decides 'ahead'):\n\n"
     text += paired(runs)
     print(text)
     Path(args.out).write_text(
