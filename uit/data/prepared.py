@@ -20,6 +20,7 @@ from typing import Any
 
 import polars as pl
 
+from uit.core.boundary import PREPARED, reading
 from uit.core.errors import DataError
 
 IMAGES_FILE = "images.parquet"
@@ -61,18 +62,20 @@ def read_manifests(prepared_dir: str | Path, imgs_dir: str | Path | None = None)
     """Load a prepared benchmark; images are found where ``stats.json`` says unless overridden.
 
     Every listed image must still be a file inside imgs/ where it resolves (symlinks followed):
-    a stale prepared folder fails here, in seconds, rather than in a loader worker mid-epoch."""
+    a stale prepared folder fails here, in seconds, rather than in a loader worker mid-epoch.
+    A damaged file is a ``DataError`` that names the folder and how to rewrite it."""
     prepared_dir = Path(prepared_dir)
-    stats = read_stats(prepared_dir)
-    images = pl.read_parquet(prepared_dir / IMAGES_FILE)
-    folder = Path(imgs_dir) if imgs_dir else locate_imgs_dir(prepared_dir, stats)
-    check_images_present(folder, images["path"].to_list(), prepared_dir)
-    return Manifests(
-        images=images,
-        captions=pl.read_parquet(prepared_dir / CAPTIONS_FILE),
-        imgs_dir=folder,
-        benchmark=stats["benchmark"],
-    )
+    with reading(prepared_dir, *PREPARED):
+        stats = read_stats(prepared_dir)
+        images = pl.read_parquet(prepared_dir / IMAGES_FILE)
+        folder = Path(imgs_dir) if imgs_dir else locate_imgs_dir(prepared_dir, stats)
+        check_images_present(folder, images["path"].to_list(), prepared_dir)
+        return Manifests(
+            images=images,
+            captions=pl.read_parquet(prepared_dir / CAPTIONS_FILE),
+            imgs_dir=folder,
+            benchmark=stats["benchmark"],
+        )
 
 
 def locate_imgs_dir(prepared_dir: Path, stats: Mapping[str, Any]) -> Path:
@@ -137,12 +140,14 @@ def resolve_inside(imgs_dir: Path, paths: Sequence[str]) -> list[Path | None]:
 
 
 def read_stats(prepared_dir: str | Path) -> dict[str, Any]:
-    """Load ``stats.json`` of a prepared benchmark, with a clear error when it is absent."""
+    """Load ``stats.json`` of a prepared benchmark, with a clear error when it is absent or
+    damaged."""
     path = Path(prepared_dir) / STATS_FILE
     if not path.is_file():
         raise DataError(
             f"{path} not found: {prepared_dir} is not a prepared benchmark. "
             "Run `uit data prepare --benchmark BENCHMARK --root RAW_ROOT --out OUT_DIR` first."
         )
-    stats: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    with reading(prepared_dir, *PREPARED):
+        stats: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return stats

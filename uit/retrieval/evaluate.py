@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from uit.core.boundary import PREPARED, reading
 from uit.core.config import ModelConfig
 from uit.core.device import autocast, autocast_dtype, resolve_device
 from uit.core.errors import DataError
@@ -424,8 +423,7 @@ def top_k_file(evals_dir: str | Path, tested: str) -> Path:
 
 
 def _split_manifests(prepared_dir: str | Path, split: str) -> Manifests:
-    with reading(prepared_dir, *PREPARED):
-        manifests = read_manifests(prepared_dir)
+    manifests = read_manifests(prepared_dir)
     if not manifests.has_split(split):
         raise DataError(
             f"{prepared_dir}: the {manifests.benchmark} manifests have no {split!r} split"

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load, save
 
-from uit.core.boundary import PREPARED, reading
 from uit.core.errors import DataError
 from uit.core.io import atomic_write_bytes
 from uit.data.images import ImageError, read_image_bytes
@@ -89,8 +88,7 @@ def read_gallery(source: str | Path, split: str = "test") -> Gallery:
     if not (source / IMAGES_FILE).is_file():
         paths = list_folder(source)
         return Gallery(name, source, paths, [p.relative_to(source).as_posix() for p in paths])
-    with reading(source, *PREPARED):
-        manifests = read_manifests(source)
+    manifests = read_manifests(source)
     if not manifests.has_split(split):
         raise DataError(f"{source}: the prepared {manifests.benchmark} has no {split!r} split")
     manifests = manifests.split(split)

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from uit.core.boundary import PREPARED, reading
 from uit.core.config import Config, TrainConfig, training_config
 from uit.core.device import autocast, autocast_dtype, resolve_device
 from uit.core.errors import ConfigError, TrainingError
@@ -496,8 +495,7 @@ def fit(
     session``; ``uit.training.benchmark.train_benchmark`` does it).
     """
     out_dir = Path(out_dir)
-    with reading(prepared_dir, *PREPARED):
-        manifests = read_manifests(prepared_dir)
+    manifests = read_manifests(prepared_dir)
     train, selection = choose_selection(manifests, cfg.train)
     check_batch_size(cfg.train, train, prepared_dir)
     run = _build_run(cfg, train, attribute_words, augment, tagged_words, current_world())
