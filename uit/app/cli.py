@@ -14,22 +14,31 @@ import functools
 import io
 import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args
 
 import click
 import typer
+from rich.box import SIMPLE_HEAD
 from rich.table import Table
+from typer._click.core import Context  # the click that typer runs on (vendored)
+from typer._click.formatting import HelpFormatter
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from uit.core.boundary import report_failure
 from uit.core.config import BENCHMARKS, Benchmark, ImageCheck, SynthSize
 from uit.core.console import ProgressReporter, adder, console, err_console, progress_bars
 from uit.core.errors import UitError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from uit.retrieval.search import Gallery, Hit
 
 F = TypeVar("F", bound=Callable[..., Any])
 ONE_OF = f"one of {', '.join(BENCHMARKS)}"  # the names, for the help of --benchmark
@@ -81,14 +90,74 @@ def _readable(params: list[Any]) -> list[Any]:
     return params
 
 
+RICH_HELP_COLUMNS = 100  # narrower terminals get click's plain help: rich's boxes cut names
+_KEEP = "\u2011"  # a non-breaking hyphen: what a hyphen is while click wraps the help
+
+
+class _HelpFormatter(HelpFormatter):
+    """click's help layout, except that a line never breaks at a hyphen: ``icfg-pedes`` and
+    ``--no-drop-missing`` stay whole, so they can be read and copied."""
+
+    def write_dl(self, rows: Any, col_max: int = 30, col_spacing: int = 2) -> None:
+        start = len(self.buffer)
+        super().write_dl([(term, text.replace("-", _KEEP)) for term, text in rows],
+                         col_max, col_spacing)  # fmt: skip
+        self.buffer[start:] = [piece.replace(_KEEP, "-") for piece in self.buffer[start:]]
+
+    def write_text(self, text: str) -> None:
+        start = len(self.buffer)
+        super().write_text(text.replace("-", _KEEP))
+        self.buffer[start:] = [piece.replace(_KEEP, "-") for piece in self.buffer[start:]]
+
+
+class _Context(Context):
+    formatter_class = _HelpFormatter
+
+
+def _plain_help(command: TyperCommand | TyperGroup) -> None:
+    """Help text without the reStructuredText markup of the docstring it comes from."""
+    if command.help:
+        command.help = command.help.replace("``", "'")
+
+
+def _format_help(command: Any, ctx: Any, formatter: Any, rich_help: Callable[..., None]) -> None:
+    """Rich's boxed help on a wide terminal; click's plain layout (whole option names, help
+    wrapped beside them) where a box would cut names and squeeze the help into a sliver."""
+    if shutil.get_terminal_size(fallback=(80, 24)).columns >= RICH_HELP_COLUMNS:
+        return rich_help(ctx, formatter)
+    mode, command.rich_markup_mode = command.rich_markup_mode, None
+    try:
+        return rich_help(ctx, formatter)  # typer falls back to click's formatter
+    finally:
+        command.rich_markup_mode = mode
+
+
 class UitCommand(TyperCommand):
+    context_class = _Context
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain_help(self)
+
     def get_params(self, ctx: Any) -> list[Any]:
         return _readable(super().get_params(ctx))
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _format_help(self, ctx, formatter, super().format_help)
 
 
 class UitGroup(TyperGroup):
+    context_class = _Context
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain_help(self)
+
     def get_params(self, ctx: Any) -> list[Any]:
         return _readable(super().get_params(ctx))
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _format_help(self, ctx, formatter, super().format_help)
 
 
 class UitTyper(typer.Typer):
@@ -649,7 +718,6 @@ def search(
         gallery_embeddings,
         rank,
         read_gallery,
-        shown,
     )
 
     found = read_gallery(_gallery_source(gallery), split)
@@ -671,12 +739,41 @@ def search(
                                     indent=2) + "\n")  # fmt: skip
         return
     err_console.print(f"{len(paths)} gallery images ({len(paths) - encoded} from the cache)")
-    table = Table(title=f"top {len(hits)}: {query}")
-    for column, justify in (("rank", "right"), ("score", "right"), ("image", "left")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    print_hits(query, hit_rows(hits, found), console)
+
+
+def hit_rows(hits: Sequence[Hit], gallery: Gallery) -> list[tuple[str, ...]]:
+    """(rank, score, [identity,] image) per hit: the image named relative to the gallery, as
+    ``uit serve`` names it; the identity where the gallery is a prepared benchmark."""
+    from uit.retrieval.search import shown
+
+    index = {path: i for i, path in enumerate(gallery.paths)}
+    rows = []
     for hit in hits:
-        table.add_row(str(hit.rank), f"{hit.score:.3f}", shown(str(hit.path)))
-    console.print(table)
+        i = index[hit.path]
+        identity = () if gallery.pids is None else (str(gallery.pids[i]),)
+        rows.append((str(hit.rank), f"{hit.score:.3f}", *identity, shown(gallery.names[i])))
+    return rows
+
+
+def print_hits(query: str, rows: Sequence[tuple[str, ...]], out: Console) -> None:
+    """The hits as a table on a terminal; as tab-separated lines with a header elsewhere (a pipe,
+    a file), for ``cut`` and ``awk``. Names are never cut: on a terminal too narrow for a name,
+    it folds onto the next line whole."""
+    columns = ["rank", "score", "identity", "image"]
+    if rows and len(rows[0]) == 3:
+        columns.remove("identity")
+    if not out.is_terminal:
+        out.file.write("\n".join("\t".join(row) for row in [tuple(columns), *rows]) + "\n")
+        return
+    table = Table(title=f"top {len(rows)}: {query}", title_justify="left", box=SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False)  # fmt: skip
+    for column in columns[:-1]:
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("image", overflow="fold")  # the only column that gives way
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
 
 
 @app.command()

@@ -408,24 +408,34 @@ def html_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def curves_figure(runs: Sequence[RunResult]) -> Figure:
     """Training loss and selection R@1 per epoch, one line per trained model."""
-    from uit.app.plotting import png, pyplot
+    from uit.app.plotting import png
 
-    plt = pyplot()
+    return Figure(
+        "Training curves", png(curves_plot(runs)), "per epoch; R@1 on the selection split"
+    )
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4), dpi=110)
+
+def curves_plot(runs: Sequence[RunResult]) -> Any:
+    """The matplotlib figure of ``curves_figure``: every epoch a marker, so that a one-epoch
+    run (a single point, which a line alone does not draw) shows too."""
+    from uit.app.plotting import pyplot
+
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(10, 3.4), dpi=110)
     for run in runs:
         epochs = [row["epoch"] for row in run.curves]
         label = NAMES.get(run.benchmark, run.benchmark)
-        left.plot(epochs, [row.get("loss", float("nan")) for row in run.curves], label=label)
+        loss = [row.get("loss", float("nan")) for row in run.curves]
+        left.plot(epochs, loss, marker="o", markersize=4, label=label)
         scored = [row for row in run.curves if "R1" in row]
-        right.plot([r["epoch"] for r in scored], [r["R1"] for r in scored], marker="o", label=label)
+        right.plot([r["epoch"] for r in scored], [r["R1"] for r in scored], marker="o",
+                   markersize=4, label=label)  # fmt: skip
     left.set(title="training loss (weighted sum)", xlabel="epoch")
     right.set(title="selection-split R@1 (%)", xlabel="epoch")
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     fig.tight_layout()
-    return Figure("Training curves", png(fig), "per epoch; R@1 on the selection split")
+    return fig
 
 
 def build_report(
@@ -499,11 +509,9 @@ def _load_once(checkpoint: Path, cfg: ReportConfig) -> tuple[Any, Any]:
 
 
 def _test_split(prepared: Path) -> Manifests:
-    from uit.core.boundary import PREPARED, reading
     from uit.data.prepared import read_manifests
 
-    with reading(prepared, *PREPARED):
-        return read_manifests(prepared).split("test")
+    return read_manifests(prepared).split("test")
 
 
 @dataclass

@@ -1,0 +1,111 @@
+"""What a newcomer meets in the first hour reads whole at 80 columns: `uit search` names every
+result in full, with its identity where the gallery is a benchmark, and every `--help` shows
+every flag and choice whole, without the docstrings' reStructuredText markup."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+from typer.core import TyperOption
+from typer.testing import CliRunner
+
+from uit.app.cli import app, print_hits
+from uit.app.report import RunResult, curves_plot
+from uit.data.prepared import read_manifests
+
+from .test_cli_help import EVERY
+
+
+def search(*args: object) -> str:
+    result = CliRunner().invoke(app, ["search", *map(str, args)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def tab_rows(output: str) -> list[list[str]]:
+    """The tab-separated lines of ``output`` (the count of gallery images goes to stderr, which
+    the runner mixes in: it has no tab)."""
+    return [line.split("\t") for line in output.splitlines() if "\t" in line]
+
+
+def test_search_on_a_benchmark_prints_identity_and_whole_relative_names(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    output = search(trained["best"], "a man in a red coat", "--gallery", trained["prepared"],
+                    "--top-k", "5", "--cache-dir", tmp_path, "--device", "cpu")  # fmt: skip
+    header, *rows = tab_rows(output)
+    assert header == ["rank", "score", "identity", "image"]
+    test = read_manifests(trained["prepared"]).split("test")
+    pid_of = dict(zip(test.images["path"].to_list(), test.images["pid"].to_list(), strict=True))
+    assert [row[0] for row in rows] == ["1", "2", "3", "4", "5"]
+    for _, _, identity, name in rows:
+        assert pid_of[name] == int(identity)  # a whole name, relative to the gallery
+        assert "…" not in name and (test.imgs_dir / name).is_file()
+
+
+def test_search_on_a_folder_has_no_identity_column(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    output = search(trained["best"], "a man", "--gallery", trained["gallery"], "--top-k", "3",
+                    "--cache-dir", tmp_path, "--device", "cpu")  # fmt: skip
+    header, *rows = tab_rows(output)
+    assert header == ["rank", "score", "image"] and len(rows) == 3
+    assert all((trained["gallery"] / name).is_file() for _, _, name in rows)
+
+
+def terminal_table(names: list[str]) -> str:
+    rows = [(str(i + 1), "0.512", str(1000 + i), name) for i, name in enumerate(names)]
+    out = Console(file=io.StringIO(), force_terminal=True, width=80, color_system=None)
+    print_hits("a woman in a red coat", rows, out)
+    text: str = out.file.getvalue()  # type: ignore[attr-defined]
+    assert "…" not in text and all(len(line) <= 80 for line in text.splitlines()), text
+    return text
+
+
+def test_on_an_80_column_terminal_names_are_whole() -> None:
+    names = [f"people/cam{i}/{'x' * 20}_{i:04d}_file_name.png" for i in range(3)]  # 51 chars
+    text = terminal_table(names)
+    assert all(name in text for name in names), text  # each on one line
+    assert "identity" in text and "1002" in text
+
+
+def test_a_name_wider_than_the_terminal_folds_whole() -> None:
+    name = "a/" + "0123456789" * 10 + ".png"
+    lines = terminal_table([name]).splitlines()
+    start = lines.index(next(line for line in lines if line.rstrip().endswith("image")))
+    column = lines[start].index("image")  # the image column's left edge
+    cells = [line[column:].strip() for line in lines[start + 2 :] if line.strip()]
+    assert "".join(cells) == name, lines
+
+
+@pytest.mark.parametrize("path, command", EVERY, ids=[" ".join(p) or "uit" for p, _ in EVERY])
+def test_help_at_80_columns_shows_every_flag_and_choice_whole(path: tuple[str, ...],
+                                                             command: Any) -> None:  # fmt: skip
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "…" not in text and "``" not in text, text
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    for param in command.params:
+        if isinstance(param, TyperOption) and not param.hidden:
+            for name in (*param.opts, *param.secondary_opts):
+                assert re.search(rf"(^|[\s,/]){re.escape(name)}([\s,/]|$)", text, re.M), name
+            descriptor = param.type_descriptor
+            choices = (descriptor.choices or ()) if descriptor.is_choice else ()
+            for choice in choices:
+                assert str(getattr(choice, "value", choice)) in text, (param.name, choice)
+
+
+def test_a_one_epoch_run_has_visible_curve_points() -> None:
+    """One epoch is one point per curve, which a line without markers does not draw."""
+    run = RunResult("cuhk-pedes", {}, [{"epoch": 1.0, "loss": 12.5, "R1": 30.0}], {})
+    figure = curves_plot([run])
+    lines = [line for axis in figure.axes for line in axis.get_lines()]
+    assert len(lines) == 2 and all(len(line.get_xdata()) == 1 for line in lines)
+    assert all(line.get_marker() not in (None, "", " ", "None") for line in lines)
+    assert all(line.get_markersize() >= 3 and line.get_visible() for line in lines)
