@@ -9,11 +9,12 @@ import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from tests.pipeline_repo import sh
 from uit.app.cli import app
-from uit.app.compare import METRICS, Experiment, comparison
+from uit.app.compare import METRICS, Experiment, compact_view, comparison
 from uit.core.errors import UitError
 
 STAGE = """
@@ -217,3 +218,25 @@ def test_a_benchmark_without_metrics_is_named() -> None:
     only_rstpreid = Experiment("a", "commit", "done", {}, {"rstpreid": {"R1": 1.0}})
     with pytest.raises(UitError, match="no metrics for icfg-pedes"):
         comparison([only_rstpreid], benchmarks=["icfg-pedes"])
+
+
+def titles_at(columns: int, experiments: list[Experiment], baseline: str | None) -> list[str]:
+    """The title lines of the compact view's tables, rendered at ``columns``."""
+    frame = comparison(experiments, benchmarks=["icfg-pedes"])
+    view = compact_view(frame, ["icfg-pedes"], ["R1"], baseline, columns)
+    out = Console(file=io.StringIO(), width=columns, color_system=None)
+    for table in view.tables:
+        out.print(table)
+    lines = out.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    return [line.strip() for line in lines if "text-to-image" in line]
+
+
+def test_mean_and_std_are_announced_only_where_seeds_are_grouped() -> None:
+    one = [Experiment(name, "c", "done", {"loss.cmt": cmt}, {"icfg-pedes": {"R1": r1}})
+           for name, cmt, r1 in (("no-cmt", 0, 30.0), ("cmt", 10, 31.5))]  # fmt: skip
+    (title,) = titles_at(80, one, baseline="no-cmt")
+    assert title == "icfg-pedes text-to-image test (%) (difference from no-cmt)"
+    seeds = [Experiment(f"s{seed}", "c", "done", {"train.seed": seed},
+                        {"icfg-pedes": {"R1": 30.0 + seed}}) for seed in (0, 1)]  # fmt: skip
+    (title,) = titles_at(80, seeds, baseline=None)  # one line at 80 columns, not wrapped
+    assert title == "icfg-pedes text-to-image test (%), mean ± std over seeds"

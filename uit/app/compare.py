@@ -324,10 +324,22 @@ def format_cell(row: Mapping[str, Any], column: str) -> str:
     return text
 
 
-def _title(benchmark: str | None, baseline: str | None) -> str:
-    title = "text-to-image test metrics (%), mean ± std over seeds"
-    title = f"{benchmark}: {title}" if benchmark else title
+def _title(benchmark: str | None, baseline: str | None, several_seeds: bool) -> str:
+    """What a metrics table holds; "mean ± std" only where a row groups several seeds."""
+    title = f"{benchmark} text-to-image test (%)" if benchmark else "text-to-image test (%)"
+    title += ", mean ± std over seeds" if several_seeds else ""
     return title + (f" (difference from {baseline})" if baseline else "")
+
+
+def _titled(title: str) -> Table:
+    """A table at least as wide as its title, so that the title stays on one line (up to the
+    terminal's width) above a table of one or two narrow columns."""
+    return Table(title=title, min_width=len(title))
+
+
+def _grouped(rows: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether any row is a group of seeds (it has a standard deviation)."""
+    return any(k.endswith(" std") and v is not None for row in rows for k, v in row.items())
 
 
 def param_columns(frame: pl.DataFrame) -> list[str]:
@@ -338,7 +350,7 @@ def wide_table(frame: pl.DataFrame, benchmarks: Sequence[str], metrics: Sequence
                baseline: str | None) -> Table:  # fmt: skip
     """Everything in one table: a column per param and per benchmark and metric."""
     params = param_columns(frame)
-    table = Table(title=_title(None, baseline))
+    table = _titled(_title(None, baseline, _grouped(frame.to_dicts())))
     for column in (*FIXED, *params):
         table.add_column(column)
     for b in benchmarks:
@@ -368,7 +380,9 @@ def compact_view(frame: pl.DataFrame, benchmarks: Sequence[str], metrics: Sequen
     names = [name for table in cells.values() for name in table]
     shown = _metrics_that_fit(cells, metrics, width - _name_width(names) - COLUMN_FRAME - 1)
     tables = [experiments_table(frame)]
-    tables += [_benchmark_table(b, cells[b], shown, baseline) for b in benchmarks if cells[b]]
+    seeds = _grouped(rows)
+    tables += [_benchmark_table(b, cells[b], shown, baseline, seeds) for b in benchmarks
+               if cells[b]]  # fmt: skip
     return CompactView(tables, [m for m in metrics if m not in shown])
 
 
@@ -416,8 +430,9 @@ def _metrics_that_fit(cells: Mapping[str, Mapping[str, Mapping[str, str]]],
 
 
 def _benchmark_table(benchmark: str, cells: Mapping[str, Mapping[str, str]],
-                     metrics: Sequence[str], baseline: str | None) -> Table:  # fmt: skip
-    table = Table(title=_title(benchmark, baseline))
+                     metrics: Sequence[str], baseline: str | None,
+                     several_seeds: bool) -> Table:  # fmt: skip
+    table = _titled(_title(benchmark, baseline, several_seeds))
     table.add_column("experiment", overflow="fold")
     for metric in metrics:
         table.add_column(metric, justify="right", no_wrap=True)
