@@ -15,7 +15,8 @@ from typer.core import TyperOption
 from typer.testing import CliRunner
 
 from uit.app.cli import app, print_hits
-from uit.app.report import RunResult, curves_plot
+from uit.app.report import RunResult, build_report, curves_plot, render_html
+from uit.core.config import ReportConfig
 from uit.data.prepared import read_manifests
 
 from .test_cli_help import EVERY
@@ -109,3 +110,13 @@ def test_a_one_epoch_run_has_visible_curve_points() -> None:
     assert len(lines) == 2 and all(len(line.get_xdata()) == 1 for line in lines)
     assert all(line.get_marker() not in (None, "", " ", "None") for line in lines)
     assert all(line.get_markersize() >= 3 and line.get_visible() for line in lines)
+
+
+def test_the_report_shows_no_markdown_backticks() -> None:
+    """The HTML sets `code` spans as code: a reader sees val, not `val`."""
+    run = RunResult("cuhk-pedes", {"protocol": "val", "epoch": 1},
+                    [{"epoch": 1.0, "loss": 12.5, "R1": 30.0}], {})  # fmt: skip
+    page = render_html(build_report([run], ReportConfig(restorations=0, random_queries=0)))
+    text = re.sub(r"data:[^'\"]+", "", page)  # the pictures' bytes are no prose
+    assert "`" not in text
+    assert "<code>val</code>" in text

@@ -9,6 +9,7 @@ import html
 import io
 import json
 import math
+import re
 import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -350,7 +351,7 @@ def diagnostics_section(
     name = NAMES.get(benchmark, benchmark)
     markdown = markdown_table(BINDING_HEADER, rows) + "\n\n" + DIAGNOSTICS_NOTE
     fragment = (html_table(BINDING_HEADER, rows)
-                + f"<p class='note'>{html.escape(DIAGNOSTICS_NOTE)}</p>")  # fmt: skip
+                + f"<p class='note'>{prose(DIAGNOSTICS_NOTE)}</p>")  # fmt: skip
     if pairs_file is not None and test is not None and pairs_file.is_file():
         fragment += _counterfactual_figure(pairs_file, test, seed)
     return f"Diagnostics of UIT's ideas ({name} test)", markdown, fragment
@@ -635,7 +636,7 @@ def restoration_section(
     name = NAMES.get(benchmark, benchmark)
     if isinstance(objective, Exception):
         error = str(objective)
-        return f"TIR restorations ({name})", f"Not available: {error}", html.escape(error)
+        return f"TIR restorations ({name})", f"Not available: {error}", prose(error)
     if objective.tir_decoder is None:  # an experiment with loss.tir 0 trains no decoder
         note = "the model was trained without TIR (loss.tir 0): nothing to restore"
         return f"TIR restorations ({name})", f"Not available: {note}", html.escape(note)
@@ -655,7 +656,7 @@ def restoration_section(
     line = restoration_line(scores)
     markdown = "\n".join([*([line, ""] if line else []), *(f"- {c}" for c in captions)])
     fragment = (
-        (f"<p>{html.escape(line)}</p>" if line else "")
+        (f"<p>{prose(line)}</p>" if line else "")
         + f"<figure><img src='{data_uri(_png(grid))}' alt='TIR restorations'>"
         "<figcaption>Each row: masked grayscale input, restoration from the caption, "
         f"original. Captions: {html.escape(' | '.join(captions))}</figcaption></figure>"
@@ -715,7 +716,7 @@ def experiments_section(frame: pl.DataFrame) -> tuple[str, str, str]:
     return (
         "Experiments",
         markdown_table(header, rows) + "\n\n" + note,
-        html_table(header, rows) + f"<p class='note'>{html.escape(note)}</p>",
+        html_table(header, rows) + f"<p class='note'>{prose(note)}</p>",
     )
 
 
@@ -762,18 +763,24 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
+def prose(text: str) -> str:
+    """Markdown prose as HTML: escaped, with each `code` span set as code rather than shown
+    with its backticks."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def render_html(report: Report) -> str:
     header = ["trained on", *METRICS, "selection", "epoch"]
     cross_header, cross = cross_domain_rows(report.runs)
     body = [f"<h1>{html.escape(report.title)}</h1>",
             "<h2>In-domain test metrics (text-to-image, %)</h2>",
             html_table(header, metric_rows(report.runs)),
-            f"<p class='note'>{html.escape(PROTOCOL_NOTE)}</p>",
+            f"<p class='note'>{prose(PROTOCOL_NOTE)}</p>",
             "<h2>Cross-domain R@1 (%)</h2>", html_table(cross_header, cross)]  # fmt: skip
     zero = zero_shot_rows(report.runs)
     if zero:
         body += ["<h2>Before and after fine-tuning (text-to-image, %)</h2>",
-                 f"<p class='note'>{html.escape(ZERO_SHOT_NOTE)}</p>",
+                 f"<p class='note'>{prose(ZERO_SHOT_NOTE)}</p>",
                  html_table(ZERO_SHOT_HEADER, zero)]  # fmt: skip
     for figure in report.figures:
         body.append(f"<h2>{html.escape(figure.title)}</h2><figure>"
