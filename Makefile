@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint typecheck pytest browser paper-path clean
+.PHONY: install demo test test-fast lint typecheck docs docs-build pytest browser paper-path clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -51,7 +51,14 @@ PYTEST_JOBS ?= auto
 pytest: install browser
 	$(BIN)/pytest --numprocesses $(PYTEST_JOBS) --dist loadfile
 
-test: lint typecheck pytest
+test: lint typecheck docs-build pytest
+
+# The documentation site (mkdocs.yml, docs/): a broken link or a page left out of the nav fails.
+docs-build: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 # The edit-run loop: everything but the slow tests (pipelines, flows, servers, training runs),
 # without lint and type checks; CI runs `make test`, everything.
