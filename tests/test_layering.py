@@ -11,6 +11,7 @@ library snippet and then imports every library module.
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 import re
@@ -217,3 +218,27 @@ def test_the_wheel_carries_every_file_of_the_packages(tmp_path: Path) -> None:
     tracked = subprocess.run(["git", "ls-files", "uit", "stages", "flows"], cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
     assert packed == set(tracked)
+
+
+def test_the_front_door_names_are_importable_documented_and_cheap() -> None:
+    """``from uit import X`` for each name of ``uit.__all__``, the object of the module that
+    defines it, each named on the library page; ``import uit`` alone loads no torch."""
+    import uit
+
+    page = (ROOT / "docs" / "library.md").read_text(encoding="utf-8")
+    names = [name for name in uit.__all__ if name != "__version__"]
+    assert sorted(names) == sorted(uit._FRONT_DOOR)
+    for name in names:
+        module = importlib.import_module(uit._FRONT_DOOR[name])
+        assert getattr(uit, name) is getattr(module, name)
+        assert f"`{name}" in page, f"docs/library.md does not document uit.{name}"
+    code = "import sys, uit; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)  # fmt: skip
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_the_readme_snippet_imports_the_library_only_through_its_front_door() -> None:
+    imports = [line for line in readme_snippet().splitlines() if "import" in line]
+    assert all(not line.startswith(("from uit.", "import uit.")) for line in imports), imports
+    assert any(line.startswith("from uit import") for line in imports)
