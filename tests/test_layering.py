@@ -242,3 +242,21 @@ def test_the_readme_snippet_imports_the_library_only_through_its_front_door() ->
     imports = [line for line in readme_snippet().splitlines() if "import" in line]
     assert all(not line.startswith(("from uit.", "import uit.")) for line in imports), imports
     assert any(line.startswith("from uit import") for line in imports)
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every name imported by ``from X import name`` in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+            for alias in node.names}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["cli.py", "serve.py"])
+def test_search_and_serve_open_galleries_through_one_door(name: str) -> None:
+    """Reading a gallery, encoding it through the cache and choosing its index happen in
+    ``uit.retrieval.gallery.open_gallery`` alone."""
+    names = imported_names(ROOT / "uit" / "app" / name)
+    assert "open_gallery" in names
+    # serve's assemble_searcher indexes embeddings a benchmark brings: that is all it may do
+    forbidden = {"read_gallery", "gallery_embeddings", "EmbeddingCache"}
+    assert not names & (forbidden | ({"build_index"} if name == "cli.py" else set()))

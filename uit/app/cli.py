@@ -711,24 +711,14 @@ def search(
         from uit.core.io import check_new_file
 
         check_new_file(sheet, "--sheet", overwrite=overwrite, suffixes=IMAGES)
-    from uit.retrieval.evaluate import encode_texts, load_for_inference
-    from uit.retrieval.search import (
-        EmbeddingCache,
-        checkpoint_digest,
-        gallery_embeddings,
-        rank,
-        read_gallery,
-    )
+    from uit.retrieval.gallery import open_gallery
 
-    found = read_gallery(_gallery_source(gallery), split)
-    paths = found.paths
-    encoder, tokenizer, options = load_for_inference(checkpoint, device, batch_size)
-    cache = EmbeddingCache(cache_dir, checkpoint_digest(checkpoint)) if use_cache else None
     with progress_bars() as progress:
-        bar = adder(progress)("encoding the gallery (cached images are only hashed)", len(paths))
-        feats, encoded = gallery_embeddings(encoder, paths, options, cache, bar, found.image_fix)
-    text = encode_texts(encoder, [query], tokenizer, options)[0]
-    hits = rank(text, feats, paths, top_k)
+        opened = open_gallery(checkpoint, _gallery_source(gallery), split=split, index_kind="flat",
+                              cache_dir=cache_dir if use_cache else None, device=device,
+                              batch_size=batch_size, progress=adder(progress))  # fmt: skip
+    hits, found, encoded = opened.hits(query, top_k), opened.gallery, opened.encoded
+    paths = found.paths
     if sheet:
         _search_sheet(query, hits, sheet)
     if json_:  # a file name that is not UTF-8 is kept as \udcXX escapes, as os.fsdecode reads it

@@ -45,7 +45,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from uit.core.errors import UitError
 from uit.data.images import ImageError, open_image_file
 from uit.raw.prepare import clean_caption
-from uit.retrieval.search import Gallery, normalise, read_gallery, shown
+from uit.retrieval.search import Gallery, normalise, shown
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +56,8 @@ if TYPE_CHECKING:
     from uit.data.dataset import Tokenizer
     from uit.model.encoder import DualEncoder
     from uit.retrieval.evaluate import EvalOptions
-    from uit.retrieval.index import AnnIndex, FlatIndex, IndexKind
+    from uit.retrieval.gallery import OpenGallery
+    from uit.retrieval.index import IndexKind
 
 log = logging.getLogger(__name__)
 
@@ -96,29 +97,24 @@ class Segment:
 
 
 class Searcher:
-    """The loaded model, gallery and index; ``search`` is safe to call from many threads (one
-    query at a time: two cores gain nothing from running encoders side by side)."""
+    """A gallery opened for the server (``uit.retrieval.gallery.OpenGallery``), with the parser
+    that marks attribute words and the model's description; ``search`` is safe to call from many
+    threads (one query at a time: two cores gain nothing from running encoders side by side)."""
 
-    def __init__(self, encoder: DualEncoder, tokenizer: Tokenizer, options: EvalOptions,
-                 gallery: Gallery, index: FlatIndex | AnnIndex, nlp: Language,
-                 model: str, public_model: str | None = None) -> None:  # fmt: skip
-        self.encoder, self.tokenizer, self.options = encoder, tokenizer, options
-        self.gallery, self.index, self.nlp, self.model = gallery, index, nlp, model
+    def __init__(self, opened: OpenGallery, nlp: Language, model: str,
+                 public_model: str | None = None) -> None:  # fmt: skip
+        self.opened, self.gallery, self.index = opened, opened.gallery, opened.index
+        self.nlp, self.model = nlp, model
         self.public_model = public_model or model
-        self.files = dict(zip(gallery.names, gallery.paths, strict=True))
+        self.files = dict(zip(self.gallery.names, self.gallery.paths, strict=True))
         # where the gallery really is now: a link to it changed later leads nowhere new
-        self.root = Path(os.path.realpath(gallery.root))
+        self.root = Path(os.path.realpath(self.gallery.root))
         self.lock = threading.Lock()
 
     def search(self, text: str, k: int, offset: int = 0) -> list[tuple[int, float]]:
         """(gallery index, score) of ranks ``offset + 1`` to ``offset + k``."""
-        from uit.retrieval.evaluate import encode_texts
-
         with self.lock:
-            query = encode_texts(self.encoder, [text], self.tokenizer, self.options)  # (1, D)
-            scores, indices = self.index.search(query, offset + k)
-        pairs = zip(indices[0].tolist(), scores[0].tolist(), strict=True)
-        return list(pairs)[offset:]
+            return self.opened.search(text, k, offset)
 
     def segments(self, text: str) -> list[Segment]:
         """``text`` cut into pieces, the parser's attribute words marked (whitespace kept)."""
@@ -154,19 +150,13 @@ def load_searcher(
     progress: NewBar | None = None,
 ) -> Searcher:
     """Everything a server needs, loaded once: model, gallery embeddings (cached), index."""
-    from uit.retrieval.evaluate import load_for_inference
-    from uit.retrieval.search import EmbeddingCache, checkpoint_digest, gallery_embeddings
+    from uit.retrieval.gallery import open_gallery
 
     model = describe_model(checkpoint)  # a missing checkpoint fails here, before the gallery
-    gallery = read_gallery(gallery_source, split)
-    encoder, tokenizer, options = load_for_inference(checkpoint, device, batch_size)
-    cache = EmbeddingCache(cache_dir, checkpoint_digest(checkpoint)) if cache_dir else None
-    bar = progress("encoding the gallery (cached images are only hashed)",
-                   len(gallery.paths)) if progress else None  # fmt: skip
-    feats, _ = gallery_embeddings(encoder, gallery.paths, options, cache, bar, gallery.image_fix)
-    return assemble_searcher((encoder, tokenizer, options), gallery, feats, index_kind=index_kind,
-                             cache_dir=cache_dir, progress=progress, model=model,
-                             public_model=describe_model(checkpoint, public=True))  # fmt: skip
+    opened = open_gallery(checkpoint, gallery_source, split=split, index_kind=index_kind,
+                          cache_dir=cache_dir, device=device, batch_size=batch_size,
+                          progress=progress)  # fmt: skip
+    return Searcher(opened, _parser(), model, describe_model(checkpoint, public=True))
 
 
 def assemble_searcher(
@@ -180,16 +170,23 @@ def assemble_searcher(
     model: str,
     public_model: str | None = None,
 ) -> Searcher:
-    """A searcher over ``gallery``'s embeddings ``feats``: the index chosen for them and the
-    parser that marks attribute words (``benchmarks/search.py`` times this with its own
+    """A searcher over ``gallery``'s embeddings ``feats`` already at hand, the index chosen for
+    them as ``uit serve`` chooses it (``benchmarks/search.py`` times this with its own
     embeddings)."""
-    from uit.core.config import ParseConfig
-    from uit.parsing.pipeline import build_pipeline
+    from uit.retrieval.gallery import OpenGallery
     from uit.retrieval.index import build_index
 
     index = build_index(feats, index_kind, cache_dir, progress)
+    return Searcher(OpenGallery(*loaded, gallery, feats, index), _parser(), model, public_model)
+
+
+def _parser() -> Language:
+    """The attribute parser that marks the query's attribute words on the page."""
+    from uit.core.config import ParseConfig
+    from uit.parsing.pipeline import build_pipeline
+
     nlp, _ = build_pipeline(ParseConfig())
-    return Searcher(*loaded, gallery, index, nlp, model, public_model)
+    return nlp
 
 
 def check_host(host: str, expose: bool) -> None:
