@@ -152,7 +152,7 @@ def table_cells(output: str, benchmark: str) -> tuple[list[str], dict[str, list[
     """The metric columns of ``benchmark``'s table in the terminal output and its rows, by
     experiment (names wrapped over lines joined, a seed group's sorted)."""
     lines = output.splitlines()
-    first = next(i for i, line in enumerate(lines) if f"{benchmark}: text-to-image" in line)
+    first = next(i for i, line in enumerate(lines) if f"{benchmark} text-to-image" in line)
     header = next(i for i in range(first, len(lines)) if lines[i].startswith("┃"))
     columns = [c.strip() for c in lines[header].split("┃")[2:-1]]
     rows: dict[str, list[str]] = {}

@@ -260,3 +260,14 @@ def test_search_and_serve_open_galleries_through_one_door(name: str) -> None:
     # serve's assemble_searcher indexes embeddings a benchmark brings: that is all it may do
     forbidden = {"read_gallery", "gallery_embeddings", "EmbeddingCache"}
     assert not names & (forbidden | ({"build_index"} if name == "cli.py" else set()))
+
+
+@pytest.mark.parametrize("path", [*LIBRARY, *sorted((ROOT / "stages").glob("*.py"))],
+                         ids=lambda p: str(p.relative_to(ROOT)))  # fmt: skip
+def test_the_library_and_the_stages_never_use_the_front_door(path: Path) -> None:
+    """``from uit import X`` is for users: code inside imports X's module, so that a DVC stage
+    depends only on the modules it declares (tests/test_pipeline.py)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "uit" and node.level == 0:
+            assert {a.name for a in node.names} <= {"__version__"}, path
