@@ -138,3 +138,18 @@ def test_stage_logs_keep_uit_info_and_drop_open_clips(tmp_path: Path) -> None:
         logs[mode] = result.stderr
     assert "Loaded built-in uit-tiny model config" in logs["control"]
     assert "uit-tiny" not in logs["stage"] and "resumed at epoch 3" in logs["stage"]
+
+
+def test_uit_run_hides_prefects_drain_notices_only(caplog: pytest.LogCaptureFixture) -> None:
+    """On a busy machine Prefect's events worker warns while it drains at shutdown, one line
+    more under the one-line error above; ``uit run`` drops that notice and nothing else."""
+    from uit.app.cli import quiet_drain_notices
+
+    quiet_drain_notices()
+    quiet_drain_notices()  # idempotent: one filter
+    worker = logging.getLogger("EventsWorker")
+    assert len(worker.filters) == 1
+    with caplog.at_level(logging.WARNING):
+        worker.warning("Still processing items: 1 items remaining...")
+        worker.warning("Failed to send events")
+    assert [r.getMessage() for r in caplog.records] == ["Failed to send events"]

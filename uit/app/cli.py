@@ -1010,6 +1010,21 @@ class _KnownFailures(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], self.known))
 
 
+class _DrainNotices(logging.Filter):
+    """Drops Prefect's "Still processing items" warnings: its events worker draining its queue
+    at shutdown on a busy machine, which says nothing a user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Still processing items")
+
+
+def quiet_drain_notices() -> None:
+    """For the rest of the process (the drain runs as Prefect shuts down, after the flow)."""
+    worker = logging.getLogger("EventsWorker")  # Prefect's services log under their class name
+    if not any(isinstance(f, _DrainNotices) for f in worker.filters):
+        worker.addFilter(_DrainNotices())
+
+
 @contextmanager
 def quiet_tracebacks(known: tuple[type[BaseException], ...]) -> Iterator[None]:
     """While the flow runs, Prefect's task and flow run loggers skip ``known`` failures."""
@@ -1051,6 +1066,7 @@ def run_pipeline(
     os.environ.setdefault("PREFECT_HOME", str(project / ".prefect"))
     from flows.pipeline import DvcError, check_listed, pipeline
 
+    quiet_drain_notices()
     names = [b.value for b in benchmark] if benchmark else None
     if names:  # one the stages do not run on fails here too, not after Prefect has started
         check_listed(names, str(project), set_ or [])
