@@ -62,7 +62,7 @@ def test_search_on_a_folder_has_no_identity_column(
 def terminal_table(names: list[str]) -> str:
     rows = [(str(i + 1), "0.512", str(1000 + i), name) for i, name in enumerate(names)]
     out = Console(file=io.StringIO(), force_terminal=True, width=80, color_system=None)
-    print_hits("a woman in a red coat", rows, out)
+    print_hits("a woman in a red coat", ["rank", "score", "identity", "image"], rows, out)
     text: str = out.file.getvalue()  # type: ignore[attr-defined]
     assert "…" not in text and all(len(line) <= 80 for line in text.splitlines()), text
     return text

@@ -729,30 +729,30 @@ def search(
                                     indent=2) + "\n")  # fmt: skip
         return
     err_console.print(f"{len(paths)} gallery images ({len(paths) - encoded} from the cache)")
-    print_hits(query, hit_rows(hits, found), console)
+    print_hits(query, *hit_rows(hits, found), console)
 
 
-def hit_rows(hits: Sequence[Hit], gallery: Gallery) -> list[tuple[str, ...]]:
-    """(rank, score, [identity,] image) per hit: the image named relative to the gallery, as
-    ``uit serve`` names it; the identity where the gallery is a prepared benchmark."""
+def hit_rows(hits: Sequence[Hit], gallery: Gallery) -> tuple[list[str], list[tuple[str, ...]]]:
+    """The columns and a row per hit: rank, score, the identity where the gallery is a prepared
+    benchmark, and the image named relative to the gallery, as ``uit serve`` names it."""
     from uit.retrieval.search import shown
 
     index = {path: i for i, path in enumerate(gallery.paths)}
+    identities = gallery.pids is not None
     rows = []
     for hit in hits:
         i = index[hit.path]
-        identity = () if gallery.pids is None else (str(gallery.pids[i]),)
+        identity = (str(gallery.pids[i]),) if gallery.pids is not None else ()
         rows.append((str(hit.rank), f"{hit.score:.3f}", *identity, shown(gallery.names[i])))
-    return rows
+    return ["rank", "score", *(["identity"] if identities else []), "image"], rows
 
 
-def print_hits(query: str, rows: Sequence[tuple[str, ...]], out: Console) -> None:
+def print_hits(
+    query: str, columns: Sequence[str], rows: Sequence[tuple[str, ...]], out: Console
+) -> None:
     """The hits as a table on a terminal; as tab-separated lines with a header elsewhere (a pipe,
     a file), for ``cut`` and ``awk``. Names are never cut: on a terminal too narrow for a name,
     it folds onto the next line whole."""
-    columns = ["rank", "score", "identity", "image"]
-    if rows and len(rows[0]) == 3:
-        columns.remove("identity")
     if not out.is_terminal:
         out.file.write("\n".join("\t".join(row) for row in [tuple(columns), *rows]) + "\n")
         return
