@@ -42,7 +42,7 @@ def run_variant(args: argparse.Namespace, name: str, overrides: list[str], seed:
     train_benchmark(cfg, args.prepared, work, parsed_dir=args.parsed)
     best = work / "checkpoints/best"
     metrics = evaluate_checkpoint(best, args.prepared, work / "test", parsed_dir=args.parsed)
-    extras = in_domain_extras(best, args.prepared)
+    extras = in_domain_extras(best, args.prepared, zero_shot=False)  # the same in every run
     return {"variant": name, "seed": seed, "seconds": time.perf_counter() - start,
             **metrics["t2i"], **diagnostics(metrics, extras)}  # fmt: skip
 

@@ -390,10 +390,12 @@ def in_domain_extras(
     device: str = "auto",
     batch_size: int = 256,
     progress: NewBar | None = None,
+    zero_shot: bool = True,
 ) -> dict[str, Any]:
     """What the evaluate stage adds for the benchmark a model was trained on: ``zero_shot``, the
-    metrics of the weights it was fine-tuned from, before fine-tuning (where it had any), and
-    ``restoration``, TIR's colour error against its baselines (where it was trained with TIR)."""
+    metrics of the weights it was fine-tuned from, before fine-tuning (where it had any, and
+    unless ``zero_shot`` is false: a study of many runs from one weights file scores it once),
+    and ``restoration``, TIR's colour error against its baselines (where it trained TIR)."""
     from uit.model.objective import load_objective
     from uit.retrieval.restoration import restoration_quality
 
@@ -401,7 +403,7 @@ def in_domain_extras(
     options = inference_options(checkpoint_dir, device, batch_size)
     extras: dict[str, Any] = {}
     pretrained = fine_tuned_from(checkpoint_dir)
-    if pretrained is not None:
+    if pretrained is not None and zero_shot:
         encoder = build_model(pretrained).to(options.device).eval()
         result = evaluate(encoder, manifests, build_tokenizer(pretrained), options, progress)
         extras["zero_shot"] = {"from": pretrained.pretrained, **result.metrics}
