@@ -120,7 +120,7 @@ def api_rows(args: argparse.Namespace) -> list[str]:
     names = [f"{i:07d}.png" for i in range(len(feats))]  # never read: no image is requested
     gallery = Gallery("synthetic", Path("."), [Path(n) for n in names], names)
     rows = []
-    for kind in ("auto", "flat"):
+    for kind in args.api_kinds.split(","):
         searcher = assemble_searcher((encoder, tokenizer, options), gallery, feats,
                                      index_kind=kind, model=model)  # fmt: skip
         times = sorted(serve_and_time(searcher, args))
@@ -271,6 +271,11 @@ def main() -> None:
     parser.add_argument("--centres", type=int, default=3000)
     parser.add_argument("--api-gallery", type=int, default=100_000, help="0: no API rows.")
     parser.add_argument("--api-queries", type=int, default=50)
+    parser.add_argument(
+        "--api-kinds",
+        default="auto,flat",
+        help="Comma-separated index kinds of the API rows (flat needs no FAISS).",
+    )
     parser.add_argument(
         "--params",
         default="params.yaml",

@@ -135,3 +135,18 @@ def test_compiled_step_matches_the_eager_step_without_graph_breaks() -> None:
     eager = run_steps(tiny_state(eager_cfg), eager_cfg, steps=3)
     for a, b in zip(compiled, eager, strict=True):
         assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
+
+
+def test_evaluate_on_cuda_matches_the_cpu_on_the_same_checkpoint(prepared, tmp_path) -> None:
+    """`uit evaluate` on a GPU scores as on the CPU, its diagnoses included (the paraphrase
+    pass once multiplied CPU queries by a CUDA gallery and failed on every GPU)."""
+    from uit.retrieval.evaluate import evaluate_checkpoint
+
+    fit(tiny_config(epochs=1), prepared, tmp_path / "run")
+    best = tmp_path / "run/checkpoints/last"
+    on_gpu = evaluate_checkpoint(best, prepared, tmp_path / "gpu", split="test", device="cuda")
+    on_cpu = evaluate_checkpoint(best, prepared, tmp_path / "cpu", split="test", device="cpu")
+    assert on_gpu.keys() == on_cpu.keys()
+    assert "paraphrase" in on_gpu and "lookalike" in on_gpu  # the synthetic set's diagnoses
+    for key, value in on_cpu["t2i"].items():  # bf16 on the GPU, fp32 on the CPU
+        assert on_gpu["t2i"][key] == pytest.approx(value, abs=5.0), key

@@ -275,7 +275,7 @@ def paraphrase_scores(
     people = [identities[paths[i]] for i in split.captions["image_id"].to_list()]
     query_pids = split.captions["pid"].to_list()
     gallery_pids = split.images["pid"].to_list()
-    gallery = evaluation.gallery.to(options.device)
+    gallery = evaluation.gallery  # on the CPU, as evaluate() scores the split's own queries
     found = {}
     for style in sorted(STYLES):
         if style == split.benchmark:
