@@ -44,7 +44,7 @@ from _machine import machine  # benchmarks/ is on sys.path when a script runs
 from loader import training_split
 from torch.utils.flop_counter import FlopCounterMode
 
-from flows.preflight import synthetic_identities
+from uit.app.flows.preflight import synthetic_identities
 from uit.core.config import Config, load_config
 from uit.core.device import autocast_dtype, resolve_device
 from uit.core.errors import UitError

@@ -1,4 +1,4 @@
-"""A throwaway copy of the project's pipeline (dvc.yaml, stages/, uit/, flows/) in its own git
+"""A throwaway copy of the project's pipeline (dvc.yaml, stages/, uit/ with its flows) in its own git
 and DVC repository, with a tiny params.yaml: what the DVC and Prefect tests run on."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def make_repo(
     one benchmark's stages in the DAG)."""
     path.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("uit", "stages", "flows", "profiles"):
+    for folder in ("uit", "stages", "profiles"):
         shutil.copytree(ROOT / folder, path / folder, ignore=ignore)
     for name in ("dvc.yaml", "prefect.yaml", "prefect.toml", ".gitignore", ".dvcignore"):
         if (ROOT / name).is_file():

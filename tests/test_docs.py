@@ -62,7 +62,6 @@ def test_the_layout_names_every_top_level_folder(page: str, heading: str) -> Non
     for folder in (
         "uit",
         "stages",
-        "flows",
         "profiles",
         "tests",
         "benchmarks",

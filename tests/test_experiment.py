@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import pipeline
+from uit.app.flows import pipeline
 from tests.pipeline_repo import sh
 from uit.core.errors import ConfigError
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import pipeline
+from uit.app.flows import pipeline
 from tests.pipeline_repo import env, make_repo, sh, tiny_params
 from uit.core.errors import UitError
 from uit.raw.formats import get_spec
@@ -143,7 +143,7 @@ def test_stage_logs_keep_uit_info_and_drop_open_clips(tmp_path: Path) -> None:
 def test_uit_run_hides_prefects_drain_notices_only(caplog: pytest.LogCaptureFixture) -> None:
     """On a busy machine Prefect's events worker warns while it drains at shutdown, one line
     more under the one-line error above; ``uit run`` drops that notice and nothing else."""
-    from uit.app.cli import quiet_drain_notices
+    from uit.app.cli.pipeline import quiet_drain_notices
 
     quiet_drain_notices()
     quiet_drain_notices()  # idempotent: one filter

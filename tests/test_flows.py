@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 
-from flows import pipeline
+from uit.app.flows import pipeline
 
 pytestmark = pytest.mark.slow
 

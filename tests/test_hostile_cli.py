@@ -115,7 +115,7 @@ def test_the_stages_share_the_boundary(trained, checkpoint_copy, tmp_path) -> No
 
 
 def test_a_failed_pipeline_task_leads_with_the_stage_message() -> None:
-    from flows.pipeline import stage_failure
+    from uit.app.flows.pipeline import stage_failure
 
     lines = ["Running stage 'train@rstpreid':", "error: params.yaml: invalid configuration", "x"]
     message = stage_failure(["repro", "train@rstpreid"], 1, Path("/p/dvc.log"), lines)

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from tests.pipeline_repo import ROOT, sh
 from tests.test_compare import fake_pipeline
-from uit.app.cli import _experiment_frame, app
+from uit.app.cli import app
+from uit.app.cli.results import _experiment_frame
 from uit.app.compare import Experiment, comparison, read_exp_show
 from uit.app.report import read_results
 from uit.core.config import BENCHMARKS, MAX_YAML_DEPTH, load_config
@@ -370,7 +371,7 @@ def test_a_benchmark_list_that_is_empty_or_repeats_is_refused(
 
 
 def test_the_flow_reports_an_empty_benchmark_list_not_missing_datasets(params: Path) -> None:
-    from flows.pipeline import check_ready
+    from uit.app.flows.pipeline import check_ready
 
     with pytest.raises(ConfigError) as raised:
         check_ready(list(BENCHMARKS), ["data.benchmarks=[]"], str(params.parent),

@@ -283,7 +283,7 @@ def own_machine_api(
 ) -> Iterator[str]:
     """The API, with a machine name of this test's own (its GPU limit and lock file alone);
     the lock file it leaves in the temporary folder is removed afterwards."""
-    from flows import pipeline
+    from uit.app.flows import pipeline
 
     monkeypatch.setenv("UIT_MACHINE", f"test-{os.getpid()}-{tmp_path.name}")
     yield prefect_api
@@ -293,7 +293,7 @@ def own_machine_api(
 HOLD = """
 import sys, time
 from prefect import flow
-from flows import pipeline
+from uit.app.flows import pipeline
 
 @flow
 def hold() -> None:
@@ -310,7 +310,7 @@ def test_a_killed_holder_leaves_no_slot_behind(own_machine_api: str, tmp_path: P
     from prefect import flow
     from prefect.client.orchestration import get_client
 
-    from flows import pipeline
+    from uit.app.flows import pipeline
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": own_machine_api}
     command = [sys.executable, "-c", HOLD, str(tmp_path)]

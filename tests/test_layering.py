@@ -3,7 +3,8 @@
 The library (``uit`` without ``uit.app``) never imports the application's dependencies (typer,
 dvc, prefect, matplotlib, ruamel.yaml, selenium, fastapi, uvicorn), nor ``uit.app``, ``flows`` or
 ``stages``; FAISS (the ``serve`` extra) only inside the functions of the approximate index;
-only ``uit/app/cli.py`` imports typer and starts flows. Checked twice: statically, on every
+only the command line (``uit/app/cli/``) imports typer and starts the flows (``uit/app/flows/``),
+and the wheel holds ``uit`` alone. Checked twice: statically, on every
 import statement of the library, and at run time, in a fresh interpreter that runs the README's
 library snippet and then imports every library module.
 """
@@ -88,10 +89,29 @@ def test_each_layer_imports_only_the_layers_before_it(path: Path) -> None:
             assert ORDER.index(parts[1]) <= own, f"{path.relative_to(ROOT)} imports {name}"
 
 
+CLI, FLOWS = ROOT / "uit" / "app" / "cli", ROOT / "uit" / "app" / "flows"
+
+
 @pytest.mark.parametrize("path", APP, ids=lambda p: str(p.relative_to(ROOT)))
 def test_only_the_cli_imports_typer_and_starts_flows(path: Path) -> None:
-    forbidden = {"stages"} if path.name == "cli.py" else {"typer", "flows", "stages"}
-    assert not tops(imported_modules(path)) & forbidden
+    imported = imported_modules(path)
+    assert not tops(imported) & ({"stages", "flows"} | ({"typer"} if CLI not in path.parents
+                                                         else set()))  # fmt: skip
+    if CLI not in path.parents and FLOWS not in path.parents:
+        assert not any(name.startswith("uit.app.flows") for name in imported), path
+    if CLI not in path.parents and path != ROOT / "uit" / "app" / "__init__.py":  # the script
+        assert not any(name.startswith("uit.app.cli") for name in imported), path
+
+
+def test_the_wheel_holds_the_package_alone() -> None:
+    """``stages/`` are a clone's DVC scripts and the flows live in ``uit.app.flows``: no generic
+    top-level package (``stages``, ``flows``) is installed beside ``uit``."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert config["tool"]["setuptools"]["packages"]["find"]["include"] == ["uit*"]
+    assert not (ROOT / "flows").exists()
+    assert (FLOWS / "pipeline.py").is_file() and (CLI / "__init__.py").is_file()
 
 
 def test_the_checker_sees_imports(tmp_path: Path) -> None:
@@ -202,8 +222,9 @@ def test_the_layout_check_names_what_is_missing(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_wheel_carries_every_file_of_the_packages(tmp_path: Path) -> None:
-    """A non-editable install gets exactly the tracked files of uit, stages and flows: the
-    model configs (uit-tiny's JSON) included, which open_clip reads at run time."""
+    """A non-editable install gets exactly the tracked files of uit (its flows included; not
+    the clone's stages): the model configs (uit-tiny's JSON) included, which open_clip reads at
+    run time."""
     import zipfile
 
     source = tmp_path / "source"
@@ -215,7 +236,7 @@ def test_the_wheel_carries_every_file_of_the_packages(tmp_path: Path) -> None:
                    check=True, capture_output=True, timeout=300)  # fmt: skip
     (wheel,) = (tmp_path / "wheel").glob("uit-*.whl")
     packed = {n for n in zipfile.ZipFile(wheel).namelist() if not n.startswith("uit-")}
-    tracked = subprocess.run(["git", "ls-files", "uit", "stages", "flows"], cwd=ROOT,
+    tracked = subprocess.run(["git", "ls-files", "uit"], cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
     assert packed == set(tracked)
 
@@ -251,7 +272,7 @@ def imported_names(path: Path) -> set[str]:
             for alias in node.names}  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["cli.py", "serve.py"])
+@pytest.mark.parametrize("name", ["cli/serving.py", "serve.py"])
 def test_search_and_serve_open_galleries_through_one_door(name: str) -> None:
     """Reading a gallery, encoding it through the cache and choosing its index happen in
     ``uit.retrieval.gallery.open_gallery`` alone."""
@@ -259,7 +280,7 @@ def test_search_and_serve_open_galleries_through_one_door(name: str) -> None:
     assert "open_gallery" in names
     # serve's assemble_searcher indexes embeddings a benchmark brings: that is all it may do
     forbidden = {"read_gallery", "gallery_embeddings", "EmbeddingCache"}
-    assert not names & (forbidden | ({"build_index"} if name == "cli.py" else set()))
+    assert not names & (forbidden | ({"build_index"} if name.startswith("cli") else set()))
 
 
 @pytest.mark.parametrize("path", [*LIBRARY, *sorted((ROOT / "stages").glob("*.py"))],

@@ -1,4 +1,4 @@
-"""The checks before training (uit/training/preflight.py, flows/preflight.py) as pure
+"""The checks before training (uit/training/preflight.py, uit/app/flows/preflight.py) as pure
 functions: each problem is one line that names the parameter or file and the fix, and each rule
 is the one the later code applies."""
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from flows import preflight
+from uit.app.flows import preflight
 from uit.core.config import BENCHMARKS, Config, ModelConfig, TrainConfig, parse_config
 from uit.core.errors import DataError
 from uit.raw.formats import get_spec

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows import pipeline
+from uit.app.flows import pipeline
 from tests.pipeline_repo import BIN, ONE_BENCHMARK, make_repo, sh
 from tests.test_deployment import free_port, recipe_env, snapshot, start, stop, wait_healthy
 from uit.core.errors import UitError
@@ -196,7 +196,7 @@ def test_two_workers_publish_experiments_that_a_third_clone_pulls_and_compares(
         before = snapshot(clones["gpu-a"])
         for machine in RUNS:  # each machine: its own deployment, work queue and worker
             machine_env = {**environ, pipeline.MACHINE_ENV: machine}
-            sh(prefect, "--no-prompt", "deploy", "flows/pipeline.py:pipeline", "--name", machine,
+            sh(prefect, "--no-prompt", "deploy", "uit/app/flows/pipeline.py:pipeline", "--name", machine,
                "--pool", "uit", "--work-queue", machine, cwd=clones[machine],
                env=machine_env)  # fmt: skip
             workers.append(start([prefect, "worker", "start", "--pool", "uit", "--work-queue",

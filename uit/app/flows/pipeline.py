@@ -42,7 +42,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.states import Failed, State
 
-from flows import preflight
+from uit.app.flows import preflight
 from uit.app.dvc import dvc_env, dvc_json
 from uit.core.config import BENCHMARKS, load_config
 from uit.core.errors import ConfigError, UitError
