@@ -11,17 +11,10 @@ paper profile's DAG is the same one.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-from pathlib import Path
 
 from uit.core.boundary import run_stage
-from uit.core.config import PRETRAINED_WEIGHTS, load_config
-from uit.core.console import ProgressReporter, adder, progress_bars
-from uit.core.io import atomic_write_json
-from uit.training.pretrain import pretrain, pretraining_enabled
-
-log = logging.getLogger("stages.pretrain")
+from uit.core.config import load_config
+from uit.training.entry import pretrain_entry
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,20 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", required=True, help="JSON file of the held-out metrics")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    cfg = load_config(args.params)
-    corpus, out = Path(args.corpus), Path(args.out)
-    if not pretraining_enabled(cfg):
-        corpus.mkdir(parents=True, exist_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-        reason = (f"model.pretrained is {cfg.model.pretrained!r}, not {PRETRAINED_WEIGHTS}: "
-                  "nothing pretrained here")  # fmt: skip
-        log.info(reason)
-        atomic_write_json(Path(args.metrics), {"pretrained": False, "reason": reason})
-        return
-    with progress_bars() as progress:
-        scores = pretrain(cfg, corpus, out, reporter=ProgressReporter(progress),
-                          progress=adder(progress), workers=os.cpu_count() or 1)  # fmt: skip
-    atomic_write_json(Path(args.metrics), scores)
+    pretrain_entry(load_config(args.params), args.corpus, args.out, args.metrics,
+                   when_enabled=True)  # fmt: skip
 
 
 if __name__ == "__main__":

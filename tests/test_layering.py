@@ -292,3 +292,16 @@ def test_the_library_and_the_stages_never_use_the_front_door(path: Path) -> None
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module == "uit" and node.level == 0:
             assert {a.name for a in node.names} <= {"__version__"}, path
+
+
+DOORS = [*sorted((ROOT / "stages").glob("*.py")), *sorted(CLI.glob("*.py"))]
+
+
+@pytest.mark.parametrize("path", DOORS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_training_has_one_entry_point(path: Path) -> None:
+    """The torchrun relaunch, the progress bars of a run and the metrics file belong to
+    ``uit.training.entry``: a command or a stage calls ``train_entry`` or ``pretrain_entry``,
+    never the pieces they are made of."""
+    pieces = {"launch", "should_launch", "launched_world", "train_benchmark", "pretrain",
+              "prepared_batch_problems", "ProgressReporter"}  # fmt: skip
+    assert not imported_names(path) & pieces, path

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from uit.app.cli.base import _table, app, benchmark_option, friendly_errors
 from uit.core.config import Benchmark
-from uit.core.console import ProgressReporter, adder, console, progress_bars
+from uit.core.console import adder, console, progress_bars
 
 
 @app.command()
@@ -40,26 +40,19 @@ def train(
     trains on its share of every batch; ``train.nproc_per_node`` above 1 starts torchrun itself.
     """
     from uit.core.config import load_config
-    from uit.training.benchmark import train_benchmark
-    from uit.training.distributed import launch, launched_world, should_launch
+    from uit.training.entry import Relaunch, train_entry
 
     cfg = load_config(params, set_ or [])
     out = out or Path("runs/adhoc") / benchmark.value
     prepared = prepared or Path("data/prepared") / benchmark.value
     parsed = parsed or Path("data/parsed") / benchmark.value
-    if should_launch(cfg.train.nproc_per_node):
-        argv = ["train", "--benchmark", benchmark.value, "--params", str(params),
-                "--prepared", str(prepared), "--parsed", str(parsed), "--out", str(out),
-                *(arg for value in set_ or [] for arg in ("--set", value))]  # fmt: skip
-        launch("uit.app.cli", argv, cfg.train.nproc_per_node)
-        return
-    main_rank = launched_world().is_main
-    with progress_bars() as progress:  # one set of bars: rank 0's
-        reporter = ProgressReporter(progress) if main_rank else None
-        result = train_benchmark(cfg, prepared, out, parsed_dir=parsed, reporter=reporter)
-    if main_rank:
-        where = f"checkpoints in {out}/checkpoints"
-        console.print(f"best epoch {result.best_epoch} {result.best}; {where}")
+    argv = ["train", "--benchmark", benchmark.value, "--params", str(params),
+            "--prepared", str(prepared), "--parsed", str(parsed), "--out", str(out),
+            *(arg for value in set_ or [] for arg in ("--set", value))]  # fmt: skip
+    result = train_entry(cfg, prepared, out, parsed, relaunch=Relaunch("uit.app.cli", argv))
+    if result is not None:  # the process that reports
+        console.print(f"best epoch {result.best_epoch} {result.best}; checkpoints in "
+                      f"{out}/checkpoints")  # fmt: skip
 
 
 @app.command()
@@ -79,19 +72,12 @@ def pretrain(
     """Pretrain the dual encoder with CLIP's contrastive loss on a synthetic corpus (params
     ``pretrain``), as the pipeline's pretrain stage does; then fine-tune from it: ``uit train``
     with model.pretrained=OUT/model.safetensors."""
-    import os
-
     from uit.core.config import load_config
-    from uit.core.io import atomic_write_json
     from uit.retrieval.metrics import METRICS
+    from uit.training.entry import pretrain_entry
     from uit.training.pretrain import WEIGHTS_FILE
-    from uit.training.pretrain import pretrain as run_pretraining
 
-    cfg = load_config(params, set_ or [])
-    with progress_bars() as progress:
-        scores = run_pretraining(cfg, corpus, out, reporter=ProgressReporter(progress),
-                                 progress=adder(progress), workers=os.cpu_count() or 1)  # fmt: skip
-    atomic_write_json(out / "metrics.json", scores)
+    scores = pretrain_entry(load_config(params, set_ or []), corpus, out, out / "metrics.json")
     table = Table(title=f"held-out corpus pairs (best epoch {scores['best_epoch']})")
     for column in ("direction", *METRICS):
         table.add_column(column, justify="right")
