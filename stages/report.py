@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from uit.app.collect import read_provenance
 from uit.app.report import report_pipeline
 from uit.core.boundary import run_stage
 from uit.core.config import load_config
@@ -19,8 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder for report.html and report.md")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
+    provenance = read_provenance(".", args.params, "the pipeline's report stage")
     report_pipeline(load_config(args.params).report, args.runs, args.metrics, args.evals,
-                    args.prepared, args.out)  # fmt: skip
+                    args.prepared, args.out, provenance=provenance)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""A throwaway copy of the project's pipeline (dvc.yaml, stages/, uit/ with its flows) in its own git
-and DVC repository, with a tiny params.yaml: what the DVC and Prefect tests run on."""
+"""A throwaway copy of the project's pipeline (dvc.yaml, stages/, uit/ with its flows) in its
+own git and DVC repository, with a tiny params.yaml: what the DVC and Prefect tests run on."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from uit.app.flows import pipeline
 from tests.pipeline_repo import sh
+from uit.app.flows import pipeline
 from uit.core.errors import ConfigError
 
 

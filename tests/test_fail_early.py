@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from uit.app.flows import pipeline
 from tests.pipeline_repo import env, make_repo, sh, tiny_params
+from uit.app.flows import pipeline
 from uit.core.errors import UitError
 from uit.raw.formats import get_spec
 from uit.raw.readers import missing_benchmark

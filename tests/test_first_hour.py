@@ -121,3 +121,62 @@ def test_the_report_shows_no_markdown_backticks() -> None:
     text = re.sub(r"data:[^'\"]+", "", page)  # the pictures' bytes are no prose
     assert "`" not in text
     assert "<code>val</code>" in text
+
+
+def _git(cwd: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,
+                   check=True, capture_output=True)  # fmt: skip
+
+
+def test_the_report_header_names_commit_changed_params_and_date(tmp_path: Path) -> None:
+    """The header says what built the page, when, from which commit, and which params differ
+    from the commit's, so that a stale or modified report says so."""
+    from uit.app.collect import read_provenance
+    from uit.app.report import render_markdown
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    params = repo / "params.yaml"
+    params.write_text("train:\n  epochs: 2\n  seed: 0\nloss:\n  cmt: 1.0\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "params.yaml")
+    _git(repo, "commit", "-qm", "params")
+    params.write_text("train:\n  epochs: 4\n  seed: 0\nloss:\n  cmt: 1.0\n")
+    found = read_provenance(repo, params, "`uit report`")
+    assert found.commit and found.uncommitted and found.changed_params == ["train.epochs: 2 -> 4"]
+    run = RunResult("cuhk-pedes", {}, [{"epoch": 1.0, "loss": 12.5, "R1": 30.0}], {})
+    report = build_report([run], ReportConfig(restorations=0, random_queries=0))
+    report.provenance = found
+    for page in (render_markdown(report), render_html(report)):
+        assert found.commit in page and found.built_at in page
+        assert "train.epochs: 2 -&gt; 4" in page or "train.epochs: 2 -> 4" in page
+        assert "uncommitted changes" in page and "reports/pipeline/report.html" in page
+    _git(repo, "commit", "-qam", "four epochs")
+    assert read_provenance(repo, params, "x").changed_params == []
+    outside = tmp_path / "no-git"
+    outside.mkdir()
+    (outside / "params.yaml").write_text("train: {}\n")
+    assert read_provenance(outside, outside / "params.yaml", "x").commit is None
+
+
+def test_the_experiments_note_mentions_a_baseline_only_with_one() -> None:
+    import polars as pl
+
+    from uit.app.report import experiments_section
+
+    plain = pl.DataFrame({"experiment": ["a"], "seeds": [1], "cuhk-pedes/R1": [1.0]})
+    assert "baseline" not in experiments_section(plain)[1]
+    compared = plain.with_columns(pl.lit(0.5).alias("cuhk-pedes/R1 delta"))
+    markdown = experiments_section(compared)[1]
+    assert "baseline" in markdown and "(+0.5)" in markdown
+
+
+def test_flow_logs_name_paths_relative_to_the_project(tmp_path: Path) -> None:
+    from uit.app.flows.pipeline import relative_paths
+
+    line = f"saved {tmp_path.resolve()}/.dvc/tmp/exps/run/abc/reports/pipeline/report.html"
+    assert relative_paths(line, str(tmp_path)) == (
+        "saved .dvc/tmp/exps/run/abc/reports/pipeline/report.html"
+    )

@@ -21,8 +21,8 @@ from tests.pipeline_repo import ROOT, sh
 from tests.test_compare import fake_pipeline
 from uit.app.cli import app
 from uit.app.cli.results import _experiment_frame
+from uit.app.collect import read_results
 from uit.app.compare import Experiment, comparison, read_exp_show
-from uit.app.report import read_results
 from uit.core.config import BENCHMARKS, MAX_YAML_DEPTH, load_config
 from uit.core.errors import ConfigError, DataError, UitError
 

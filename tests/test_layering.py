@@ -305,3 +305,14 @@ def test_training_has_one_entry_point(path: Path) -> None:
     pieces = {"launch", "should_launch", "launched_world", "train_benchmark", "pretrain",
               "prepared_batch_problems", "ProgressReporter"}  # fmt: skip
     assert not imported_names(path) & pieces, path
+
+
+@pytest.mark.parametrize("path", sorted(CLI.glob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_cli_restates_no_choice_of_the_library(path: Path) -> None:
+    """An option's choices are the library's literal types (``uit.core.config``), and its
+    defaults the library's: no ``Literal[...]`` of its own, no bare number or cache path that
+    the library states too."""
+    source = path.read_text(encoding="utf-8")
+    assert "Literal[" not in source
+    for restated in ('".cache/uit/search"', "= 256", '"en_core_web_sm"'):
+        assert restated not in source, (path.name, restated)

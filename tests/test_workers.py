@@ -24,9 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from uit.app.flows import pipeline
 from tests.pipeline_repo import BIN, ONE_BENCHMARK, make_repo, sh
 from tests.test_deployment import free_port, recipe_env, snapshot, start, stop, wait_healthy
+from uit.app.flows import pipeline
 from uit.core.errors import UitError
 
 STAGE = {"stages": {"make": {
@@ -196,8 +196,8 @@ def test_two_workers_publish_experiments_that_a_third_clone_pulls_and_compares(
         before = snapshot(clones["gpu-a"])
         for machine in RUNS:  # each machine: its own deployment, work queue and worker
             machine_env = {**environ, pipeline.MACHINE_ENV: machine}
-            sh(prefect, "--no-prompt", "deploy", "uit/app/flows/pipeline.py:pipeline", "--name", machine,
-               "--pool", "uit", "--work-queue", machine, cwd=clones[machine],
+            sh(prefect, "--no-prompt", "deploy", "uit/app/flows/pipeline.py:pipeline", "--name",
+               machine, "--pool", "uit", "--work-queue", machine, cwd=clones[machine],
                env=machine_env)  # fmt: skip
             workers.append(start([prefect, "worker", "start", "--pool", "uit", "--work-queue",
                                   machine, "--limit", "1"], clones[machine], machine_env,

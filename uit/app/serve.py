@@ -42,6 +42,7 @@ from pydantic import BaseModel, Field, field_validator
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import Headers, MutableHeaders
 
+from uit.core.config import INFERENCE_BATCH_SIZE
 from uit.core.errors import UitError
 from uit.data.images import ImageError, open_image_file
 from uit.raw.prepare import clean_caption
@@ -146,7 +147,7 @@ def load_searcher(
     index_kind: IndexKind = "auto",
     cache_dir: Path | None = None,
     device: str = "auto",
-    batch_size: int = 256,
+    batch_size: int = INFERENCE_BATCH_SIZE,
     progress: NewBar | None = None,
 ) -> Searcher:
     """Everything a server needs, loaded once: model, gallery embeddings (cached), index."""

@@ -49,6 +49,13 @@ _TITLES = {"cuhk-pedes": "CUHK-PEDES", "icfg-pedes": "ICFG-PEDES", "rstpreid": "
 BENCHMARKS: tuple[Benchmark, ...] = tuple(Benchmark)
 SynthSize = Literal["tiny", "demo", "small", "medium"]
 ImageCheck = Literal["decode", "exists"]
+ParseBackend = Literal["auto", "builtin", "trained"]  # auto: the trained pipeline when installed
+IndexKind = Literal["flat", "ann", "auto"]  # a gallery's index: exact, FAISS IVF, by its size
+# What inference (evaluate, search, serve) takes unless told otherwise; the command line shows
+# these same values as its defaults.
+INFERENCE_BATCH_SIZE = 256
+TOP_K = 10
+SEARCH_CACHE_DIR = ".cache/uit/search"
 
 
 class Section(BaseModel):
@@ -94,7 +101,7 @@ class SynthConfig(Section):
 class ParseConfig(Section):
     """Attribute parsing of captions with spaCy (design §3.3)."""
 
-    backend: Literal["auto", "builtin", "trained"] = "auto"  # auto: trained when installed
+    backend: ParseBackend = "auto"
     trained_model: str = "en_core_web_sm"
     batch_size: int = Field(1000, ge=1)
 

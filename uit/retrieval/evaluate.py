@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from uit.core.config import ModelConfig
+from uit.core.config import INFERENCE_BATCH_SIZE, TOP_K, ModelConfig
 from uit.core.device import autocast, autocast_dtype, resolve_device
 from uit.core.errors import DataError
 from uit.core.io import atomic_write_bytes, atomic_write_json
@@ -62,9 +62,9 @@ if TYPE_CHECKING:
 class EvalOptions:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype | None = None  # autocast dtype, None for fp32
-    batch_size: int = 256
+    batch_size: int = INFERENCE_BATCH_SIZE
     workers: int = 0
-    top_k: int = 10
+    top_k: int = TOP_K
 
 
 @dataclass
@@ -297,7 +297,7 @@ def evaluate_checkpoint(
     *,
     split: str = "test",
     device: str = "auto",
-    batch_size: int = 256,
+    batch_size: int = INFERENCE_BATCH_SIZE,
     progress: NewBar | None = None,
     parsed_dir: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -313,7 +313,7 @@ def evaluate_checkpoint(
 
 
 def load_for_inference(
-    checkpoint_dir: str | Path, device: str = "auto", batch_size: int = 256
+    checkpoint_dir: str | Path, device: str = "auto", batch_size: int = INFERENCE_BATCH_SIZE
 ) -> tuple[DualEncoder, Tokenizer, EvalOptions]:
     """A checkpoint's (or export's) encoder on ``device`` in eval mode, its tokenizer, and
     options in the precision it was trained in (the one its selection scores were computed in)."""
@@ -323,7 +323,7 @@ def load_for_inference(
 
 
 def inference_options(
-    checkpoint_dir: str | Path, device: str = "auto", batch_size: int = 256
+    checkpoint_dir: str | Path, device: str = "auto", batch_size: int = INFERENCE_BATCH_SIZE
 ) -> EvalOptions:
     """Evaluation options for a checkpoint: ``device`` resolved, autocast in the precision it
     was trained in (read from its state, not its weights)."""
@@ -341,7 +341,7 @@ def evaluate_across(
     *,
     split: str = "test",
     device: str = "auto",
-    batch_size: int = 256,
+    batch_size: int = INFERENCE_BATCH_SIZE,
     progress: NewBar | None = None,
     extras: Mapping[str, Mapping[str, Any]] | None = None,
     parsed_dirs: Mapping[str, str | Path] | None = None,
@@ -388,7 +388,7 @@ def in_domain_extras(
     *,
     split: str = "test",
     device: str = "auto",
-    batch_size: int = 256,
+    batch_size: int = INFERENCE_BATCH_SIZE,
     progress: NewBar | None = None,
     zero_shot: bool = True,
 ) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from uit.core.config import INFERENCE_BATCH_SIZE
 from uit.retrieval.evaluate import EvalOptions, encode_texts, load_for_inference
 from uit.retrieval.index import AnnIndex, FlatIndex, IndexKind, build_index
 from uit.retrieval.search import (
@@ -67,7 +68,7 @@ def open_gallery(
     index_kind: IndexKind = "auto",
     cache_dir: str | Path | None = None,
     device: str = "auto",
-    batch_size: int = 256,
+    batch_size: int = INFERENCE_BATCH_SIZE,
     progress: NewBar | None = None,
 ) -> OpenGallery:
     """``source``'s images (a folder, searched recursively, or a prepared benchmark's

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from uit.core.config import IndexKind
 from uit.core.errors import UitError
 from uit.core.io import atomic_write_bytes
 from uit.retrieval.scan import scan_method
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IndexKind = Literal["flat", "ann", "auto"]
 ANN_THRESHOLD = 50_000  # images: below it an exact scan answers in a few milliseconds
 DEFAULT_NPROBE = 32  # lists visited per query: recall@10 >= 0.99 at 100k and 1M (benchmarks/)
 TRAIN_PER_LIST = 40  # k-means training points per list (FAISS warns below 39)

@@ -1,7 +1,8 @@
 """Checks that run before anything trains: each finds what would otherwise fail late (after
 other benchmarks trained for an hour, or deep inside the sampler) and says it in one line that
 names the parameter or file and the fix. This module holds the checks of one prepared benchmark
-(what the train stage asks first); ``uit.app.flows.preflight`` checks a whole pipeline before it starts.
+(what training asks first); ``uit.app.flows.preflight`` checks a whole pipeline before it
+starts.
 
 Every check is a pure function of the parsed config and the project folder, returning the
 problems it found (an empty list when all is well); ``check`` raises them as one error.

@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar, get_args
 
 import click
 import typer
+from pydantic import BaseModel
 from rich.table import Table
 from typer._click.core import Context  # the click that typer runs on (vendored)
 from typer._click.formatting import HelpFormatter
@@ -39,6 +40,12 @@ def benchmark_option(what: str, default: str | None = None) -> Any:
     repeat = " (repeatable)" if default is not None else ""
     return typer.Option("--benchmark", "-b", metavar="BENCHMARK", show_default=default or False,
                         help=f"{what}: {ONE_OF}{repeat}.")  # fmt: skip
+
+
+def default(section: type[BaseModel], key: str) -> Any:
+    """The library's default of a config section's ``key``: what an option shows and takes
+    when it is not given, stated once, in ``uit.core.config``."""
+    return section.model_fields[key].default
 
 
 TYPE_NAMES = {int: "INTEGER", float: "FLOAT", str: "TEXT", Path: "PATH"}

@@ -6,13 +6,30 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from uit.app.cli.base import IMAGES, app, benchmark_option, data_app, friendly_errors, image_bytes
-from uit.core.config import BENCHMARKS, Benchmark, ImageCheck, SynthSize
+from uit.app.cli.base import (
+    IMAGES,
+    app,
+    benchmark_option,
+    data_app,
+    default,
+    friendly_errors,
+    image_bytes,
+)
+from uit.core.config import (
+    BENCHMARKS,
+    Benchmark,
+    DataConfig,
+    ImageCheck,
+    ParseBackend,
+    ParseConfig,
+    SynthConfig,
+    SynthSize,
+)
 from uit.core.console import adder, console, progress_bars
 
 
@@ -34,12 +51,12 @@ def synth(
     seed: Annotated[int, typer.Option(help="Same seed, same files.")] = 0,
     size: Annotated[
         SynthSize, typer.Option(help="tiny is for tests; demo fits make demo.")
-    ] = "demo",
+    ] = default(SynthConfig, "size"),
     benchmark: Annotated[
         list[Benchmark] | None, benchmark_option("Only this benchmark", "all")
     ] = None,
-    image_height: int = 128,
-    image_width: int = 64,
+    image_height: int = default(SynthConfig, "image_height"),
+    image_width: int = default(SynthConfig, "image_width"),
     workers: Annotated[int, typer.Option(min=1, help="Processes drawing images.")] = 1,
     contact_sheet: Annotated[
         Path | None, typer.Option(help="Also save a PNG of samples here.")
@@ -99,7 +116,9 @@ def data_prepare(
     drop_missing: Annotated[
         bool, typer.Option(help="Drop (and count) missing or corrupt images instead of failing.")
     ] = False,
-    check_images: Annotated[ImageCheck, typer.Option(help="decode opens every image.")] = "decode",
+    check_images: Annotated[ImageCheck, typer.Option(help="decode opens every image.")] = default(
+        DataConfig, "check_images"
+    ),
 ) -> None:
     """Validate a benchmark and write its Parquet manifests and stats.json."""
     from uit.raw.prepare import prepare_benchmark
@@ -152,13 +171,15 @@ def data_parse(
     prepared: Annotated[Path, typer.Argument(help="A folder written by `uit data prepare`.")],
     out: Annotated[Path, typer.Option(help="Folder for attributes.parquet and parse.json.")],
     backend: Annotated[
-        Literal["auto", "builtin", "trained"],
+        ParseBackend,
         typer.Option(help="auto: the trained pipeline when installed, else the built-in one."),
-    ] = "auto",
+    ] = default(ParseConfig, "backend"),
     trained_model: Annotated[
         str, typer.Option(help="spaCy pipeline (package or folder) of the trained backend.")
-    ] = "en_core_web_sm",
-    batch_size: Annotated[int, typer.Option(help="Captions per nlp.pipe batch.")] = 1000,
+    ] = default(ParseConfig, "trained_model"),
+    batch_size: Annotated[int, typer.Option(help="Captions per nlp.pipe batch.")] = default(
+        ParseConfig, "batch_size"
+    ),
 ) -> None:
     """Tag every caption with spaCy and write its attribute words and phrases."""
     from uit.core.config import parse_config

@@ -104,3 +104,7 @@ def run_pipeline(
         console.print(f"Experiment {exp} ran in DVC's temporary workspace, so this one is "
                       f"unchanged; `dvc exp apply {exp}` brings it in")  # fmt: skip
     console.print("Experiments and their metrics: `uit compare`; curves: `uit report`")
+    own = project / "reports" / "report.html"  # what `uit report` last built
+    if own.is_file() and own.stat().st_mtime < Path(html).stat().st_mtime:
+        console.print(f"{own.relative_to(project)} (from `uit report`) is older than this run: "
+                      "`uit report` rebuilds it")  # fmt: skip

@@ -143,6 +143,7 @@ def report(
 
     From the pipeline's outputs; the DVC report stage builds it without the experiments.
     """
+    from uit.app.collect import read_provenance
     from uit.app.report import report_pipeline
     from uit.core.config import load_config
     from uit.core.io import check_new_file
@@ -154,7 +155,9 @@ def report(
     frame = _experiment_frame(project, baseline) if experiments else None
     html, markdown = report_pipeline(cfg, project / "runs", project / "metrics",
                                      project / "evals", project / "data/prepared", project / out,
-                                     experiments=frame)  # fmt: skip
+                                     experiments=frame,
+                                     provenance=read_provenance(project, project / params,
+                                                                "`uit report`"))  # fmt: skip
     console.print(f"wrote {html} and {markdown}")
     if screenshot:
         from uit.app.browser import check_page

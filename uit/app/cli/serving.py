@@ -6,13 +6,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.box import SIMPLE_HEAD
 from rich.table import Table
 
-from uit.core.config import BENCHMARKS
+from uit.core.config import BENCHMARKS, INFERENCE_BATCH_SIZE, SEARCH_CACHE_DIR, TOP_K, IndexKind
 from uit.core.console import adder, console, err_console, progress_bars
 from uit.core.errors import UitError
 
@@ -36,7 +36,7 @@ def search(
     gallery: Annotated[
         str, typer.Option(help="A folder of images, a prepared benchmark folder or a name.")
     ],
-    top_k: Annotated[int, typer.Option(min=1, help="How many results.")] = 10,
+    top_k: Annotated[int, typer.Option(min=1, help="How many results.")] = TOP_K,
     split: Annotated[str, typer.Option(help="The split of a prepared benchmark.")] = "test",
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     sheet: Annotated[
@@ -44,7 +44,7 @@ def search(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --sheet file.")] = False,
     cache_dir: Annotated[Path, typer.Option(help="Where gallery embeddings are cached.")] = Path(
-        ".cache/uit/search"
+        SEARCH_CACHE_DIR
     ),
     use_cache: Annotated[
         bool,
@@ -53,7 +53,9 @@ def search(
         ),
     ] = True,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images or captions per batch.")] = 256,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Images or captions per batch.")
+    ] = INFERENCE_BATCH_SIZE,
 ) -> None:
     """Rank the images of a gallery for a sentence (the gallery is encoded once, then cached)."""
     from uit.core.device import resolve_device
@@ -140,15 +142,17 @@ def serve(
         bool, typer.Option(help="Allow a non-loopback --host: anyone who reaches it can search.")
     ] = False,
     index: Annotated[
-        Literal["flat", "ann", "auto"],
+        IndexKind,
         typer.Option(help="Exact scan, approximate FAISS index, or by gallery size (auto)."),
     ] = "auto",
     split: Annotated[str, typer.Option(help="The split of a prepared benchmark.")] = "test",
     cache_dir: Annotated[
         Path, typer.Option(help="Where gallery embeddings and the index are cached.")
-    ] = Path(".cache/uit/search"),
+    ] = Path(SEARCH_CACHE_DIR),
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 256,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Images per batch.")
+    ] = INFERENCE_BATCH_SIZE,
     timeout: Annotated[
         float,
         typer.Option(min=0.1, help="Seconds a client has to send a request's headers, and "

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from uit.app.cli.base import _table, app, benchmark_option, friendly_errors
-from uit.core.config import Benchmark
+from uit.core.config import INFERENCE_BATCH_SIZE, Benchmark
 from uit.core.console import adder, console, progress_bars
 
 
@@ -101,7 +101,9 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Folder for metrics.json and top_k.parquet.")],
     split: Annotated[str, typer.Option(help="train | val | test")] = "test",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images or captions per batch.")] = 256,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Images or captions per batch.")
+    ] = INFERENCE_BATCH_SIZE,
     parsed: Annotated[
         Path | None,
         typer.Option(help="The benchmark's parsed captions (uit data parse): attribute binding."),

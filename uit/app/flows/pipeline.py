@@ -42,8 +42,8 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.states import Failed, State
 
-from uit.app.flows import preflight
 from uit.app.dvc import dvc_env, dvc_json
+from uit.app.flows import preflight
 from uit.core.config import BENCHMARKS, load_config
 from uit.core.errors import ConfigError, UitError
 from uit.core.io import replaced_dir
@@ -85,6 +85,13 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+def relative_paths(text: str, project: str) -> str:
+    """``text`` with the project's absolute path left out of the paths it names: a log line
+    that ``prefect deployment run --watch`` shows stays short enough not to wrap mid-path."""
+    root = str(Path(project).resolve())
+    return text.replace(root + os.sep, "").replace(root, ".")
+
+
 @task(retries=3, retry_delay_seconds=15, retry_condition_fn=_transient,
       task_run_name="dvc {args}")  # fmt: skip
 def dvc(args: Sequence[str], project: str) -> str:
@@ -104,7 +111,7 @@ def dvc(args: Sequence[str], project: str) -> str:
             line = line.rstrip()
             lines.append(line)
             if forwarded(line):
-                logger.info(line)
+                logger.info(relative_paths(line, project))
         code = process.wait()
     if code != 0:
         raise DvcError(stage_failure(args, code, path, lines))
@@ -318,6 +325,7 @@ def report(project: str = ".") -> str:
     summary = (out / "report.md").read_text()
     create_markdown_artifact(key="uit-report", markdown=summary,
                              description=f"Full report: {out / 'report.html'}")  # fmt: skip
+    get_run_logger().info(f"Report: {relative_paths(str(out / 'report.html'), project)}")
     return str(out / "report.html")
 
 
@@ -430,7 +438,7 @@ def fetch_report(rev: str, name: str, project: str) -> Path:
 
 
 @task
-def publish_experiment_report(name: str, out: Path) -> None:
+def publish_experiment_report(name: str, out: Path, project: str = ".") -> None:
     """The experiment's report summary as a Markdown artifact, saying where its results are."""
     where = (f"Experiment {name}: full report {out / 'report.html'}; `uit compare` beside the "
              f"others, `dvc exp apply {name}` into the workspace or `dvc exp branch {name} "
@@ -438,7 +446,7 @@ def publish_experiment_report(name: str, out: Path) -> None:
     summary = (out / "report.md").read_text()
     create_markdown_artifact(key=artifact_key("report", name), markdown=summary,
                              description=where)  # fmt: skip
-    get_run_logger().info(where)
+    get_run_logger().info(relative_paths(where, project))
 
 
 def git_remote_url(remote: str, project: str) -> str | None:
@@ -516,7 +524,7 @@ def run_experiment(benchmarks: Sequence[str], overrides: Sequence[str], name: st
     for benchmark in benchmarks:
         publish_metrics(project, benchmark, name, experiment_metrics(entry, benchmark))
     out = fetch_report(str(entry["rev"]), name, project)
-    publish_experiment_report(name, out)
+    publish_experiment_report(name, out, project)
     publish_experiment(name, git_remote, project)
     return str(out / "report.html")
 
@@ -544,7 +552,9 @@ def pipeline(
     check_ready(chosen, [], project, after_prepare=True)
     pretrain(project)
     train(chosen, project)
-    return report(project)
+    html = report(project)
+    get_run_logger().info(f"Report: {relative_paths(html, project)} (report.md beside it)")
+    return html
 
 
 if __name__ == "__main__":
