@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import pytest
-import typer.main
 from click.testing import Result
-from typer.core import TyperGroup, TyperOption
+from typer.core import TyperOption
 from typer.testing import CliRunner
 
+from tests.conftest import EVERY
 from uit.app.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,20 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def invoke(*args: str, columns: int = 250) -> Result:
     return CliRunner().invoke(app, list(args), env={"COLUMNS": str(columns)})
-
-
-def commands(
-    group: TyperGroup, path: tuple[str, ...] = ()
-) -> Iterator[tuple[tuple[str, ...], Any]]:
-    yield path, group
-    for name, command in group.commands.items():
-        if isinstance(command, TyperGroup):
-            yield from commands(command, (*path, name))
-        else:
-            yield (*path, name), command
-
-
-EVERY = list(commands(typer.main.get_command(app)))  # type: ignore[arg-type]
 
 
 def test_the_walk_sees_every_command() -> None:

@@ -12,48 +12,11 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from tests.conftest import fake_pipeline
 from tests.pipeline_repo import sh
 from uit.app.cli import app
 from uit.app.compare import METRICS, Experiment, compact_view, comparison
 from uit.core.errors import UitError
-
-STAGE = """
-import json, pathlib, yaml
-p = yaml.safe_load(open("params.yaml"))
-r1 = 20.0 + p["loss"]["cmt"] + p["train"]["seed"]
-pathlib.Path("metrics").mkdir(exist_ok=True)
-for name, offset in (("cuhk-pedes", 0.0), ("icfg-pedes", 7.25), ("rstpreid", -3.5)):
-    r = r1 + offset
-    t2i = {"R1": r, "R5": r + 30, "R10": r + 40, "mAP": r / 2, "mINP": r / 4}
-    json.dump({name: {"t2i": t2i, "i2t": t2i}}, open(f"metrics/{name}.json", "w"))
-"""
-
-DVC_YAML = """stages:
-  fake-train:
-    cmd: python stage.py
-    deps: [stage.py]
-    params: [loss.cmt, train.seed]
-    metrics:
-      - metrics/cuhk-pedes.json: {cache: false}
-      - metrics/icfg-pedes.json: {cache: false}
-      - metrics/rstpreid.json: {cache: false}
-"""
-
-
-def fake_pipeline(path: Path) -> Path:
-    """A git and DVC repository whose one stage turns params into metrics (no training),
-    reproduced and committed."""
-    (path / "stage.py").write_text(STAGE)
-    (path / "dvc.yaml").write_text(DVC_YAML)
-    (path / "params.yaml").write_text("loss:\n  cmt: 10.0\ntrain:\n  seed: 0\n  epochs: 8\n")
-    for args in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.email", "t@e.st"],
-                 ["git", "config", "user.name", "t"], ["dvc", "init", "-q"],
-                 ["dvc", "config", "core.analytics", "false"]):  # fmt: skip
-        sh(*args, cwd=path)
-    sh("dvc", "repro", cwd=path)
-    sh("git", "add", "-A", cwd=path)
-    sh("git", "commit", "-q", "-m", "baseline", cwd=path)
-    return path
 
 
 @pytest.fixture(scope="module")

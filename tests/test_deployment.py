@@ -10,12 +10,8 @@ published to remotes) are tests/test_workers.py."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,97 +19,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.pipeline_repo import BIN, ONE_BENCHMARK, env, make_repo, sh
+from tests.conftest import (
+    free_port,
+    recipe_env,
+    start,
+    stop,
+    wait_healthy,
+    workspace_snapshot,
+)
+from tests.pipeline_repo import BIN, ONE_BENCHMARK, make_repo, sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # one tiny pipeline run
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start(args: list[str], cwd: Path, environ: dict[str, str], log: Path) -> subprocess.Popen:
-    handle = log.open("w")
-    return subprocess.Popen(args, cwd=cwd, env=environ, stdout=handle, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM the process group started for ``process``, then SIGKILL what is left."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def listening(group: int, port: int) -> bool:
-    """Whether a process of the process group ``group`` holds the listening TCP socket of
-    ``port`` on 127.0.0.1 (Linux: /proc/net/tcp names the socket's inode, /proc/PID/fd holds it)."""
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
-            inodes.add(f"socket:[{fields[9]}]")
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.getpgid(int(pid)) != group:
-                continue
-            fds = Path(f"/proc/{pid}/fd")
-            if any(os.readlink(fds / fd) in inodes for fd in os.listdir(fds)):
-                return True
-        except OSError:  # a process that ended, or a descriptor closed, meanwhile
-            continue
-    return False
-
-
-def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 120) -> bool:
-    """Whether the server at ``url`` answers healthy; False when it exited because its port was
-    taken between ``free_port()`` and its start (the caller tries another port)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            text = log.read_text()
-            if "address already in use" in text.lower():
-                return False
-            raise AssertionError(f"the server exited:\n{text[-3000:]}")
-        try:
-            healthy = httpx.get(f"{url}/health", timeout=2).status_code == 200
-            if healthy and listening(server.pid, int(url.split(":")[2].split("/")[0])):
-                return True  # ours answered, not another server on a port ours failed to take
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"no healthy server at {url} after {timeout} s")
-
-
-SKIP = (".git", ".dvc", ".prefect", "reports/experiments")  # git's, DVC's, Prefect's stores
-
-
-def snapshot(repo: Path) -> dict[str, str]:
-    """Every file of the workspace (params, lock, metrics, DVC outputs) by its content hash, and
-    what git reports as changed."""
-    files = {
-        str(path.relative_to(repo)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(repo.rglob("*"))
-        if path.is_file()
-        and not str(path.relative_to(repo)).startswith(SKIP)
-        and "__pycache__" not in path.parts
-    }
-    files["git status"] = sh("git", "status", "--porcelain", cwd=repo).stdout
-    return files
-
-
-def recipe_env(home: Path, url: str) -> dict[str, str]:
-    """The environment of the README's terminals: an empty home folder, no Prefect setting but
-    PREFECT_API_URL (the rest comes from the project's prefect.toml)."""
-    base = {k: v for k, v in env().items()
-            if not k.startswith(("PREFECT_", "XDG_", "DVC_SITE_CACHE"))}  # fmt: skip
-    return {**base, "HOME": str(home), "PREFECT_API_URL": url}
 
 
 @pytest.fixture
@@ -174,7 +90,7 @@ def test_deployment_runs_the_pipeline_through_a_worker(
     assert worker.returncode in (0, -signal.SIGTERM), worker.returncode
     assert time.monotonic() - stopping < 20
     # the workspace holds the run's results, with nothing to re-run
-    files = snapshot(repo)
+    files = workspace_snapshot(repo)
     assert {"params.yaml", "dvc.lock", "metrics/rstpreid.json"} <= files.keys()
     assert any(name.startswith("runs/rstpreid/checkpoints/") for name in files)
     assert set(json.loads((repo / "metrics" / "rstpreid.json").read_text())) >= {"rstpreid"}

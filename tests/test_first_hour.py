@@ -14,13 +14,12 @@ from rich.console import Console
 from typer.core import TyperOption
 from typer.testing import CliRunner
 
+from tests.conftest import EVERY
 from uit.app.cli import app
 from uit.app.cli.serving import print_hits
 from uit.app.report import RunResult, build_report, curves_plot, render_html
 from uit.core.config import ReportConfig
 from uit.data.prepared import read_manifests
-
-from .test_cli_help import EVERY
 
 
 def search(*args: object) -> str:

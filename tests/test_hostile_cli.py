@@ -4,7 +4,6 @@ written before byte-identical. One test (at least) per root cause of the hostile
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from uit.app.cli import app
+from tests.conftest import cli, fails, snapshot
 from uit.core.config import SynthConfig, load_config
 from uit.core.errors import CheckpointError, ConfigError
 from uit.core.io import atomic_write_text
@@ -26,27 +24,6 @@ from uit.raw.prepare import prepare_benchmark
 from uit.synth.generate import synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def snapshot(*folders: Path) -> dict[str, str]:
-    """Every file under ``folders`` by its hash: what must not change when a command fails."""
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
-
-
-def cli(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
-
-
-def fails(*args: object, says: tuple[str, ...], code: int = 1) -> str:
-    """Run the CLI, expect ``code``, one message holding every one of ``says``, no traceback."""
-    exit_code, output = cli(*args)
-    assert exit_code == code, output
-    assert "Traceback" not in output, output
-    for part in says:
-        assert part in output, (part, output)
-    return output
 
 
 def subprocess_cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tests.conftest import fake_pipeline
 from tests.pipeline_repo import ROOT, sh
-from tests.test_compare import fake_pipeline
 from uit.app.cli import app
 from uit.app.cli.results import _experiment_frame
 from uit.app.collect import read_results

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.test_hostile_cli import snapshot
+from tests.conftest import snapshot
 from uit.app.cli import app
 from uit.core.config import PretrainConfig, SynthConfig
 from uit.core.errors import ConfigError, TrainingError

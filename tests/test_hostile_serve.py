@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.test_serve import wait_until_serving
+from tests.conftest import wait_until_serving
 from uit.app.cli import app
 from uit.retrieval.index import build_index
 from uit.retrieval.search import EmbeddingCache, checkpoint_digest, file_digest, list_gallery

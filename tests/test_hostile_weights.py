@@ -22,8 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
-from tests.test_hostile_cli import fails
-from tests.test_weights import released_checkpoint, tiny_clip
+from tests.conftest import fails, released_checkpoint, tiny_clip
 from uit.app.cli import app
 from uit.core.errors import WeightsError
 from uit.model.build import load_encoder

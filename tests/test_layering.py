@@ -316,3 +316,29 @@ def test_the_cli_restates_no_choice_of_the_library(path: Path) -> None:
     assert "Literal[" not in source
     for restated in ('".cache/uit/search"', "= 256", '"en_core_web_sm"'):
         assert restated not in source, (path.name, restated)
+
+
+def test_the_test_map_names_every_test_module_and_every_part_of_the_code() -> None:
+    """``tests/README.md`` maps each library folder (and the command line, the flows and the
+    stages) to its test files: every test module is in it, every file it names exists."""
+    text = (ROOT / "tests" / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `([^`]+)`[^|]*\| (.+) \|$", text, re.M)
+    parts = {part for part, _ in rows}
+    named = {name for _, files in rows for name in re.findall(r"`(test_\w+\.py)`", files)}
+    assert {f"uit/{folder}/" for folder in ORDER} | {"uit/app/cli/", "uit/app/flows/",
+                                                    "stages/"} <= parts  # fmt: skip
+    assert all((ROOT / part).exists() for part in parts)
+    on_disk = {p.name for p in (ROOT / "tests").glob("test_*.py")}
+    assert named <= on_disk, named - on_disk  # no file named that is not there
+    assert on_disk <= named, on_disk - named  # no test module left out
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "tests").glob("*.py")), ids=lambda p: p.name)
+def test_no_test_module_imports_another(path: Path) -> None:
+    """Helpers that several modules share live in ``conftest.py`` (or ``pipeline_repo.py``),
+    so a test module can be moved or deleted without breaking another."""
+    for name in imported_modules(path):
+        assert not name.startswith("tests.test_"), (path.name, name)
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    relative = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
+    assert not any((m or "").startswith("test_") for m in relative), path.name

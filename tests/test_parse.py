@@ -16,7 +16,7 @@ from spacy.training import Example
 from typer.testing import CliRunner
 
 from stages.parse import main as stage_main
-from tests.test_stages import run_stage
+from tests.conftest import run_stage
 from uit.app.cli import app
 from uit.core.boundary import run_stage as run
 from uit.core.config import BENCHMARKS, ParseConfig

@@ -4,13 +4,10 @@ in headless Chromium at laptop and phone width."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +17,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.conftest import Client, wait_until_serving
 from uit.app.browser import browser_available, start_chromium
 from uit.app.cli import app
 from uit.data.prepared import read_manifests
@@ -29,55 +27,6 @@ from uit.retrieval.index import ANN_THRESHOLD, build_index, resolve_kind
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = ["a person in a red coat", "a man with a black backpack", "a woman in blue jeans",
              "someone wearing white shoes", "a girl with long hair and a green bag"]  # fmt: skip
-
-
-# What `uit serve` prints once it listens; with --port 0, the port the system chose.
-SERVING = re.compile(r" at http://127\.0\.0\.1:(\d+)/ \(API: ")
-
-
-class Client:
-    """JSON over one ``http.client`` connection per call (raw paths: nothing normalised)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-
-    def call(
-        self, method: str, path: str, body: Any = None, timeout: float = 60
-    ) -> tuple[int, Any, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            data = None if body is None else json.dumps(body)
-            connection.request(method, path, body=data,
-                               headers={"Content-Type": "application/json"})  # fmt: skip
-            response = connection.getresponse()
-            raw = response.read()
-            kind = response.getheader("Content-Type") or ""
-            return response.status, json.loads(raw) if "json" in kind else None, raw
-        finally:
-            connection.close()
-
-    def search(self, text: str, k: int = 10, offset: int = 0) -> dict[str, Any]:
-        status, answer, _ = self.call("POST", "/search", {"text": text, "k": k, "offset": offset})
-        assert status == 200, answer
-        return answer
-
-
-def wait_until_serving(process: subprocess.Popen, log: Path, timeout: float = 180) -> int:
-    """The port of ``uit serve --port 0`` (``process``, its output in ``log``) once /healthz
-    answers 200; fails with its output when it exits first or after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"uit serve exited {process.returncode}: {log.read_text(errors='replace')}")
-        found = SERVING.search(log.read_text(errors="replace"))
-        try:
-            if found and Client(int(found[1])).call("GET", "/healthz", timeout=5)[0] == 200:
-                return int(found[1])
-        except OSError:  # not listening yet, or a reset: asked again below
-            pass
-        if time.monotonic() > deadline:  # any answer but 200 counts against it too
-            pytest.fail(f"uit serve did not answer in {timeout:g} s: {log.read_text()[-3000:]}")
-        time.sleep(0.3)
 
 
 def stop_server(process: subprocess.Popen) -> None:

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.conftest import run_stage
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_stage(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # DVC runs stages from the project root
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, env=env
-    )
 
 
 def test_synth_then_prepare_stages(tmp_path: Path) -> None:

@@ -20,9 +20,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from tests.conftest import released_checkpoint, tiny_clip
 from uit.core.config import ModelConfig
 from uit.core.errors import UitError, WeightsError
-from uit.model.build import build_model, load_encoder, register_configs
+from uit.model.build import build_model, load_encoder
 from uit.model.weights import (
     RELEASED_LOGIT_SCALE,
     WeightsInfo,
@@ -87,35 +88,6 @@ def openai_file(
     with pytest.warns(Warning), torch.no_grad():  # torch.jit is deprecated, and says so
         torch.jit.save(torch.jit.trace(model, (images, text)), str(path))
     return path, model.state_dict()
-
-
-def tiny_clip(image_size: tuple[int, int] = (64, 32), quick_gelu: bool = False) -> nn.Module:
-    register_configs()
-    torch.manual_seed(1)
-    return open_clip.create_model(
-        "uit-tiny", force_image_size=image_size, force_quick_gelu=quick_gelu
-    )
-
-
-def released_checkpoint(path: Path, clip_state: dict[str, Tensor], prefix: str = "") -> int:
-    """A ``best.pth`` in the released code's layout (IRRA/SEN ``Checkpointer.save``): the CLIP
-    under ``base_model.`` (without a logit scale, which that code keeps fixed), training heads,
-    optimizer and epoch; returns the number of head tensors."""
-    heads = {
-        "classifier.weight": torch.randn(11003, 128),
-        "classifier.bias": torch.zeros(11003),
-        "cross_attn.in_proj_weight": torch.randn(384, 128),
-        "cross_attn.in_proj_bias": torch.zeros(384),
-        "ln_pre_t.weight": torch.ones(128),
-        "mlm_head.fc.weight": torch.randn(49408, 128),
-    }
-    model = {f"base_model.{k}": v for k, v in clip_state.items() if k != "logit_scale"}
-    model.update(heads)
-    optimizer = {"state": {}, "param_groups": [{"lr": 1e-5, "betas": (0.9, 0.999), "params": [0]}]}
-    checkpoint = {"model": {prefix + k: v for k, v in model.items()}, "optimizer": optimizer}
-    checkpoint.update({"scheduler": {"milestones": (20, 50), "last_epoch": 9}, "epoch": 10})
-    torch.save(checkpoint, path)
-    return len(heads)
 
 
 # --- OpenAI's TorchScript files --------------------------------------------------------------

@@ -24,8 +24,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import (
+    free_port,
+    recipe_env,
+    start,
+    stop,
+    wait_healthy,
+    workspace_snapshot,
+)
 from tests.pipeline_repo import BIN, ONE_BENCHMARK, make_repo, sh
-from tests.test_deployment import free_port, recipe_env, snapshot, start, stop, wait_healthy
 from uit.app.flows import pipeline
 from uit.core.errors import UitError
 
@@ -193,7 +200,7 @@ def test_two_workers_publish_experiments_that_a_third_clone_pulls_and_compares(
         wait_healthy(url, server, tmp_path / "server.log")
         sh(prefect, "work-pool", "create", "uit", "--type", "process", cwd=clones["laptop"],
            env=environ)  # fmt: skip
-        before = snapshot(clones["gpu-a"])
+        before = workspace_snapshot(clones["gpu-a"])
         for machine in RUNS:  # each machine: its own deployment, work queue and worker
             machine_env = {**environ, pipeline.MACHINE_ENV: machine}
             sh(prefect, "--no-prompt", "deploy", "uit/app/flows/pipeline.py:pipeline", "--name",
@@ -212,7 +219,7 @@ def test_two_workers_publish_experiments_that_a_third_clone_pulls_and_compares(
     for machine, (name, _) in RUNS.items():
         assert sh("dvc", "exp", "list", "--name-only", cwd=clones[machine]).stdout.split() == [name]
     assert {f"uit-gpu-{m}" for m in RUNS} <= {limit["name"] for limit in found}
-    assert snapshot(clones["gpu-a"]) == before
+    assert workspace_snapshot(clones["gpu-a"]) == before
     # each experiment's report fetched beside the workspace, its artifacts named after it
     for machine, (name, _) in RUNS.items():
         fetched = clones[machine] / "reports" / "experiments" / name
