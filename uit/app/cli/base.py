@@ -128,32 +128,29 @@ def _format_help(command: Any, ctx: Any, formatter: Any, rich_help: Callable[...
         command.rich_markup_mode = mode
 
 
-class UitCommand(TyperCommand):
-    context_class = _Context
+class _ReadableHelp:
+    """What a command and a group of ``uit`` share: plain help text, click's labels, and the
+    layout that suits the terminal's width (mixed in before typer's class)."""
+
+    context_class: type[Context] = _Context
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        _plain_help(self)
+        _plain_help(self)  # type: ignore[arg-type]
 
     def get_params(self, ctx: Any) -> list[Any]:
-        return _readable(super().get_params(ctx))
+        return _readable(super().get_params(ctx))  # type: ignore[misc]
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
-        _format_help(self, ctx, formatter, super().format_help)
+        _format_help(self, ctx, formatter, super().format_help)  # type: ignore[misc]
 
 
-class UitGroup(TyperGroup):
-    context_class = _Context
+class UitCommand(_ReadableHelp, TyperCommand):
+    pass
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _plain_help(self)
 
-    def get_params(self, ctx: Any) -> list[Any]:
-        return _readable(super().get_params(ctx))
-
-    def format_help(self, ctx: Any, formatter: Any) -> None:
-        _format_help(self, ctx, formatter, super().format_help)
+class UitGroup(_ReadableHelp, TyperGroup):
+    pass
 
 
 class UitTyper(typer.Typer):
