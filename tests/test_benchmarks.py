@@ -90,7 +90,8 @@ if [ "$1" = benchmarks/paper_run.py ]; then mkdir -p "$3" && echo '{}' > "$3/pap
 case "$*" in *"$FAIL_ON"*) exit 3;; esac
 """
 FAKE_NVIDIA_SMI = "#!/bin/sh\necho 'name, memory.total [MiB], driver_version'\n"
-GPU_STEPS = ["machine", "gpu tests", "data", "paper run", "train step", "loader"]
+GPU_STEPS = ["machine", "gpu tests", "search", "data", "paper run", "train step", "loader"]
+STATUS = re.compile(r"^[a-z ]+: (exit \d+|skipped)$|^FAILED: |^all steps passed$")
 
 
 def run_gpu_checks(tmp_path: Path, fail_on: str) -> tuple[int, list[str], str]:
@@ -106,8 +107,9 @@ def run_gpu_checks(tmp_path: Path, fail_on: str) -> tuple[int, list[str], str]:
                "CALLS": str(calls), "FAIL_ON": fail_on}  # fmt: skip
     result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_checks.sh")], cwd=tmp_path,
                             env=environ, capture_output=True, text=True, timeout=60)  # fmt: skip
-    steps = (tmp_path / "out" / "steps.txt").read_text().splitlines()
-    return result.returncode, steps, calls.read_text()
+    lines = (tmp_path / "out" / "steps.txt").read_text().splitlines()
+    assert lines[0] == "name, memory.total [MiB], driver_version"  # the machine heads the file
+    return result.returncode, [line for line in lines if STATUS.match(line)], calls.read_text()
 
 
 def test_gpu_checks_pass_when_every_step_passes_and_train_as_the_paper_does(
@@ -127,6 +129,17 @@ def test_gpu_checks_pass_when_every_step_passes_and_train_as_the_paper_does(
     assert f'parse_benchmark(f"{data}/prepared-medium/cuhk-pedes", f"{data}/parsed-medium' in calls
     assert 'ParseConfig(backend="builtin")' in calls
     assert (tmp_path / "out" / "paper_run.json").read_text() == "{}\n"
+    # what comes back from a device machine: at most 8 files
+    assert len(list((tmp_path / "out").iterdir())) <= 8
+    [search] = [line for line in calls.splitlines() if line.startswith("benchmarks/search.py")]
+    assert "--params profiles/paper.yaml" in search and "--api-kinds flat" in search
+
+
+def test_gpu_checks_leave_out_the_steps_named_in_skip(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SKIP", "gpu tests,loader")
+    code, steps, calls = run_gpu_checks(tmp_path, fail_on="no call has this")
+    assert code == 0 and "gpu tests: skipped" in steps and "loader: skipped" in steps
+    assert "-m pytest" not in calls and "benchmarks/loader.py" not in calls
 
 
 @pytest.mark.parametrize(
