@@ -18,6 +18,7 @@ if (workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 import json
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import pytest
 from PIL import Image
 
 from uit.core.config import SynthConfig
-from uit.raw.formats import SPECS
+from uit.raw.formats import SPECS, TOKENS_KEY
 from uit.synth.generate import synthesize
 
 RecordFactory = Callable[..., Path]
@@ -41,15 +42,15 @@ def _image(path: Path, colour: tuple[int, int, int] = (120, 30, 30)) -> None:
 def make_record(name: str, pid: int, path: str, captions: list[str], split: str) -> dict[str, Any]:
     """A record with exactly the keys of ``name``'s real annotation file."""
     spec = SPECS[name]
-    record: dict[str, Any] = {"id": pid, spec.path_key: path, "captions": captions, "split": split}
-    if name != "rstpreid":
-        record["processed_tokens"] = [c.lower().split() for c in captions]
-    return record
+    fields: dict[str, Any] = {"id": pid, spec.path_key: path, "captions": captions, "split": split,
+                              TOKENS_KEY: [c.lower().split() for c in captions]}  # fmt: skip
+    return {key: fields[key] for key in spec.record_keys}
 
 
 def default_records(name: str) -> list[dict[str, Any]]:
     """Two identities per split the benchmark has, two images each."""
-    ext = "png" if name == "cuhk-pedes" else "jpg"
+    # the file type the format's images have, as the synthesiser names them
+    ext = Path(SPECS[name].image_path("train", 1, 0, random.Random(0))).suffix.lstrip(".")
     records = []
     pid = 1
     for split in SPECS[name].splits:
