@@ -24,6 +24,7 @@ if (workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
 import hashlib
 import http.client
 import json
+import random
 import re
 import shutil
 import signal
@@ -49,7 +50,7 @@ from tests.pipeline_repo import env, sh
 from uit.app.cli import app
 from uit.core.config import SynthConfig
 from uit.model.build import register_configs
-from uit.raw.formats import SPECS
+from uit.raw.formats import SPECS, TOKENS_KEY
 from uit.raw.prepare import prepare_benchmark
 from uit.synth.generate import synthesize
 
@@ -65,15 +66,15 @@ def _image(path: Path, colour: tuple[int, int, int] = (120, 30, 30)) -> None:
 def make_record(name: str, pid: int, path: str, captions: list[str], split: str) -> dict[str, Any]:
     """A record with exactly the keys of ``name``'s real annotation file."""
     spec = SPECS[name]
-    record: dict[str, Any] = {"id": pid, spec.path_key: path, "captions": captions, "split": split}
-    if name != "rstpreid":
-        record["processed_tokens"] = [c.lower().split() for c in captions]
-    return record
+    fields: dict[str, Any] = {"id": pid, spec.path_key: path, "captions": captions, "split": split,
+                              TOKENS_KEY: [c.lower().split() for c in captions]}  # fmt: skip
+    return {key: fields[key] for key in spec.record_keys}
 
 
 def default_records(name: str) -> list[dict[str, Any]]:
     """Two identities per split the benchmark has, two images each."""
-    ext = "png" if name == "cuhk-pedes" else "jpg"
+    # the file type the format's images have, as the synthesiser names them
+    ext = Path(SPECS[name].image_path("train", 1, 0, random.Random(0))).suffix.lstrip(".")
     records = []
     pid = 1
     for split in SPECS[name].splits:

@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from tests.conftest import RecordFactory, default_records, make_record
 from uit.app.cli import app
+from uit.core.config import BENCHMARKS
 from uit.raw.formats import SPECS
-from uit.raw.readers import read_benchmark, read_cuhk_pedes, read_icfg_pedes, read_rstpreid
+from uit.raw.readers import read_annotations, read_benchmark
 
 runner = CliRunner()
 
@@ -48,13 +49,11 @@ def assert_untouched(out: Path) -> None:
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".prepared")], "temp left"
 
 
-@pytest.mark.parametrize(
-    ("name", "reader"),
-    [("cuhk-pedes", read_cuhk_pedes), ("icfg-pedes", read_icfg_pedes), ("rstpreid", read_rstpreid)],
-)
-def test_each_reader_reads_its_format(write_benchmark: RecordFactory, name: str, reader) -> None:
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_the_reader_reads_each_format(write_benchmark: RecordFactory, name: str) -> None:
     root = write_benchmark(name)
-    annotations = reader(root)
+    annotations = read_annotations(SPECS[name], root)
+    assert read_benchmark(name.upper(), root) == annotations
     records = default_records(name)
     assert len(annotations.records) == len(records)
     first = annotations.records[0]

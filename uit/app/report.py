@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uit.app.collect import Provenance, RunResult, read_results
-from uit.core.config import Benchmark, ReportConfig
+from uit.core.config import ReportConfig
 from uit.core.errors import UitError
+from uit.raw.formats import SPECS
 from uit.retrieval.evaluate import top_k_file
 from uit.retrieval.metrics import METRICS
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
     from uit.data.prepared import Manifests
 
-NAMES = {b.value: b.label for b in Benchmark}  # as the benchmarks name themselves
+NAMES = {name: spec.title for name, spec in SPECS.items()}  # as the benchmarks name themselves
 
 
 @dataclass

@@ -32,20 +32,15 @@ MAX_YAML_DEPTH = 20  # levels of nesting in a YAML file or value: params files u
 
 
 class Benchmark(StrEnum):
-    """The three benchmarks by the names the CLI, params.yaml and metrics files use; a member is
-    a ``str`` (``Benchmark.rstpreid == "rstpreid"``)."""
+    """The three built-in benchmarks by the names the CLI, params.yaml and metrics files use; a
+    member is a ``str`` (``Benchmark.rstpreid == "rstpreid"``). Everything else about them, their
+    titles included, is their format's spec in ``uit.raw.formats``."""
 
     cuhk_pedes = "cuhk-pedes"
     icfg_pedes = "icfg-pedes"
     rstpreid = "rstpreid"
 
-    @property
-    def label(self) -> str:
-        """How the benchmark names itself (and its release's folder): ``CUHK-PEDES``."""
-        return _TITLES[self]
 
-
-_TITLES = {"cuhk-pedes": "CUHK-PEDES", "icfg-pedes": "ICFG-PEDES", "rstpreid": "RSTPReid"}
 BENCHMARKS: tuple[Benchmark, ...] = tuple(Benchmark)
 SynthSize = Literal["tiny", "demo", "small", "medium"]
 ImageCheck = Literal["decode", "exists"]

@@ -1,2 +1,2 @@
-"""The benchmarks as their owners release them: the three on-disk formats (``formats``), their
-readers (``readers``), and preparing them into the folders the rest reads (``prepare``)."""
+"""The benchmarks as their owners release them: the registry of on-disk formats (``formats``),
+their reader (``readers``), and preparing them into the folders the rest reads (``prepare``)."""

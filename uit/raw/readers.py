@@ -1,6 +1,6 @@
-"""One reader per benchmark format, all producing the same ``ImageRecord``.
+"""The reader of every benchmark format, driven by its spec, producing ``ImageRecord``s.
 
-Readers only parse and validate the annotation file; they do not open images (``prepare`` does).
+It only parses and validates the annotation file; it does not open images (``prepare`` does).
 Every problem is a ``DataError`` naming the file, the record's index and the field.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from uit.core.errors import DataError
-from uit.raw.formats import SPECS, BenchmarkSpec, get_spec
+from uit.raw.formats import BenchmarkSpec, get_spec
 
 INT64 = (-(2**63), 2**63 - 1)  # what the manifests' pid column holds
 
@@ -39,29 +39,9 @@ class Annotations:
     records: tuple[ImageRecord, ...]
 
 
-def read_cuhk_pedes(root: str | Path) -> Annotations:
-    """Read ``<root>/CUHK-PEDES/reid_raw.json`` (keys ``file_path``, ``id``, ``captions``,
-    ``split``)."""
-    return _read(SPECS["cuhk-pedes"], root)
-
-
-def read_icfg_pedes(root: str | Path) -> Annotations:
-    """Read ``<root>/ICFG-PEDES/ICFG-PEDES.json`` (``ICFG_PEDES.json`` is accepted too)."""
-    return _read(SPECS["icfg-pedes"], root)
-
-
-def read_rstpreid(root: str | Path) -> Annotations:
-    """Read ``<root>/RSTPReid/data_captions.json`` (keys ``img_path``, ``id``, ``captions``,
-    ``split``)."""
-    return _read(SPECS["rstpreid"], root)
-
-
-READERS = {"cuhk-pedes": read_cuhk_pedes, "icfg-pedes": read_icfg_pedes, "rstpreid": read_rstpreid}
-
-
 def read_benchmark(name: str, root: str | Path) -> Annotations:
     """Read a benchmark by its CLI name."""
-    return READERS[get_spec(name).name](root)
+    return read_annotations(get_spec(name), root)
 
 
 def missing_benchmark(spec: BenchmarkSpec, root: str | Path) -> str:
@@ -71,7 +51,9 @@ def missing_benchmark(spec: BenchmarkSpec, root: str | Path) -> str:
     )
 
 
-def _read(spec: BenchmarkSpec, root: str | Path) -> Annotations:
+def read_annotations(spec: BenchmarkSpec, root: str | Path) -> Annotations:
+    """Read ``spec``'s annotation file under ``root``: every format is a JSON list of image
+    records, the spec says where it lies and what its records' fields are called."""
     folder = spec.dataset_dir(root)
     if not folder.is_dir():
         raise DataError(missing_benchmark(spec, root))

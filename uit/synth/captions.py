@@ -3,8 +3,9 @@
 A caption opens as annotators do ("The man", "A woman", "This person"), names the garments and
 belongings in one to several sentences that refer back by pronoun ("He is carrying ... over his
 left shoulder"), leaves things out, adds scene and posture filler, and has the dirt of real files
-(a missing final period, doubled spaces, a rare typo). Each benchmark has its own style. Each
-caption comes with the attribute words and filler words it used, the parser's ground truth.
+(a missing final period, doubled spaces, a rare typo). Each benchmark has its own style, the
+``CaptionStyle`` its format's spec carries. Each caption comes with the attribute words and
+filler words it used, the parser's ground truth.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 
+from uit.core.config import BENCHMARKS
+from uit.raw.formats import SPECS, CaptionStyle
 from uit.synth.attributes import Identity
 from uit.synth.scene import filler
 from uit.synth.vocabulary import (
@@ -32,40 +35,8 @@ from uit.synth.vocabulary import (
     attribute_words,
 )
 
-
-@dataclass(frozen=True)
-class CaptionStyle:
-    """How one benchmark's annotators wrote: length, detail, sentence shapes and dirt."""
-
-    omit_p: float  # probability that an optional attribute goes unmentioned
-    filler_p: float  # probability of each filler clause slot being used
-    filler_slots: int
-    detail_p: float  # probability of mentioning sleeve length and pattern
-    sentences: tuple[int, ...]  # relative weights of 1, 2, 3, ... sentences
-    openings: tuple[int, int, int, int, int]  # weights of: the, a, this, he/she, bare noun
-    head_to_toe: float  # probability of naming things from head to toe, not shuffled
-    items: tuple[int, int]  # how many things one caption names at most, a range
-    typo_p: float = 0.03
-    no_period_p: float = 0.06
-    spacing_p: float = 0.05  # doubled spaces, a space before a full stop
-
-
-STYLES = {
-    "cuhk-pedes": CaptionStyle(
-        omit_p=0.5, filler_p=0.2, filler_slots=1, detail_p=0.25, sentences=(48, 42, 10),
-        openings=(38, 44, 9, 5, 4), head_to_toe=0.2, items=(2, 4), typo_p=0.09,
-    ),
-    "icfg-pedes": CaptionStyle(
-        omit_p=0.15, filler_p=0.3, filler_slots=2, detail_p=0.5, sentences=(0, 4, 4, 2),
-        openings=(30, 55, 5, 5, 5), head_to_toe=0.8, items=(4, 6), typo_p=0.03,
-        no_period_p=0.02,
-    ),
-    "rstpreid": CaptionStyle(
-        omit_p=0.3, filler_p=0.4, filler_slots=1, detail_p=0.3, sentences=(15, 65, 20),
-        openings=(60, 30, 5, 5, 0), head_to_toe=0.5, items=(2, 5), typo_p=0.03,
-        no_period_p=0.03,
-    ),
-}  # fmt: skip
+# Each built-in benchmark's annotators' style, by name (a format's spec carries its own).
+STYLES: dict[str, CaptionStyle] = {str(name): SPECS[name].style for name in BENCHMARKS}
 
 
 @dataclass

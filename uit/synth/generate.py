@@ -1,4 +1,7 @@
-"""Write the synthetic benchmark in the exact on-disk formats of CUHK-PEDES, ICFG-PEDES, RSTPReid.
+"""Write the synthetic benchmark in the exact on-disk format of each registered benchmark format.
+
+A format's spec (``uit.raw.formats``) says everything drawn here that differs between formats:
+its splits and their sizes, identity numbers, image file names, record key order, caption style.
 
 Everything is a pure function of the seed: identities come from one generator per benchmark and
 split, each image and its captions from a generator seeded by the image's index, so the output is
@@ -19,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 from uit.core.config import BENCHMARKS, SynthConfig
 from uit.core.errors import DataError
 from uit.core.io import atomic_write_json, atomic_write_text, replaced_dir
-from uit.raw.formats import SPECS, BenchmarkSpec
+from uit.raw.formats import SPECS, TOKENS_KEY, BenchmarkSpec
 from uit.synth.attributes import Identity, sample_families
-from uit.synth.captions import STYLES, Caption, write_caption
+from uit.synth.captions import Caption, write_caption
 from uit.synth.render import render_person, sample_shot
 
 if TYPE_CHECKING:
@@ -39,22 +42,39 @@ class Plan:
     captions_per_image: int
 
 
-def _plans(scale: float, test: int, val: int) -> dict[str, Plan]:
-    return {
-        "cuhk-pedes": Plan((round(200 * scale), val, test), (2, 4), 2),
-        "icfg-pedes": Plan((round(160 * scale), 0, test), (3, 6), 1),
-        "rstpreid": Plan((round(120 * scale), val // 2 or 1, test // 2 or 1), (5, 5), 2),
-    }
+@dataclass(frozen=True)
+class Scale:
+    """What one size makes of every format's ``SplitPlan``."""
+
+    factor: float  # times each format's training identities
+    val: int  # held-out identities, before a format's share divides them
+    test: int
 
 
-SIZES: dict[str, dict[str, Plan]] = {
-    "tiny": _plans(0.12, test=6, val=6),  # for tests: seconds
+SCALES: dict[str, Scale] = {
+    "tiny": Scale(0.12, val=6, test=6),  # for tests: seconds
     # the default pipeline on a 2-core CPU: 600, 480 and 360 training identities (enough for
     # fine-tuning to learn what the pretraining corpus never names), test splits of 2,500 to
     # 3,400 queries, so that one R@1 figure has a standard error of about 1 point at most
-    "demo": _plans(3.0, test=560, val=40),
-    "small": _plans(6.0, test=560, val=200),  # ablations
-    "medium": _plans(15.0, test=1000, val=400),  # evaluation and speed work at real test sizes
+    "demo": Scale(3.0, val=40, test=560),
+    "small": Scale(6.0, val=200, test=560),  # ablations
+    "medium": Scale(15.0, val=400, test=1000),  # evaluation and speed work at real test sizes
+}
+
+
+def plan_for(spec: BenchmarkSpec, size: str) -> Plan:
+    """How big ``spec``'s synthetic stand-in is at ``size`` (no val identities without a val
+    split)."""
+    scale, shape = SCALES[size], spec.plan
+    val = (scale.val // shape.held_out_share or 1) if "val" in spec.splits else 0
+    test = scale.test // shape.held_out_share or 1
+    identities = (round(shape.train_identities * scale.factor), val, test)
+    return Plan(identities, shape.images_per_id, shape.captions_per_image)
+
+
+# The built-in benchmarks' plans by size and name (a registered format: ``plan_for``).
+SIZES: dict[str, dict[str, Plan]] = {
+    size: {str(name): plan_for(SPECS[name], size) for name in BENCHMARKS} for size in SCALES
 }
 
 
@@ -67,36 +87,12 @@ class _Image:
     identity: Identity
 
 
-def _cuhk_path(pid: int, k: int, rng: random.Random) -> str:
-    folder = rng.choice(("CUHK01", "CUHK03", "Market", "test_query", "train_query"))
-    return f"{folder}/{pid:04d}{k:03d}.png"
-
-
-def _icfg_path(split: str, pid: int, k: int, rng: random.Random) -> str:
-    time = rng.choice(("0302morning", "0303noon", "0303afternoon", "0304morning"))
-    cam, seq, frame = rng.randint(1, 20), rng.randint(1, 9), rng.randint(100, 9999)
-    return f"{split}/{pid:04d}/{pid:04d}_{cam:03d}_{seq:02d}_{time}_{frame:04d}_{k}.jpg"
-
-
-def _rstp_path(pid: int, k: int, rng: random.Random) -> str:
-    return f"{pid:04d}_c{rng.randint(1, 15)}_{k:04d}.jpg"
-
-
-def _image_path(spec: BenchmarkSpec, split: str, pid: int, k: int, rng: random.Random) -> str:
-    if spec.name == "cuhk-pedes":
-        return _cuhk_path(pid, k, rng)
-    if spec.name == "icfg-pedes":
-        return _icfg_path(split, pid, k, rng)
-    return _rstp_path(pid, k, rng)
-
-
 def _plan_images(
     spec: BenchmarkSpec, plan: Plan, seed: int
 ) -> tuple[list[_Image], dict[int, tuple[int, Identity]]]:
     """Identities per split (families never straddle splits) and every image to draw."""
     rng = random.Random(f"{seed}:{spec.name}:identities")
     seen: set[tuple[Any, ...]] = set()
-    first_pid = 0 if spec.name == "rstpreid" else 1
     identities: dict[int, tuple[int, Identity]] = {}
     images: list[_Image] = []
     for split, count in zip(("train", "val", "test"), plan.identities, strict=True):
@@ -104,10 +100,10 @@ def _plan_images(
             continue
         family_base = max((f for f, _ in identities.values()), default=-1) + 1
         for family, identity in sample_families(rng, count, seen, family_base):
-            pid = first_pid + len(identities)
+            pid = spec.first_pid + len(identities)
             identities[pid] = (family, identity)
             for k in range(rng.randint(*plan.images_per_id)):
-                path = _image_path(spec, split, pid, k, rng)
+                path = spec.image_path(split, pid, k, rng)
                 images.append(_Image(len(images), pid, split, path, identity))
     return images, identities
 
@@ -126,16 +122,14 @@ def _render_one(job: tuple[_Image, str, int, int, str]) -> None:
 
 def _captions(spec: BenchmarkSpec, plan: Plan, key: str, image: _Image) -> list[Caption]:
     rng = random.Random(f"{key}:{image.index}:captions")
-    return [
-        write_caption(image.identity, STYLES[spec.name], rng)
-        for _ in range(plan.captions_per_image)
-    ]
+    return [write_caption(image.identity, spec.style, rng) for _ in range(plan.captions_per_image)]
 
 
 def benchmark_captions(name: str, cfg: SynthConfig) -> list[str]:
     """Every caption ``generate_benchmark`` writes for ``name``, without drawing an image (the
     deliberate dirty records left out)."""
-    spec, plan = SPECS[name], SIZES[cfg.size][name]
+    spec = SPECS[name]
+    plan = plan_for(spec, cfg.size)
     images, _ = _plan_images(spec, plan, cfg.seed)
     key = f"{cfg.seed}:{name}"
     return [c.text for image in images for c in _captions(spec, plan, key, image)]
@@ -177,14 +171,11 @@ DIRTY: dict[str, Callable[[list[str]], list[str]]] = {
 
 def _record(spec: BenchmarkSpec, image: _Image, captions: list[str]) -> dict[str, Any]:
     """One annotation record with the key order of the real file."""
-    if spec.name == "rstpreid":
-        return {"id": image.pid, "img_path": image.path, "captions": captions, "split": image.split}
-    tokens = [_tokens(c) for c in captions]
-    if spec.name == "cuhk-pedes":
-        return {"split": image.split, "captions": captions, "file_path": image.path,
-                "processed_tokens": tokens, "id": image.pid}  # fmt: skip
-    return {"id": image.pid, "file_path": image.path, "captions": captions,
-            "processed_tokens": tokens, "split": image.split}  # fmt: skip
+    fields = {"id": image.pid, spec.path_key: image.path, "captions": captions,
+              "split": image.split}  # fmt: skip
+    if TOKENS_KEY in spec.record_keys:
+        fields[TOKENS_KEY] = [_tokens(c) for c in captions]
+    return {key: fields[key] for key in spec.record_keys}
 
 
 def _annotations(
@@ -236,7 +227,8 @@ def generate_benchmark(
     run leaves the previous copy (or nothing) rather than a mixture; a folder there that this
     generator did not write (a real benchmark) is refused, never replaced.
     """
-    spec, plan = SPECS[name], SIZES[cfg.size][name]
+    spec = SPECS[name]
+    plan = plan_for(spec, cfg.size)
     key = f"{cfg.seed}:{name}"
     images, identities = _plan_images(spec, plan, cfg.seed)
     owned = ("imgs", spec.annotation_files[0], SIDECAR)
@@ -309,5 +301,6 @@ def synthesize(
 
 
 def _count_images(name: str, cfg: SynthConfig) -> int:
-    images, _ = _plan_images(SPECS[name], SIZES[cfg.size][name], cfg.seed)
+    spec = SPECS[name]
+    images, _ = _plan_images(spec, plan_for(spec, cfg.size), cfg.seed)
     return len(images)
