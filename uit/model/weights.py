@@ -18,8 +18,8 @@
 
 ``read_state_dict`` turns any of them into the state dict of open_clip's ``CLIP`` (the same names
 as OpenAI's), and ``convert_weights`` writes that as one safetensors file that
-``model.pretrained`` takes. ``released_to_export`` turns a released checkpoint into a uit export
-folder that ``uit evaluate`` scores directly.
+``model.pretrained`` takes. ``read_released`` reads a released checkpoint with the model config it
+fits, which ``uit.model.export.released_to_export`` writes as a uit export folder.
 
 A hostile file cannot make reading it blow up memory: the sizes it declares are checked before
 anything is inflated or copied. Zip entries may unpack to at most twice the file's size (a zip
@@ -59,8 +59,8 @@ from torch import Tensor
 from uit.core.config import ModelConfig
 from uit.core.errors import WeightsError
 from uit.core.io import atomic_write_bytes, check_new_file
-from uit.model.build import build_model, register_configs
-from uit.model.checkpoint import first_non_finite, save_checkpoint
+from uit.model.checkpoint import first_non_finite
+from uit.model.registry import register_configs
 
 log = logging.getLogger(__name__)
 
@@ -220,34 +220,15 @@ def read_quick_gelu(path: str | Path) -> bool | None:
     return {"true": True, "false": False}.get(metadata.get("quick_gelu", ""))
 
 
-def released_to_export(
-    src: str | Path,
-    out_dir: str | Path,
-    model_name: str = "ViT-B-16",
-    *,
-    image_size: tuple[int, int] | None = None,
-) -> WeightsInfo:
-    """Turn a released fine-tuned checkpoint (IRRA's or SEN's ``best.pth``) into a uit export
-    folder that ``uit evaluate`` scores directly, e.g. written to ``exports/irra-cuhk``:
-
-        uit evaluate exports/irra-cuhk data/prepared/cuhk-pedes --out runs/irra-cuhk
-
-    The folder holds ``weights.safetensors`` (the dual encoder, no training heads) and
-    ``state.json`` (the model config: ``model_name`` with QuickGELU, the image size and the text
-    context the weights were trained at, and where they came from). The image size is read from
-    the position embeddings: a square grid, else the 3:1 grid of re-identification images (384 x
-    128 for ViT-B-16, as released); give ``image_size`` (height, width) for any other. Overlapping
-    patches (the released code's ``stride_size`` below the patch size) are not supported.
-
-    ``model_name`` must be the open_clip architecture the checkpoint was trained from; a
-    mismatch is refused with the names that would fit. ``out_dir`` must be new or empty.
-    """
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise WeightsError(
-            f"{out} already exists and is not empty; give a new folder for the export (an export "
-            "is written whole, never merged into another folder)"
-        )
+def read_released(
+    src: str | Path, model_name: str, image_size: tuple[int, int] | None = None
+) -> tuple[dict[str, Tensor], WeightsInfo, ModelConfig]:
+    """The CLIP weights of a released fine-tuned checkpoint (IRRA's or SEN's ``best.pth``), what
+    the file holds, and the model config they fit: ``model_name`` with QuickGELU, at the image
+    size read from the position embeddings (a square grid, else the 3:1 grid of
+    re-identification images) or given as ``image_size`` (height, width), and the text context
+    the weights were trained at. Any other format, or weights that do not have ``model_name``'s
+    architecture, are a ``WeightsError`` (``uit.model.export.released_to_export`` writes them)."""
     state, info = read_state_dict(src)
     if info.format != RELEASED:
         raise WeightsError(
@@ -257,22 +238,7 @@ def released_to_export(
         )
     check_architecture(info, model_name)
     height, width = _image_size(info, image_size)
-    cfg = _export_config(info, model_name, height, width)
-    encoder = build_model(cfg)
-    try:
-        encoder.clip.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise WeightsError(
-            f"{src}: its weights do not fit {model_name} at {height}x{width}: {error}. Pass the "
-            "model name and image size the checkpoint was trained with."
-        ) from None
-    source = {"file": str(src), "format": info.format, "dropped": info.dropped,
-              "filled": list(info.filled)}  # fmt: skip
-    state_json = {"kind": "dual-encoder", "config": {"model": cfg.model_dump(mode="json")},
-                  "architecture": {"quick_gelu": True}, "source": source}  # fmt: skip
-    save_checkpoint(out, encoder.state_dict(), state_json)
-    log.info("exported %s (%s, %dx%d) to %s", src, model_name, height, width, out)
-    return info
+    return state, info, _export_config(info, model_name, height, width)
 
 
 def _export_config(info: WeightsInfo, model_name: str, height: int, width: int) -> ModelConfig:
