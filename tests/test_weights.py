@@ -183,9 +183,9 @@ def test_torchscript_reader_keeps_exactly_parameters_and_buffers(tmp_path: Path)
     with pytest.warns(Warning):
         torch.jit.save(torch.jit.script(Scripted()), str(path))
         expected = torch.jit.load(str(path)).state_dict()
-    from uit.model.weights import _read_torchscript
+    from uit.model.torchscript import read_torchscript
 
-    actual = _read_torchscript(path)
+    actual = read_torchscript(path)
     assert "blocks.0.mask" not in actual
     assert_same_tensors(actual, dict(expected))
 
