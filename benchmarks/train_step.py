@@ -51,7 +51,8 @@ from uit.core.errors import UitError
 from uit.data.prepared import Manifests
 from uit.model import build_model
 from uit.model.build import register_configs, resolve_quick_gelu
-from uit.model.objective import Objective, param_groups
+from uit.model.objective import Objective
+from uit.training.optim import param_groups
 from uit.training.train import StepState, build_step_state, seed_everything, train_step
 
 ROOT = Path(__file__).resolve().parents[1]

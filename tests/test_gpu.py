@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 
 from uit.core.config import Config, parse_config
 from uit.model import build_model
-from uit.model.objective import Objective, param_groups
+from uit.model.objective import Objective
 from uit.raw.prepare import prepare_benchmark
+from uit.training.optim import param_groups
 from uit.training.train import StepState, build_step_state, fit, forward_inputs, train_step
 
 pytestmark = [

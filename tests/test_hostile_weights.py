@@ -26,7 +26,8 @@ from tests.conftest import fails, released_checkpoint, tiny_clip
 from uit.app.cli import app
 from uit.core.errors import WeightsError
 from uit.model.build import load_encoder
-from uit.model.weights import _view_problem, read_state_dict
+from uit.model.limits import view_problem
+from uit.model.weights import read_state_dict
 
 GIB = 1 << 30
 
@@ -193,7 +194,7 @@ def test_a_huge_code_file_in_a_torchscript_archive_is_not_parsed(tmp_path, caplo
 def test_a_view_is_a_weight_only_when_its_elements_are_distinct_and_stored(
     shape, stride, offset, storage, problem
 ) -> None:
-    found = _view_problem(shape, stride, offset, storage)
+    found = view_problem(shape, stride, offset, storage)
     assert found is None if problem is None else problem in str(found)
 
 

@@ -22,8 +22,9 @@ from typer.testing import CliRunner
 from uit.app.cli import app
 from uit.core.config import parse_config
 from uit.data.prepared import read_manifests
-from uit.model.build import build_tokenizer, export_encoder
+from uit.model.build import build_tokenizer
 from uit.model.checkpoint import read_state
+from uit.model.export import export_encoder
 from uit.model.objective import load_objective
 from uit.raw.prepare import prepare_benchmark
 from uit.retrieval.evaluate import EvalOptions, evaluate

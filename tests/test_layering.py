@@ -6,7 +6,9 @@ dvc, prefect, matplotlib, ruamel.yaml, selenium, fastapi, uvicorn), nor ``uit.ap
 only the command line (``uit/app/cli/``) imports typer and starts the flows (``uit/app/flows/``),
 and the wheel holds ``uit`` alone. Checked twice: statically, on every
 import statement of the library, and at run time, in a fresh interpreter that runs the README's
-library snippet and then imports every library module.
+library snippet and then imports every library module. Within the library no import circle
+exists, imports inside functions included; an export is written by ``uit/model/export.py``
+alone; the one unpickler lives in ``uit/model/torchscript.py``.
 """
 
 from __future__ import annotations
@@ -342,3 +344,144 @@ def test_no_test_module_imports_another(path: Path) -> None:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     relative = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
     assert not any((m or "").startswith("test_") for m in relative), path.name
+
+
+# --- One writer of an export, no import circle, the unpickler apart ------------------------------
+
+SOURCES = [*LIBRARY, *APP, *sorted(ROOT.glob("stages/*.py")),
+           *sorted(ROOT.glob("benchmarks/*.py"))]  # fmt: skip
+EXPORT_MODULE = ROOT / "uit" / "model" / "export.py"
+# save_checkpoint's callers: the export writer and the training loop (training checkpoints)
+CHECKPOINT_WRITERS = {EXPORT_MODULE, ROOT / "uit" / "training" / "train.py"}
+
+
+def calls_to(tree: ast.AST, name: str) -> int:
+    """Calls of ``name`` or ``X.name`` in ``tree``."""
+    return sum(isinstance(node, ast.Call) and name in (getattr(node.func, "id", None),
+               getattr(node.func, "attr", None)) for node in ast.walk(tree))  # fmt: skip
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_only_the_export_module_writes_an_export(path: Path) -> None:
+    """An export's folder and ``state.json`` come from ``uit.model.export.write_export`` alone:
+    no other module spells its kind, defines or imports ``EXPORT_KIND`` from elsewhere, or
+    writes a checkpoint folder unless it is the training loop."""
+    if path == EXPORT_MODULE:
+        return
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        assert not (isinstance(node, ast.Constant) and node.value == "dual-encoder"), (
+            f"{path.relative_to(ROOT)}:{node.lineno} spells an export's kind: use EXPORT_KIND "
+            "or is_export from uit.model.export"
+        )
+        if isinstance(node, ast.ImportFrom) and "EXPORT_KIND" in {a.name for a in node.names}:
+            assert node.module == "uit.model.export", path
+        if isinstance(node, ast.Assign):
+            assert "EXPORT_KIND" not in {getattr(t, "id", None) for t in node.targets}, path
+    if path not in CHECKPOINT_WRITERS:
+        assert not calls_to(tree, "save_checkpoint"), f"{path.relative_to(ROOT)} writes a folder"
+
+
+def test_the_export_writer_is_found() -> None:
+    """The checks above look at the right module: it writes, and spells the kind once."""
+    tree = ast.parse(EXPORT_MODULE.read_text(encoding="utf-8"))
+    assert calls_to(tree, "save_checkpoint") == 1
+    assert calls_to(tree, "write_export") == 2  # export_encoder and released_to_export
+    kinds = [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value == "dual-encoder"]
+    assert len(kinds) == 1
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(part for part in parts if part != "__init__")
+
+
+def import_graph(paths: list[Path], root: Path) -> dict[str, set[str]]:
+    """Which of ``paths``' modules each one imports when it runs: imports inside functions
+    count (they still make the two modules need each other), imports under ``if
+    TYPE_CHECKING:`` do not; ``from package import module`` is an import of the module."""
+    modules = {module_name(path, root) for path in paths}
+    graph: dict[str, set[str]] = {}
+    for path in paths:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+                node.body = []
+        edges: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                edges |= {alias.name for alias in node.names} & modules
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    inner = f"{node.module}.{alias.name}"
+                    edges |= {inner if inner in modules else node.module} & modules
+        name = module_name(path, root)
+        graph[name] = edges - {name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A circle of imports (its first module repeated at the end), or None."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if target in path:
+                return [*path[path.index(target) :], target]
+            if target not in done and (found := visit(target)):
+                return found
+        done.add(path.pop())
+        return None
+
+    for node in sorted(graph):
+        if node not in done and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_library_has_no_import_circle() -> None:
+    """No two modules of the library need each other, directly or round a longer loop, even
+    through an import inside a function (house rule: the shared part becomes a third module)."""
+    graph = import_graph(LIBRARY, ROOT)
+    assert {"uit.model.build", "uit.model.weights", "uit.model.export"} <= set(graph)
+    assert "uit.model.registry" in graph["uit.model.weights"]  # the edges were read
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_the_circle_check_sees_imports_inside_functions(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from pkg.b import f\n")
+    (package / "b.py").write_text("def f():\n    from pkg import a\n")
+    (package / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.a\nimport pkg.b\n"
+    )
+    graph = import_graph(sorted(package.glob("*.py")), tmp_path)
+    assert graph == {"pkg": set(), "pkg.a": {"pkg.b"}, "pkg.b": {"pkg.a"}, "pkg.c": {"pkg.b"}}
+    assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.a"]
+    assert find_cycle({**graph, "pkg.b": set()}) is None
+
+
+TORCHSCRIPT_MODULE = ROOT / "uit" / "model" / "torchscript.py"
+
+
+def unpicklers(path: Path) -> list[str]:
+    """Classes in ``path`` that subclass an ``Unpickler`` (pickle's or another's)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+            and any(ast.unparse(base).endswith("Unpickler") for base in node.bases)]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", LIBRARY, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_restricted_unpickler_lives_in_its_own_module(path: Path) -> None:
+    """The TorchScript reader's unpickler, the one piece of the library that unpickles, stays in
+    uit/model/torchscript.py, which the weights readers import."""
+    if path == TORCHSCRIPT_MODULE:
+        assert unpicklers(path) == ["_TorchScriptUnpickler"]
+    else:
+        assert unpicklers(path) == []
+    if path.name == "weights.py":
+        assert "uit.model.torchscript" in runtime_imports(path)

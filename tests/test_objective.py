@@ -11,7 +11,8 @@ import torch
 import uit.model.objective
 from uit.core.config import LossConfig, ModelConfig, OptimConfig, TIRConfig
 from uit.model import build_model
-from uit.model.objective import Objective, build_optimizer, param_groups
+from uit.model.objective import Objective
+from uit.training.optim import build_optimizer, param_groups
 
 CAPTIONS = ["a woman in a red coat with a black backpack", "a man in blue jeans and white shoes"]
 

@@ -160,7 +160,7 @@ def test_serve_refuses_a_public_host_and_missing_inputs_in_one_line(
 
 def test_an_export_is_served_and_named_as_one(trained: dict[str, Path], tmp_path: Path) -> None:
     from uit.app.serve import load_searcher
-    from uit.model.build import export_encoder
+    from uit.model.export import export_encoder
 
     export_encoder(trained["best"], tmp_path / "model")
     exported = load_searcher(tmp_path / "model", trained["gallery"], cache_dir=tmp_path / "c",

@@ -22,8 +22,9 @@ from torch import Tensor, nn
 
 from tests.conftest import released_checkpoint, tiny_clip
 from uit.core.config import ModelConfig
-from uit.core.errors import UitError, WeightsError
+from uit.core.errors import CheckpointError, UitError, WeightsError
 from uit.model.build import build_model, load_encoder
+from uit.model.export import released_to_export
 from uit.model.weights import (
     RELEASED_LOGIT_SCALE,
     WeightsInfo,
@@ -32,7 +33,6 @@ from uit.model.weights import (
     detect_format,
     read_quick_gelu,
     read_state_dict,
-    released_to_export,
 )
 
 NON_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
@@ -155,9 +155,9 @@ def test_torchscript_reader_keeps_exactly_parameters_and_buffers(tmp_path: Path)
     with pytest.warns(Warning):
         torch.jit.save(torch.jit.script(Scripted()), str(path))
         expected = torch.jit.load(str(path)).state_dict()
-    from uit.model.weights import _read_torchscript
+    from uit.model.torchscript import read_torchscript
 
-    actual = _read_torchscript(path)
+    actual = read_torchscript(path)
     assert "blocks.0.mask" not in actual
     assert_same_tensors(actual, dict(expected))
 
@@ -310,8 +310,12 @@ def test_a_released_checkpoint_becomes_an_export_uit_can_score(tmp_path: Path) -
         feats = encoder.encode_image(torch.zeros(1, 3, 96, 32))
     assert feats.shape == (1, 128)
 
-    with pytest.raises(WeightsError, match="already exists and is not empty"):
+    released_to_export(best, out, model_name="uit-tiny")  # replaces its previous export
+    assert sorted(p.name for p in out.iterdir()) == ["state.json", "weights.safetensors"]
+    (out / "notes.md").write_text("keep me")
+    with pytest.raises(CheckpointError, match="not empty and not a previous export"):
         released_to_export(best, out, model_name="uit-tiny")
+    assert (out / "notes.md").read_text() == "keep me"
 
 
 def test_released_to_export_takes_an_explicit_image_size(tmp_path: Path) -> None:

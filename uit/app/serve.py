@@ -80,14 +80,15 @@ def describe_model(checkpoint: Path, *, public: bool = False) -> str:
     """One line for the page: the folder, export or checkpoint, and the architecture. ``public``
     names folders by their last part only (what a client of the server may see)."""
     from uit.model.checkpoint import read_state
+    from uit.model.export import exported_from, is_export
 
     def where(path: Any) -> str:
         return shown(Path(os.path.abspath(path)).name) if public and path != "?" else str(path)
 
     state = read_state(checkpoint)
     name = state["config"].get("model", {}).get("name", "?")
-    if state.get("kind") == "dual-encoder":
-        return f"{where(checkpoint)} (export of {where(state.get('exported_from', '?'))}, {name})"
+    if is_export(state):
+        return f"{where(checkpoint)} (export of {where(exported_from(state) or '?')}, {name})"
     return f"{where(checkpoint)} (training checkpoint, epoch {state.get('epoch', '?')}, {name})"
 
 

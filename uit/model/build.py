@@ -7,7 +7,6 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,10 @@ from open_clip.model import CLIP
 from uit.core.config import ModelConfig
 from uit.core.errors import CheckpointError, ConfigError, UitError, WeightsError, bounded
 from uit.model.encoder import DualEncoder
+from uit.model.registry import register_configs
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = Path(__file__).with_name("configs")
 IMAGE_POSITIONS = "visual.positional_embedding"
-
-
-@cache
-def register_configs() -> None:
-    """Make the project's architectures (``uit-tiny``) known to open_clip by name."""
-    open_clip.add_model_config(CONFIG_DIR)
 
 
 def _pretrained_tag(cfg: ModelConfig) -> dict[str, Any]:
@@ -342,22 +335,3 @@ def check_weights_fit(weights: dict[str, torch.Tensor], cfg: ModelConfig, source
             f"{str(error).rstrip('.')}. Fix model.name in {source / STATE}, or use the "
             "checkpoint it came with."
         ) from None
-
-
-def export_encoder(checkpoint_dir: str | Path, out_dir: str | Path) -> tuple[int, int]:
-    """Write the dual encoder of a checkpoint (no training heads) with its model config to
-    ``out_dir``; returns how many tensors were kept and how many training-only ones dropped.
-
-    ``out_dir`` must be new, empty or a previous export; anything else is refused, not deleted."""
-    from uit.model.checkpoint import check_export_target, load_checkpoint, save_checkpoint
-
-    check_export_target(Path(out_dir), Path(checkpoint_dir))  # before the slow part
-    encoder, cfg = load_encoder(checkpoint_dir)  # checks that the weights fit the architecture
-    source = load_checkpoint(checkpoint_dir)
-    weights, total = encoder.state_dict(), len(source.weights)
-    precision = source.state.get("config", {}).get("train", {}).get("precision", "auto")
-    state = {"kind": "dual-encoder", "config": {"model": cfg.model_dump(mode="json")},
-             "architecture": {"quick_gelu": encoder.quick_gelu}, "precision": precision,
-             "exported_from": str(checkpoint_dir), "epoch": source.state.get("epoch")}  # fmt: skip
-    save_checkpoint(out_dir, weights, state)
-    return len(weights), total - len(weights)

@@ -115,38 +115,6 @@ def save_checkpoint(
         (tmp / STATE).write_text(json.dumps(full_state, indent=2) + "\n", encoding="utf-8")
 
 
-EXPORT_KIND = "dual-encoder"  # state.json "kind" of an exported model
-
-
-def check_export_target(out_dir: Path, source: Path) -> None:
-    """An export goes into a new or empty folder, or replaces a previous export (its
-    ``state.json`` says ``kind: dual-encoder`` and it holds nothing else). A run folder, a
-    training checkpoint or a folder holding ``source`` is refused: nothing is ever deleted."""
-    if source.resolve().is_relative_to(out_dir.resolve()):
-        raise CheckpointError(
-            f"{out_dir} holds the checkpoint being exported ({source}): exporting there would "
-            "replace it. Give a new folder, e.g. models/NAME"
-        )
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CheckpointError(f"{out_dir} is a file; give a folder (new or empty) for the export")
-    entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
-    if entries and not (set(entries) <= {WEIGHTS, STATE} and _is_export(out_dir)):
-        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-        raise CheckpointError(
-            f"{out_dir} is not empty and not a previous export (it holds {shown}); `uit export` "
-            "writes into a new or empty folder, or replaces an earlier export, and deletes "
-            "nothing else. Give another folder, e.g. models/NAME"
-        )
-
-
-def _is_export(directory: Path) -> bool:
-    try:
-        state = json.loads((directory / STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(state, dict) and state.get("kind") == EXPORT_KIND
-
-
 def _checkpoint_dir(directory: str | Path) -> Path:
     directory = Path(directory)
     if not directory.exists():

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from uit.core.config import LossConfig, OptimConfig, TIRConfig
+from uit.core.config import LossConfig, TIRConfig
 from uit.core.errors import UitError
 from uit.model.encoder import DualEncoder, mask_noise
 from uit.model.heads import IDHead
@@ -124,6 +123,31 @@ class Objective(nn.Module):
         return tir_loss(pred, target, masked.mask)
 
 
+def _masked_pass(
+    objective: Objective, images: Tensor, text: Tensor, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """TIR on ``images`` (B, 3, H, W) from ``text`` (B, L), as training runs it: the grayscale
+    input (B, 3, H, W), the decoder's patches (B, N, P) in float32, and the mask (B, N, 1), 1
+    where a patch was dropped. ``generator`` draws the mask (None: the global generator)."""
+    if objective.tir_decoder is None:
+        raise ValueError("this model was trained without TIR (loss.tir 0): nothing to restore")
+    encoder = objective.encoder
+    gray = weighted_grayscale(images)
+    noise = None if generator is None else objective.draw_mask_noise(len(images), generator)
+    masked = encoder.encode_masked_image(gray, objective.tir_cfg.mask_ratio, noise)
+    _, text_tokens = encoder.encode_text_tokens(text)
+    pred = objective.tir_decoder(masked.tokens, text_tokens, masked.ids_restore).float()
+    return gray, pred, masked.mask.unsqueeze(-1)
+
+
+def _mean_std(encoder: DualEncoder, images: Tensor) -> tuple[Tensor, Tensor]:
+    """The encoder's normalisation, (1, 3, 1, 1) each, on ``images``' device and dtype."""
+    mean, std = (
+        images.new_tensor(v).view(1, 3, 1, 1) for v in (encoder.image_mean, encoder.image_std)
+    )
+    return mean, std
+
+
 @torch.no_grad()
 def restore(
     objective: Objective, images: Tensor, text: Tensor, generator: torch.Generator | None = None
@@ -131,18 +155,10 @@ def restore(
     """TIR for pictures: (masked grayscale input, its restoration from the caption), both
     (B, 3, H, W) in the normalised space; visible patches stay grayscale, masked ones are
     black in the input and predicted in the restoration."""
-    if objective.tir_decoder is None:
-        raise ValueError("this model was trained without TIR (loss.tir 0): nothing to restore")
+    gray, pred, mask = _masked_pass(objective, images, text, generator)
     encoder, patch = objective.encoder, objective.encoder.patch_size
-    gray = weighted_grayscale(images)
-    noise = None if generator is None else objective.draw_mask_noise(len(images), generator)
-    masked = encoder.encode_masked_image(gray, objective.tir_cfg.mask_ratio, noise)
-    _, text_tokens = encoder.encode_text_tokens(text)
-    pred = objective.tir_decoder(masked.tokens, text_tokens, masked.ids_restore).float()
-    mask, visible = masked.mask.unsqueeze(-1), patchify(gray, patch).float()  # (B, N, 1)
-    mean, std = (
-        images.new_tensor(v).view(1, 3, 1, 1) for v in (encoder.image_mean, encoder.image_std)
-    )
+    visible = patchify(gray, patch).float()
+    mean, std = _mean_std(encoder, images)
     black = patchify((-mean / std).expand_as(images), patch).float()  # masked: black when shown
     shown = unpatchify(visible * (1 - mask) + black * mask, patch, encoder.grid_size)
     restored = unpatchify(visible * (1 - mask) + pred * mask, patch, encoder.grid_size)
@@ -161,18 +177,9 @@ def restoration_errors(
     colour of ``images``. Returns, per prediction, the sum over the masked patches of each
     patch's mean absolute error (over its pixels and three channels, in 0-255 units), and
     ``patches``, their count: sums, so that batches add up."""
-    if objective.tir_decoder is None:
-        raise ValueError("this model was trained without TIR (loss.tir 0): nothing to restore")
+    _, pred, mask = _masked_pass(objective, images, text, generator)
     encoder, patch = objective.encoder, objective.encoder.patch_size
-    noise = None if generator is None else objective.draw_mask_noise(len(images), generator)
-    masked = encoder.encode_masked_image(
-        weighted_grayscale(images), objective.tir_cfg.mask_ratio, noise
-    )
-    _, text_tokens = encoder.encode_text_tokens(text)
-    pred = objective.tir_decoder(masked.tokens, text_tokens, masked.ids_restore).float()
-    mean, std = (
-        images.new_tensor(v).view(1, 3, 1, 1) for v in (encoder.image_mean, encoder.image_std)
-    )
+    mean, std = _mean_std(encoder, images)
 
     def pixels(normalised: Tensor) -> Tensor:  # (B, 3, H, W) normalised -> 0-255
         return (normalised.float() * std + mean).clamp(0, 1) * 255
@@ -185,7 +192,6 @@ def restoration_errors(
         .expand_as(truth),
         "mean_colour": truth.mean(dim=(0, 2, 3), keepdim=True).expand_as(truth),
     }
-    mask = masked.mask.unsqueeze(-1)  # (B, N, 1): 1 where a patch was dropped
     target = patchify(truth, patch)
     sums = {
         name: ((patchify(value, patch) - target).abs().mean(dim=-1, keepdim=True) * mask).sum()
@@ -213,57 +219,3 @@ def load_objective(checkpoint_dir: str | Path) -> Objective:
                           TIRConfig.model_validate(tir))  # fmt: skip
     objective.load_state_dict(checkpoint.weights)
     return objective.eval()
-
-
-def group_factors(cfg: OptimConfig) -> dict[str, tuple[float, float]]:
-    """Each parameter group's learning-rate multiplier and weight decay."""
-    return {
-        "encoder": (1.0, cfg.weight_decay),
-        "encoder_bias": (cfg.bias_lr_factor, 0.0),
-        "new": (cfg.new_module_lr_factor, cfg.weight_decay),
-        "new_bias": (cfg.bias_lr_factor, 0.0),
-    }
-
-
-def group_lr(name: str, cfg: OptimConfig) -> float:
-    """The peak learning rate of the parameter group ``name`` (the schedule scales it)."""
-    return cfg.lr * group_factors(cfg)[name][0]
-
-
-def param_groups(objective: Objective, cfg: OptimConfig) -> list[dict[str, Any]]:
-    """Adam parameter groups (design §4), each with a ``name`` for inspection.
-
-    Weights of the pretrained encoder: lr, weight decay. Weights of new modules (ID head, TIR
-    decoder with its cross-attention): ``new_module_lr_factor`` x lr. Every bias: ``bias_lr_factor``
-    x lr and no weight decay. Frozen parameters (the unused logit scale) are left out.
-    """
-    groups: dict[str, list[nn.Parameter]] = {
-        "encoder": [], "encoder_bias": [], "new": [], "new_bias": []
-    }  # fmt: skip
-    for name, param in objective.named_parameters():
-        if not param.requires_grad:
-            continue
-        new = not name.startswith("encoder.")
-        bias = name.endswith(".bias") or name.endswith("_bias")
-        groups[("new" if new else "encoder") + ("_bias" if bias else "")].append(param)
-    return [
-        {
-            "name": key,
-            "params": params,
-            "lr": group_lr(key, cfg),
-            "weight_decay": group_factors(cfg)[key][1],
-        }
-        for key, params in groups.items()
-        if params
-    ]
-
-
-def build_optimizer(objective: Objective, cfg: OptimConfig) -> torch.optim.Adam:
-    """Adam over ``param_groups``, as torch's fused kernel, on a GPU and on the CPU alike.
-
-    On the CPU the per-parameter loop took a quarter of a ``uit-tiny`` step (its 49,408-row
-    token embedding alone is 6.3M parameters); the fused kernel makes the same update, equal
-    within float rounding, in a fraction of that (docs/results.md has the one-off profile;
-    ``benchmarks/train_step.py`` times both optimisers).
-    """
-    return torch.optim.Adam(param_groups(objective, cfg), lr=cfg.lr, eps=cfg.eps, fused=True)

@@ -4,8 +4,8 @@
 
 - ``openai-torchscript``: OpenAI's own files (``ViT-B-16.pt`` as OpenAI distributes it, the file
   IRRA and SEN start from). These are TorchScript archives; uit reads their tensors with a
-  restricted unpickler that knows only tensors and inert records of TorchScript modules, so
-  neither the archive's pickle nor its code is ever executed.
+  restricted unpickler (``uit.model.torchscript``) that knows only tensors and inert records of
+  TorchScript modules, so neither the archive's pickle nor its code is ever executed.
 - ``state-dict``: a torch file holding a plain state dict (open_clip's
   ``open_clip_pytorch_model.bin``, OpenAI-style state dicts), read with
   ``torch.load(weights_only=True)``.
@@ -18,35 +18,29 @@
 
 ``read_state_dict`` turns any of them into the state dict of open_clip's ``CLIP`` (the same names
 as OpenAI's), and ``convert_weights`` writes that as one safetensors file that
-``model.pretrained`` takes. ``released_to_export`` turns a released checkpoint into a uit export
-folder that ``uit evaluate`` scores directly.
+``model.pretrained`` takes. ``read_released`` reads a released checkpoint with the model config it
+fits, which ``uit.model.export.released_to_export`` writes as a uit export folder.
 
 A hostile file cannot make reading it blow up memory: the sizes it declares are checked before
-anything is inflated or copied. Zip entries may unpack to at most twice the file's size (a zip
-bomb inflates a few MB to GBs); every tensor must be a view whose elements are distinct and inside
-its storage (an expanded, stride-0 tensor stands for GBs in a few bytes); and all tensors together
-may hold at most twice the file's bytes. Such a file, a damaged one, or weights of impossible
-shapes or holding NaN is a ``WeightsError`` naming the file and the entry.
+anything is inflated or copied (``uit.model.limits``). Zip entries may unpack to at most twice the
+file's size (a zip bomb inflates a few MB to GBs); every tensor must be a view whose elements are
+distinct and inside its storage (an expanded, stride-0 tensor stands for GBs in a few bytes); and
+all tensors together may hold at most twice the file's bytes. Such a file, a damaged one, or
+weights of impossible shapes or holding NaN is a ``WeightsError`` naming the file and the entry.
 """
 
 from __future__ import annotations
 
-import ast
-import io
 import logging
 import math
-import operator
 import pickle
 import re
-import struct
 import warnings
 import zipfile
-import zlib
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import Any
 
 import open_clip
 import torch
@@ -59,8 +53,16 @@ from torch import Tensor
 from uit.core.config import ModelConfig
 from uit.core.errors import WeightsError
 from uit.core.io import atomic_write_bytes, check_new_file
-from uit.model.build import build_model, register_configs
-from uit.model.checkpoint import first_non_finite, save_checkpoint
+from uit.model.checkpoint import first_non_finite
+from uit.model.limits import (
+    DAMAGED_ARCHIVE,
+    UNSAFE_VIEW_FIX,
+    byte_budget,
+    check_unpacked_sizes,
+    view_problem,
+)
+from uit.model.registry import register_configs
+from uit.model.torchscript import read_torchscript, torchscript_root
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,6 @@ SAFETENSORS = "safetensors"
 RELEASED = "released-checkpoint"
 FORMATS = (TORCHSCRIPT, STATE_DICT, SAFETENSORS, RELEASED)
 
-MAX_GROWTH = 2  # what a file may unpack to, or copy out as tensors, in multiples of its size
 NON_WEIGHTS = ("input_resolution", "context_length", "vocab_size")  # in OpenAI's files only
 RELEASED_PREFIX = "base_model."
 # The released code keeps the logit scale fixed (1 / temperature 0.02) and does not store it;
@@ -160,7 +161,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], WeightsInfo]:
     path = _existing(path)
     container = _container(path)
     if container == "torchscript":
-        fmt, state, dropped = TORCHSCRIPT, _read_torchscript(path), 0
+        fmt, state, dropped = TORCHSCRIPT, read_torchscript(path), 0
     elif container == "safetensors":
         fmt, state, dropped = SAFETENSORS, _read_safetensors(path), 0
     else:
@@ -220,34 +221,15 @@ def read_quick_gelu(path: str | Path) -> bool | None:
     return {"true": True, "false": False}.get(metadata.get("quick_gelu", ""))
 
 
-def released_to_export(
-    src: str | Path,
-    out_dir: str | Path,
-    model_name: str = "ViT-B-16",
-    *,
-    image_size: tuple[int, int] | None = None,
-) -> WeightsInfo:
-    """Turn a released fine-tuned checkpoint (IRRA's or SEN's ``best.pth``) into a uit export
-    folder that ``uit evaluate`` scores directly, e.g. written to ``exports/irra-cuhk``:
-
-        uit evaluate exports/irra-cuhk data/prepared/cuhk-pedes --out runs/irra-cuhk
-
-    The folder holds ``weights.safetensors`` (the dual encoder, no training heads) and
-    ``state.json`` (the model config: ``model_name`` with QuickGELU, the image size and the text
-    context the weights were trained at, and where they came from). The image size is read from
-    the position embeddings: a square grid, else the 3:1 grid of re-identification images (384 x
-    128 for ViT-B-16, as released); give ``image_size`` (height, width) for any other. Overlapping
-    patches (the released code's ``stride_size`` below the patch size) are not supported.
-
-    ``model_name`` must be the open_clip architecture the checkpoint was trained from; a
-    mismatch is refused with the names that would fit. ``out_dir`` must be new or empty.
-    """
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise WeightsError(
-            f"{out} already exists and is not empty; give a new folder for the export (an export "
-            "is written whole, never merged into another folder)"
-        )
+def read_released(
+    src: str | Path, model_name: str, image_size: tuple[int, int] | None = None
+) -> tuple[dict[str, Tensor], WeightsInfo, ModelConfig]:
+    """The CLIP weights of a released fine-tuned checkpoint (IRRA's or SEN's ``best.pth``), what
+    the file holds, and the model config they fit: ``model_name`` with QuickGELU, at the image
+    size read from the position embeddings (a square grid, else the 3:1 grid of
+    re-identification images) or given as ``image_size`` (height, width), and the text context
+    the weights were trained at. Any other format, or weights that do not have ``model_name``'s
+    architecture, are a ``WeightsError`` (``uit.model.export.released_to_export`` writes them)."""
     state, info = read_state_dict(src)
     if info.format != RELEASED:
         raise WeightsError(
@@ -257,22 +239,7 @@ def released_to_export(
         )
     check_architecture(info, model_name)
     height, width = _image_size(info, image_size)
-    cfg = _export_config(info, model_name, height, width)
-    encoder = build_model(cfg)
-    try:
-        encoder.clip.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise WeightsError(
-            f"{src}: its weights do not fit {model_name} at {height}x{width}: {error}. Pass the "
-            "model name and image size the checkpoint was trained with."
-        ) from None
-    source = {"file": str(src), "format": info.format, "dropped": info.dropped,
-              "filled": list(info.filled)}  # fmt: skip
-    state_json = {"kind": "dual-encoder", "config": {"model": cfg.model_dump(mode="json")},
-                  "architecture": {"quick_gelu": True}, "source": source}  # fmt: skip
-    save_checkpoint(out, encoder.state_dict(), state_json)
-    log.info("exported %s (%s, %dx%d) to %s", src, model_name, height, width, out)
-    return info
+    return state, info, _export_config(info, model_name, height, width)
 
 
 def _export_config(info: WeightsInfo, model_name: str, height: int, width: int) -> ModelConfig:
@@ -359,7 +326,7 @@ def _container(path: Path) -> str:
     with path.open("rb") as handle:
         head = handle.read(4)
     if head.startswith(b"PK"):
-        return "torchscript" if _torchscript_root(_zip_names(path)) else "torch"
+        return "torchscript" if torchscript_root(_zip_names(path)) else "torch"
     if _looks_like_safetensors(path):
         return "safetensors"
     if head[:1] == b"\x80":  # a pickle: torch.save's legacy (non-zip) format
@@ -375,49 +342,13 @@ def _zip_names(path: Path) -> list[str]:
     try:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
-    except _DAMAGED as error:  # zipfile raises many kinds of error for a damaged directory
+    except DAMAGED_ARCHIVE as error:  # zipfile raises many kinds of error for a damaged directory
         raise WeightsError(
             f"{path} starts like a zip archive (a torch or TorchScript file) but cannot be read "
             f"as one ({error}): it is probably truncated; download or copy it again."
         ) from None
-    _check_unpacked_sizes(path, entries)
+    check_unpacked_sizes(path, entries)
     return [entry.filename for entry in entries]
-
-
-def _byte_budget(path: Path) -> int:
-    """The most bytes that reading ``path`` may unpack or copy out: weights barely compress and
-    torch stores them uncompressed, so a file never legitimately unpacks to much more than its
-    own size; twice that leaves room for tied weights, which share their bytes."""
-    return MAX_GROWTH * path.stat().st_size
-
-
-def _check_unpacked_sizes(path: Path, entries: list[zipfile.ZipInfo]) -> None:
-    """Refuse, before anything is read, an archive whose entries declare more bytes than the
-    file could hold (a zip bomb: a few MB that inflate to GBs); readers then read no entry past
-    its declared size (``_read_entry``)."""
-    declared = sum(entry.file_size for entry in entries)
-    if declared <= _byte_budget(path):
-        return
-    largest = max(entries, key=lambda entry: entry.file_size)
-    raise WeightsError(
-        f"{path}: its zip entry {largest.filename} unpacks to {largest.file_size:,} bytes from "
-        f"{largest.compress_size:,} (all entries: {declared:,} bytes from a file of "
-        f"{path.stat().st_size:,}), more than a weights file ever unpacks to; refused before "
-        "reading it. Use the file as torch saved it (torch stores weights uncompressed)."
-    )
-
-
-def _torchscript_root(names: Iterable[str]) -> str | None:
-    """The archive's top folder when it is TorchScript (``data.pkl`` beside ``code/`` or
-    ``constants.pkl``); torch.save archives have neither."""
-    names = list(names)
-    roots = sorted(
-        {n.split("/")[0] for n in names if n.count("/") == 1 and n.endswith("/data.pkl")}
-    )
-    for root in roots:
-        if f"{root}/constants.pkl" in names or any(n.startswith(f"{root}/code/") for n in names):
-            return root
-    return None
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
@@ -504,11 +435,11 @@ def _check_torch_tensors(path: Path, obj: Any) -> None:
             )
         storage = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
         offset = int(tensor.storage_offset())
-        problem = _view_problem(tensor.shape, tensor.stride(), offset, storage)
+        problem = view_problem(tensor.shape, tensor.stride(), offset, storage)
         if problem:
             raise WeightsError(f"{path}: its tensor {name} {problem}; {UNSAFE_VIEW_FIX}")
         total += tensor.numel() * tensor.element_size()
-        if total > _byte_budget(path):
+        if total > byte_budget(path):
             raise WeightsError(
                 f"{path}: its tensors (up to {name}) add up to {total:,} bytes, more than twice "
                 f"the file's {path.stat().st_size:,}: they share their bytes many times over, "
@@ -769,313 +700,3 @@ def _reid_grid(patches: int) -> tuple[int, int] | None:
     """The 3:1 grid of re-identification images (384 x 128 at patch 16: 24 x 8), if it fits."""
     width = math.isqrt(patches // 3)
     return (3 * width, width) if width and 3 * width * width == patches else None
-
-
-# --- Sizes a file declares, checked before anything is copied -------------------------------
-
-UNSAFE_VIEW_FIX = (
-    "no saved weight is one. Re-save the weights from the model that uses them (its state_dict() "
-    "with torch.save or safetensors), or use the original file"
-)
-
-
-def _view_problem(
-    shape: Sequence[int], stride: Sequence[int], offset: int, storage: int
-) -> str | None:
-    """What keeps a view of a flat storage of ``storage`` elements from being a weight, or None.
-    A weight's elements are distinct and inside its storage; an expanded tensor (stride 0)
-    instead repeats a few stored bytes into as many GBs as its shape says, once copied."""
-    described = f"is a {' x '.join(map(str, shape)) or 'scalar'} view with strides {tuple(stride)}"
-    if len(shape) != len(stride) or offset < 0 or min((*shape, *stride, 0)) < 0:
-        return f"{described} from offset {offset}, which no tensor has"
-    if 0 in shape:
-        return None  # nothing to read
-    reach = 1  # a dimension must step over everything the dimensions of smaller strides span
-    for step, size in sorted((st, n) for n, st in zip(shape, stride, strict=True) if n > 1):
-        if step < reach:
-            return (
-                f"{described} whose elements overlap: {math.prod(shape):,} elements drawn from a "
-                f"storage of {storage:,}"
-            )
-        reach = step * size
-    last = offset + sum((n - 1) * st for n, st in zip(shape, stride, strict=True))
-    if last >= storage:
-        return f"{described} from offset {offset}, past the {storage:,} elements of its storage"
-    return None
-
-
-# --- TorchScript archives, read without running them -------------------------------------------
-
-_STORAGE_DTYPES = {
-    f"{name}Storage": dtype
-    for name, dtype in (
-        ("Float", torch.float32),
-        ("Half", torch.float16),
-        ("BFloat16", torch.bfloat16),
-        ("Double", torch.float64),
-        ("Long", torch.int64),
-        ("Int", torch.int32),
-        ("Short", torch.int16),
-        ("Char", torch.int8),
-        ("Byte", torch.uint8),
-        ("Bool", torch.bool),
-    )
-}
-
-
-class _Forbidden(pickle.UnpicklingError):
-    """The pickle asked for a global outside the allow-list."""
-
-
-class _Unsafe(Exception):
-    """The archive declares a tensor that reading would blow up (the message says which, how)."""
-
-
-class _ScriptObject:
-    """Stands in for an instance of a TorchScript class (``__torch__.*``): it records the state
-    the pickle hands it and has no behaviour, so nothing in the archive runs."""
-
-    qualified_name: ClassVar[str] = ""
-    state: Any = None
-
-    def __init__(self, *args: Any) -> None:
-        self.state = args
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-def _same(value: Any, *_: Any) -> Any:
-    return value
-
-
-MAX_CODE_BYTES = 256 << 10  # a TorchScript class's code file: OpenAI's are a few kB each
-_REBUILD_TENSOR = (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor"))
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): OrderedDict,
-    # typed lists and dicts of module attributes: the value is kept, the type tag dropped
-    ("torch.jit._pickle", "build_intlist"): _same,
-    ("torch.jit._pickle", "build_doublelist"): _same,
-    ("torch.jit._pickle", "build_boollist"): _same,
-    ("torch.jit._pickle", "build_tensorlist"): _same,
-    ("torch.jit._pickle", "restore_type_tag"): _same,
-}
-
-
-class _TorchScriptUnpickler(pickle.Unpickler):
-    """Unpickles a TorchScript ``data.pkl``: tensors (storages from the archive), containers and
-    inert ``_ScriptObject`` records; any other global is refused before anything is called."""
-
-    def __init__(
-        self,
-        file: IO[bytes],
-        read_storage: Callable[[str, torch.dtype, int], Tensor],
-        root: str,
-        budget: int,
-    ) -> None:
-        super().__init__(file)
-        self._root = root
-        self._read_storage = read_storage
-        self._classes: dict[str, type[_ScriptObject]] = {}
-        self._entries: dict[int, str] = {}  # id of a storage -> the archive entry it came from
-        self._budget = budget  # bytes the tensors copied out of their storages may still take
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "__torch__" or module.startswith("__torch__."):
-            qualified = f"{module}.{name}"
-            if qualified not in self._classes:
-                attributes = {"qualified_name": qualified}
-                self._classes[qualified] = type(name, (_ScriptObject,), attributes)
-            return self._classes[qualified]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
-        if (module, name) in _REBUILD_TENSOR:
-            return self._rebuild_tensor
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise _Forbidden(f"{module}.{name}")
-        return _ALLOWED_GLOBALS[module, name]
-
-    def persistent_load(self, pid: Any) -> Tensor:
-        if not (
-            isinstance(pid, tuple)
-            and len(pid) == 5
-            and pid[0] == "storage"
-            and isinstance(pid[1], torch.dtype)
-        ):
-            raise pickle.UnpicklingError(f"unexpected persistent id {str(pid)[:80]}")
-        _, dtype, key, _location, numel = pid  # any device: read onto the CPU
-        storage = self._read_storage(str(key), dtype, operator.index(numel))
-        self._entries[id(storage)] = f"{self._root}/data/{key}"
-        return storage
-
-    def _rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any, *_: Any) -> Tensor:
-        """The view torch's ``_rebuild_tensor_v2`` makes, as a copy of its own, once it is known
-        to be a weight (``_view_problem``) that fits what is left of the byte budget;
-        requires_grad, hooks and metadata are ignored."""
-        if not isinstance(storage, Tensor):
-            raise pickle.UnpicklingError("a tensor whose storage is not in the archive")
-        shape = tuple(map(operator.index, size))
-        steps, start = tuple(map(operator.index, stride)), operator.index(offset)
-        where = f"the tensor stored in {self._entries.get(id(storage), 'an unnamed entry')}"
-        problem = _view_problem(shape, steps, start, storage.numel())
-        if problem:
-            raise _Unsafe(f"{where} {problem}; {UNSAFE_VIEW_FIX}")
-        self._budget -= math.prod(shape) * storage.element_size()
-        if self._budget < 0:
-            raise _Unsafe(
-                f"its tensors (up to {where}) add up to more than twice the file's size: they "
-                f"share their bytes many times over, which copying them out would multiply; "
-                f"{UNSAFE_VIEW_FIX}"
-            )
-        return storage.as_strided(shape, steps, start).clone(memory_format=torch.contiguous_format)
-
-
-def _storage_reader(
-    archive: zipfile.ZipFile, root: str
-) -> Callable[[str, torch.dtype, int], Tensor]:
-    """Reads ``root/data/<key>`` as a flat tensor of ``numel`` elements, once per key."""
-    storages: dict[str, Tensor] = {}
-
-    def read(key: str, dtype: torch.dtype, numel: int) -> Tensor:
-        if key not in storages:
-            name, itemsize = f"{root}/data/{key}", torch.empty((), dtype=dtype).element_size()
-            declared = archive.getinfo(name).file_size  # checked before reading, as sizes are
-            if numel < 0 or declared < numel * itemsize:
-                raise pickle.UnpicklingError(
-                    f"storage {key} holds {declared:,} bytes, fewer than its {numel:,} elements"
-                )
-            data = bytearray(_read_entry(archive, name, numel * itemsize))
-            if len(data) < numel * itemsize:
-                raise pickle.UnpicklingError(f"storage {key} is shorter than its {numel} elements")
-            storages[key] = (
-                torch.frombuffer(data, dtype=dtype, count=numel)
-                if numel
-                else torch.empty(0, dtype=dtype)
-            )
-        return storages[key]
-
-    return read
-
-
-@dataclass(frozen=True)
-class _ScriptClass:
-    """A TorchScript class as its archived source declares it."""
-
-    is_module: bool
-    tensors: tuple[str, ...]  # __parameters__ then __buffers__: what state_dict() holds
-
-
-def _declared_names(node: ast.ClassDef, name: str) -> tuple[str, ...]:
-    for statement in node.body:
-        if isinstance(statement, ast.Assign) and any(
-            isinstance(target, ast.Name) and target.id == name for target in statement.targets
-        ):
-            return tuple(str(value) for value in ast.literal_eval(statement.value))
-    return ()
-
-
-def _script_classes(archive: zipfile.ZipFile, root: str) -> dict[str, _ScriptClass]:
-    """Each class in the archive's ``code/`` folder, parsed (never run) for its parameters and
-    buffers; a class that cannot be parsed is left out (all its tensors are then kept)."""
-    classes: dict[str, _ScriptClass] = {}
-    prefix = f"{root}/code/"
-    for name in archive.namelist():
-        if not (name.startswith(prefix) and name.endswith(".py")):
-            continue
-        module = name[len(prefix) : -len(".py")].replace("/", ".")
-        if archive.getinfo(name).file_size > MAX_CODE_BYTES:  # its syntax tree would be GBs
-            log.warning("%s: left out %s, larger than any class's code", archive.filename, name)
-            continue
-        try:
-            tree = ast.parse(_read_entry(archive, name).decode("utf-8"))
-            for node in tree.body:
-                if isinstance(node, ast.ClassDef):
-                    bases = {base.id for base in node.bases if isinstance(base, ast.Name)}
-                    tensors = _declared_names(node, "__parameters__")
-                    tensors += _declared_names(node, "__buffers__")
-                    classes[f"{module}.{node.name}"] = _ScriptClass("Module" in bases, tensors)
-        except (SyntaxError, UnicodeDecodeError, ValueError, TypeError, RecursionError) as error:
-            log.warning("%s: could not parse %s (%s)", archive.filename, name, error)
-    return classes
-
-
-def _flatten(
-    obj: _ScriptObject, classes: dict[str, _ScriptClass], prefix: str, out: dict[str, Tensor]
-) -> None:
-    """Add a module's parameters and buffers, then its submodules', as ``state_dict()`` does."""
-    state = obj.state if isinstance(obj.state, dict) else {}
-    declared = classes.get(obj.qualified_name)
-    names = declared.tensors if declared else [k for k, v in state.items() if isinstance(v, Tensor)]
-    for name in names:
-        if isinstance(state.get(name), Tensor):  # a parameter may be None (a Linear without bias)
-            out[prefix + name] = state[name]
-    for name, value in state.items():
-        child = classes.get(value.qualified_name) if isinstance(value, _ScriptObject) else None
-        if isinstance(value, _ScriptObject) and (child is None or child.is_module):
-            _flatten(value, classes, f"{prefix}{name}.", out)
-
-
-# What a cut or damaged archive raises on the way (a bad pickle, a missing storage, bad sizes)
-_DAMAGED = (pickle.UnpicklingError, zipfile.BadZipFile, KeyError, EOFError, OSError, RuntimeError,
-            ValueError, TypeError, IndexError, AttributeError, RecursionError, OverflowError,
-            zlib.error, struct.error)  # fmt: skip
-
-
-def _read_entry(archive: zipfile.ZipFile, name: str, size: int | None = None) -> bytes:
-    """The first ``size`` bytes of an entry (all of it by default), never more than it declares:
-    asked for a bounded size, zipfile inflates no more than that, whatever the entry's
-    compressed stream holds (the declared sizes were checked against the file's by
-    ``_check_unpacked_sizes``)."""
-    info = archive.getinfo(name)
-    with archive.open(info) as entry:
-        return entry.read(info.file_size if size is None else min(size, info.file_size))
-
-
-def _unpickle_archive(path: Path) -> tuple[Any, dict[str, _ScriptClass]]:
-    """The object tree of a TorchScript archive's ``data.pkl`` and its declared classes."""
-    with zipfile.ZipFile(path) as archive:
-        _check_unpacked_sizes(path, archive.infolist())  # before anything is read
-        names = archive.namelist()
-        root = _torchscript_root(names)
-        assert root is not None  # _container saw it
-        if (
-            f"{root}/byteorder" in names
-            and _read_entry(archive, f"{root}/byteorder").strip() == b"big"
-        ):
-            raise pickle.UnpicklingError("tensors stored big-endian")
-        classes = _script_classes(archive, root)
-        data = io.BytesIO(_read_entry(archive, f"{root}/data.pkl"))  # pickle asks for any size
-        read_storage = _storage_reader(archive, root)
-        unpickler = _TorchScriptUnpickler(data, read_storage, root, _byte_budget(path))
-        return unpickler.load(), classes
-
-
-def _read_torchscript(path: Path) -> dict[str, Tensor]:
-    """The state dict of a TorchScript archive, equal to ``torch.jit.load(path).state_dict()``,
-    read without executing or unpickling anything but tensors and module records."""
-    state: dict[str, Tensor] = {}
-    try:
-        top, classes = _unpickle_archive(path)
-        if isinstance(top, _ScriptObject):
-            _flatten(top, classes, "", state)  # a cyclic or absurdly deep tree: RecursionError
-    except _Forbidden as error:
-        raise WeightsError(
-            f"{path}: refused to load it: its data.pkl asks for {error}, which is neither a tensor "
-            "nor a TorchScript module, so the file is not an OpenAI CLIP archive and loading it "
-            "could run code. Use OpenAI's original file, or a state dict saved as safetensors."
-        ) from None
-    except WeightsError:
-        raise
-    except _Unsafe as error:
-        raise WeightsError(f"{path}: {error}") from None
-    except _DAMAGED as error:
-        raise WeightsError(
-            f"{path} is a TorchScript archive whose weights cannot be read ({type(error).__name__}:"
-            f" {error}): it is probably truncated or damaged; download or copy it again."
-        ) from None
-    if not isinstance(top, _ScriptObject):
-        raise WeightsError(
-            f"{path} is a TorchScript archive that holds a {type(top).__name__}, not a module; "
-            "give OpenAI's CLIP file (ViT-B-16.pt) or a state dict."
-        )
-    return state

@@ -31,8 +31,9 @@ from uit.model.build import (
     inference_precision,
     load_encoder,
 )
-from uit.model.checkpoint import EXPORT_KIND, read_state
+from uit.model.checkpoint import read_state
 from uit.model.encoder import DualEncoder
+from uit.model.export import is_export
 from uit.retrieval.diagnostics import (
     binding_scores,
     counterfactuals,
@@ -407,7 +408,7 @@ def in_domain_extras(
         encoder = build_model(pretrained).to(options.device).eval()
         result = evaluate(encoder, manifests, build_tokenizer(pretrained), options, progress)
         extras["zero_shot"] = {"from": pretrained.pretrained, **result.metrics}
-    if read_state(checkpoint_dir).get("kind") == EXPORT_KIND:
+    if is_export(read_state(checkpoint_dir)):
         return extras  # an export (uit export): no training heads
     objective = load_objective(checkpoint_dir)
     if objective.tir_decoder is not None:

@@ -43,7 +43,7 @@ from uit.model.checkpoint import (
     set_rng_state,
 )
 from uit.model.encoder import DualEncoder
-from uit.model.objective import Objective, build_optimizer, group_lr
+from uit.model.objective import Objective
 from uit.retrieval.evaluate import EvalOptions, evaluate
 from uit.text.masking import build_token_masker
 from uit.text.parsed import TaggedWords
@@ -56,6 +56,7 @@ from uit.training.distributed import (
     share_from_main,
     wait_for_all,
 )
+from uit.training.optim import build_optimizer, group_lr
 from uit.training.preflight import Identities, batch_problem
 from uit.training.sampler import IdentityBatchSampler
 
@@ -158,7 +159,7 @@ def check_finite(losses: Mapping[str, torch.Tensor], step: int, epoch: int) -> N
 @dataclass
 class StepState:
     """What one training step reads and mutates: the objective and its forward (compiled or
-    not), the optimiser (groups named as ``uit.model.objective.param_groups`` names them), device,
+    not), the optimiser (groups named as ``uit.training.optim.param_groups`` names them), device,
     autocast dtype, the process's place in the job, and the counters that name the step (its
     mask noise is seeded from ``step``)."""
 

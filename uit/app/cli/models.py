@@ -19,7 +19,7 @@ def export(
     out: Annotated[Path, typer.Argument(help="Folder for the exported dual encoder.")],
 ) -> None:
     """Write just the dual encoder (no ID head, no TIR decoder) plus its model config."""
-    from uit.model.build import export_encoder
+    from uit.model.export import export_encoder
 
     kept, dropped = export_encoder(checkpoint, out)
     console.print(f"wrote {out}: {kept} tensors of the dual encoder ({dropped} training-only "
@@ -65,7 +65,8 @@ def weights_convert(
     OpenAI's). A released fine-tuned checkpoint (IRRA's or the UIT authors' best.pth) becomes an
     exported model folder that `uit evaluate` and `uit search` take directly.
     """
-    from uit.model.weights import RELEASED, convert_weights, detect_format, released_to_export
+    from uit.model.export import released_to_export
+    from uit.model.weights import RELEASED, convert_weights, detect_format
 
     if (image_height is None) != (image_width is None):
         raise UitError("--image-height and --image-width go together: give both, the size the "
