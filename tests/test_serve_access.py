@@ -170,6 +170,7 @@ def test_the_audit_log_holds_each_request_of_a_burst_once_and_no_token(served: S
     assert [a.status for a in answers] == [200] * 20
     hit = answers[0].json()["hits"][0]
     assert served.call("GET", hit["url"], token="burst").status == 200
+    assert served.call("GET", "/images/nothing.png", token="burst").status == 404  # not served
     records = [r for r in audit_records(served) if r["token"] == "burst"]
     searches = [r for r in records if r["route"] == "/search"]
     assert sorted(r["query"] for r in searches) == sorted(texts)  # each exactly once

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
+import functools
 import hashlib
 import html
 import ipaddress
@@ -33,7 +34,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -424,9 +425,8 @@ def build_app(searcher: Searcher, *, expose: bool = False, timeout: float = REQU
     def image(name: str, request: Request) -> Response:
         """A gallery image by its name; any other path is not found."""
         name = _requested_name(request, name)
-        if request.method == "GET" and name in searcher.files:
-            audit(request, {"route": "/images", "image": shown(name)})
-        return _image_response(searcher, name, request.method)
+        served = functools.partial(audit, request, {"route": "/images", "image": shown(name)})
+        return _image_response(searcher, name, request.method, served)
 
     app.add_api_route("/images/{name:anypath}", image, methods=["HEAD"], include_in_schema=False)
     return app
@@ -465,9 +465,11 @@ def _requested_name(request: Request, name: str) -> str:
     return os.fsdecode(unquote_to_bytes(raw[len(b"/images/") :]))
 
 
-def _image_response(searcher: Searcher, name: str, method: str) -> Response:
+def _image_response(searcher: Searcher, name: str, method: str,
+                    served: Callable[[], None] = lambda: None) -> Response:  # fmt: skip
     """The file of the gallery image ``name``, opened now: one deleted, replaced by a folder, a
-    FIFO or a device, or by a link out of the gallery since the server started is not found."""
+    FIFO or a device, or by a link out of the gallery since the server started is not found.
+    ``served`` is called (the audit log) once it is open, before a GET sends it."""
     path = searcher.files.get(name)
     if path is None:
         raise HTTPException(404, f"{shown(name)!r} is not an image of this gallery")
@@ -484,6 +486,11 @@ def _image_response(searcher: Searcher, name: str, method: str) -> Response:
     if method == "HEAD":
         handle.close()
         return Response(headers=headers, media_type=media)
+    try:
+        served()
+    except BaseException:
+        handle.close()
+        raise
     return StreamingResponse(_blocks(handle, size), media_type=media, headers=headers)
 
 

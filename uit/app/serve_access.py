@@ -169,6 +169,8 @@ class Failures:
                 return 0.0
             while times and times[0] <= now - self.window:
                 times.popleft()
+            if not times:
+                del self.times[address]  # addresses that stopped failing are forgotten
             if len(times) < self.limit:
                 return 0.0
             return times[0] + self.window - now
