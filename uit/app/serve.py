@@ -5,8 +5,9 @@ request encodes its sentence, asks the index, and answers. Routes: ``GET /`` the
 self-contained HTML file: inline style and script, nothing fetched from elsewhere), ``POST
 /search``, ``GET /healthz``, ``GET /examples`` (captions of a prepared benchmark),
 ``GET /images/{name}`` (only the gallery's own files, looked up by name, never opened by a path
-the client gives, and opened only while they are regular files inside the gallery), and
-FastAPI's ``/openapi.json``.
+the client gives, and opened only while they are regular files inside the gallery), ``GET
+/metrics`` (Prometheus) and FastAPI's ``/openapi.json``. A ``Policy`` adds tokens
+(``serve_access``), the audit log (``serve_audit``) and CORS origins.
 
 A loopback server is still reachable from any web page the user opens: ``Guard`` answers only
 requests addressed to a loopback name (no DNS rebinding), bounds the body and the time it takes
