@@ -15,7 +15,9 @@ normalised points around ``--centres`` gaussian centres; uniform random vectors 
 neighbours worth the name and make recall meaningless): build time, the index's size, ms per
 query against the exact scan, and recall@10 against the exact top 10. Last, the API end to end
 (``POST /search`` on a real uvicorn server, the query's text encoding included) over an
-``--api-gallery`` of clustered embeddings, with the index ``auto`` picks and with the flat scan,
+``--api-gallery`` of clustered embeddings, with the index ``auto`` picks and with the flat scan
+(and, asked in turn with it, the flat scan behind a token and an fsynced audit log, as
+``--expose`` requires),
 through the searcher ``uit serve`` assembles: the model of ``--checkpoint`` loaded as ``uit serve``
 loads it, or by default the architecture ``--params`` (``params.yaml``) names, with random
 weights (the time does not depend on what the weights are).
@@ -28,20 +30,23 @@ Usage: ``python benchmarks/search.py [--gallery 100000] [--dim 512] [--queries 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import http.client
 import json
 import os
 import socket
 import statistics
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from _machine import machine  # benchmarks/ is on sys.path when a script runs
 
-from uit.app.serve import assemble_searcher, describe_model
+from uit.app.serve import assemble_searcher, build_app, describe_model
 from uit.retrieval.index import AnnIndex, FlatIndex, build_index
 from uit.retrieval.metrics import ranking_keys
 from uit.retrieval.scan import CALIBRATION_ROWS, ENV, METHODS, calibration, scan_method
@@ -115,7 +120,7 @@ def api_rows(args: argparse.Namespace) -> list[str]:
     encoder, tokenizer, options, model = api_model(args)
     print(f"model: {model}; text encoded on {options.device} in "
           f"{str(options.dtype or torch.float32).removeprefix('torch.')}")  # fmt: skip
-    print(f"{'index':<14}{'gallery':>10}{'median ms':>11}{'p90 ms':>9}{'queries':>9}  searcher")
+    print(f"{'index':<20}{'gallery':>10}{'median ms':>11}{'p90 ms':>9}{'queries':>9}  searcher")
     feats = clustered(args.api_gallery, encoder.embed_dim, args.centres, seed=3)
     names = [f"{i:07d}.png" for i in range(len(feats))]  # never read: no image is requested
     gallery = Gallery("synthetic", Path("."), [Path(n) for n in names], names)
@@ -123,11 +128,39 @@ def api_rows(args: argparse.Namespace) -> list[str]:
     for kind in args.api_kinds.split(","):
         searcher = assemble_searcher((encoder, tokenizer, options), gallery, feats,
                                      index_kind=kind, model=model)  # fmt: skip
-        times = sorted(serve_and_time(searcher, args))
-        label, p90 = f"{kind} -> {searcher.index.kind}", times[int(0.9 * (len(times) - 1))]
-        rows.append(f"{label:<14}{args.api_gallery:>10,}{statistics.median(times):>11.2f}"
-                    f"{p90:>9.2f}{len(times):>9}  {searcher.index.describe()}")  # fmt: skip
+        labels = [f"{kind} -> {searcher.index.kind}"]
+        with contextlib.ExitStack() as stack:
+            servers = [(stack.enter_context(running(build_app(searcher))), {})]
+            if kind == "flat":  # the same searcher behind a token and the audit log, asked in
+                labels.append("flat + auth + audit")  # turn with the plain one: same load
+                servers.append(stack.enter_context(guarded(searcher)))
+            timed = time_searches(servers, args)
+        for label, times in zip(labels, timed, strict=True):
+            times = sorted(times)
+            p90 = times[int(0.9 * (len(times) - 1))]
+            rows.append(f"{label:<20}{args.api_gallery:>10,}{statistics.median(times):>11.2f}"
+                        f"{p90:>9.2f}{len(times):>9}  {searcher.index.describe()}")  # fmt: skip
+        if len(timed) == 2:  # each guarded search against the plain one just before it
+            paired = statistics.median(g - f for f, g in zip(*timed, strict=True))
+            rows.append(f"auth + audit: {paired:+.2f} ms a search (median of the paired "
+                        "differences; budget 2 ms)")  # fmt: skip
     return rows
+
+
+@contextlib.contextmanager
+def guarded(searcher) -> Iterator[tuple[int, dict[str, str]]]:
+    """A server of ``searcher`` that wants a token and writes every search to an audit log (one
+    fsynced line each) in a temporary folder on the project's disk; its port and the header."""
+    from uit.app.serve import Policy
+    from uit.app.serve_access import create_token
+    from uit.app.serve_audit import AuditLog, AuditPolicy
+
+    with tempfile.TemporaryDirectory(dir=".") as folder:
+        tokens = Path(folder) / "tokens.json"
+        secret = create_token(tokens, "bench")
+        policy = Policy(tokens, AuditLog(AuditPolicy(Path(folder) / "audit.jsonl")))
+        with running(build_app(searcher, policy=policy)) as port:
+            yield port, {"Authorization": f"Bearer {secret}"}
 
 
 def api_model(args: argparse.Namespace):
@@ -151,36 +184,48 @@ def api_model(args: argparse.Namespace):
             f"weights (the architecture of {args.params}; --checkpoint: trained ones)")  # fmt: skip
 
 
-def serve_and_time(searcher, args: argparse.Namespace) -> list[float]:
+@contextlib.contextmanager
+def running(app) -> Iterator[int]:
+    """``app`` on a uvicorn server in a thread, on a free port of 127.0.0.1 (yielded)."""
     import uvicorn
-
-    from uit.app.serve import build_app
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(build_app(searcher), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, access_log=False,
                                            log_level="warning"))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.05)
-    connection = http.client.HTTPConnection("127.0.0.1", port)  # one keep-alive connection
-    times = []
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+def time_searches(servers: list[tuple[int, dict[str, str]]],
+                  args: argparse.Namespace) -> list[list[float]]:  # fmt: skip
+    """Milliseconds of each ``POST /search`` per server (its port and headers), the servers
+    asked in turn, each on one keep-alive connection."""
+    connections = [http.client.HTTPConnection("127.0.0.1", port) for port, _ in servers]
+    times: list[list[float]] = [[] for _ in servers]
     try:
         for i in range(args.api_queries + 3):
             body = json.dumps({"text": SENTENCES[i % len(SENTENCES)], "k": args.k})
-            start = time.perf_counter()
-            connection.request("POST", "/search", body, {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            assert response.status == 200, response.read()
-            response.read()
-            if i >= 3:  # the first requests warm up the encoder and the parser
-                times.append((time.perf_counter() - start) * 1000)
+            for connection, (_, headers), spent in zip(connections, servers, times, strict=True):
+                start = time.perf_counter()
+                connection.request("POST", "/search", body,
+                                   {"Content-Type": "application/json", **headers})  # fmt: skip
+                response = connection.getresponse()
+                assert response.status == 200, response.read()
+                response.read()
+                if i >= 3:  # the first requests warm up the encoder and the parser
+                    spent.append((time.perf_counter() - start) * 1000)
     finally:
-        connection.close()
-        server.should_exit = True
-        thread.join()
+        for connection in connections:
+            connection.close()
     return times
 
 

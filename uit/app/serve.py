@@ -5,8 +5,9 @@ request encodes its sentence, asks the index, and answers. Routes: ``GET /`` the
 self-contained HTML file: inline style and script, nothing fetched from elsewhere), ``POST
 /search``, ``GET /healthz``, ``GET /examples`` (captions of a prepared benchmark),
 ``GET /images/{name}`` (only the gallery's own files, looked up by name, never opened by a path
-the client gives, and opened only while they are regular files inside the gallery), and
-FastAPI's ``/openapi.json``.
+the client gives, and opened only while they are regular files inside the gallery), ``GET
+/metrics`` (Prometheus) and FastAPI's ``/openapi.json``. A ``Policy`` adds tokens
+(``serve_access``), the audit log (``serve_audit``) and CORS origins.
 
 A loopback server is still reachable from any web page the user opens: ``Guard`` answers only
 requests addressed to a loopback name (no DNS rebinding), bounds the body and the time it takes
@@ -18,7 +19,10 @@ path of the server's file system: the model and gallery are shown by their folde
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
+import functools
+import hashlib
 import html
 import ipaddress
 import itertools
@@ -27,10 +31,12 @@ import logging
 import mimetypes
 import os
 import random
+import re
 import socket
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
@@ -42,6 +48,16 @@ from pydantic import BaseModel, Field, field_validator
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import Headers, MutableHeaders
 
+from uit.app.serve_access import (
+    RATE_LIMIT,
+    Failures,
+    RateLimit,
+    TokenCheck,
+    read_tokens,
+    retry_after,
+)
+from uit.app.serve_audit import AuditError, AuditLog, now_iso
+from uit.app.serve_metrics import CONTENT_TYPE, ServeMetrics, log_access
 from uit.core.config import INFERENCE_BATCH_SIZE
 from uit.core.errors import UitError
 from uit.data.images import ImageError, open_image_file
@@ -72,8 +88,23 @@ KEEP_ALIVE = 5  # seconds an idle connection is kept open
 MAX_CONNECTIONS = 64  # beyond it a request is answered 503 at once
 EXAMPLE = '{"text": "a woman in a red coat", "k": 10, "offset": 0}'
 # What every answer carries: not to be sniffed as another type, framed, or stored by a cache.
+CLOSED = "default-src 'none'; frame-ancestors 'none'"  # what an answer but the page may load
 ANSWER_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY",
-                  "referrer-policy": "no-referrer", "cache-control": "no-store"}  # fmt: skip
+                  "referrer-policy": "no-referrer", "cache-control": "no-store",
+                  "content-security-policy": CLOSED}  # fmt: skip
+OPEN_ROUTES = {"/healthz", "/"}  # answered without a token: the page asks for one itself
+ROUTES = {"/", "/search", "/healthz", "/examples", "/metrics", "/openapi.json"}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Who may ask and what is written down: the token file (tokens required while it holds
+    any), the audit log, the rate limit (0: none) and the origins CORS lets read answers."""
+
+    tokens: Path | None = None
+    audit: AuditLog | None = None
+    rate_limit: int = RATE_LIMIT
+    cors_origins: tuple[str, ...] = field(default_factory=tuple)
 
 
 def describe_model(checkpoint: Path, *, public: bool = False) -> str:
@@ -115,8 +146,17 @@ class Searcher:
 
     def search(self, text: str, k: int, offset: int = 0) -> list[tuple[int, float]]:
         """(gallery index, score) of ranks ``offset + 1`` to ``offset + k``."""
+        return self.timed_search(text, k, offset)[0]
+
+    def timed_search(self, text: str, k: int,
+                     offset: int = 0) -> tuple[list[tuple[int, float]], float, float]:  # fmt: skip
+        """``search``, and the seconds it took to encode the text and to rank the gallery."""
         with self.lock:
-            return self.opened.search(text, k, offset)
+            start = time.perf_counter()
+            query = self.opened.encode(text)
+            encoded = time.perf_counter()
+            ranked = self.opened.rank(query, k, offset)
+        return ranked, encoded - start, time.perf_counter() - encoded
 
     def segments(self, text: str) -> list[Segment]:
         """``text`` cut into pieces, the parser's attribute words marked (whitespace kept)."""
@@ -208,6 +248,19 @@ def check_host(host: str, expose: bool) -> None:
         )
 
 
+def check_exposure(expose: bool, tokens: Path, audit_log: Path | None) -> None:
+    """An exposed server wants a token to answer and an audit log to write."""
+    if not expose:
+        return
+    if not read_tokens(tokens):
+        raise UitError(f"--expose needs at least one access token and {tokens} holds none: "
+                       "create one with `uit serve token create NAME` (--tokens FILE for "
+                       "another file), then start again")  # fmt: skip
+    if audit_log is None:
+        raise UitError("--expose needs --audit-log FILE: every search and image served is "
+                       "written there")  # fmt: skip
+
+
 def is_loopback_name(host: str | None) -> bool:
     """Whether a Host header names this machine's loopback: ``localhost``, ``127.x.x.x`` or
     ``[::1]``, each with or without a port. A page on another site that rebinds its own name
@@ -289,17 +342,40 @@ class _AnyPath(Convertor[str]):
 register_url_convertor("anypath", _AnyPath())
 
 
-def build_app(searcher: Searcher, *, expose: bool = False,
-              timeout: float = REQUEST_TIMEOUT) -> FastAPI:  # fmt: skip
-    """The FastAPI application over a loaded ``searcher``, behind ``Guard``."""
+def build_app(searcher: Searcher, *, expose: bool = False, timeout: float = REQUEST_TIMEOUT,
+              policy: Policy | None = None) -> FastAPI:  # fmt: skip
+    """The FastAPI application over a loaded ``searcher``, behind ``Guard`` (and CORS for the
+    origins ``policy`` names)."""
+    policy = policy or Policy()
     gallery, info = searcher.gallery, page_info(searcher)
+    tokens = TokenCheck(policy.tokens) if policy.tokens is not None else None
+    metrics = ServeMetrics(len(gallery.paths), searcher.index.kind)
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN; the schema is enough.
     app = FastAPI(title="uit serve", version="1", docs_url=None, redoc_url=None,
                   description=f"Text-to-image person search: {info['model']} on "
                               f"{info['gallery']}.")  # fmt: skip
-    app.add_middleware(Guard, expose=expose, timeout=timeout)
+    app.add_middleware(Guard, expose=expose, timeout=timeout, tokens=tokens,
+                       rate_limit=policy.rate_limit, metrics=metrics)  # fmt: skip
+    if policy.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(policy.cors_origins),
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])  # fmt: skip
     names = [shown(name) for name in gallery.names]  # what JSON can carry
     urls = [image_url(name) for name in gallery.names]
+
+    def audit(request: Request, record: dict[str, Any]) -> None:
+        """Write ``record`` down before the answer leaves; no record, no answer."""
+        if policy.audit is None:
+            return
+        try:
+            policy.audit.write({"token": _token_name(request), "client": _client(request.scope),
+                                **record})  # fmt: skip
+        except AuditError as error:
+            log.error("refusing %s: %s", request.url.path, error)
+            raise HTTPException(503, "the server cannot write its audit log, so it answers "
+                                     "nothing; tell its operator") from None  # fmt: skip
 
     @app.exception_handler(RequestValidationError)
     async def _one_line(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -308,26 +384,32 @@ def build_app(searcher: Searcher, *, expose: bool = False,
 
     @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse,
                    include_in_schema=False)  # fmt: skip
-    def page() -> str:
-        return render_page(info)
+    def page() -> HTMLResponse:
+        text = render_page({**info, "auth": tokens is not None and tokens.required()})
+        return HTMLResponse(text, headers={"content-security-policy": page_policy(text)})
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         return {"status": "ok", **info}
 
     @app.post("/search", response_model=SearchResponse)
-    def search(request: SearchRequest) -> SearchResponse:
+    def search(request: SearchRequest, http: Request) -> SearchResponse:
         """Rank the gallery for ``text``; ranks ``offset + 1`` to ``offset + k``."""
         if request.offset + request.k > MAX_RANK:
             raise HTTPException(422, f"offset + k must be at most {MAX_RANK}")
         query_pid = searcher.query_pid(request.text)
         hits = []
-        ranked = searcher.search(request.text, request.k, request.offset)
+        ranked, encode_s, index_s = searcher.timed_search(request.text, request.k, request.offset)
+        metrics.encode.observe(encode_s)
+        metrics.index.observe(index_s)
         for rank, (i, score) in enumerate(ranked, request.offset + 1):
             pid = gallery.pids[i] if gallery.pids is not None else None
             hits.append(Hit(rank=rank, name=names[i], url=urls[i], score=score, pid=pid,
                             correct=None if query_pid is None else pid == query_pid))  # fmt: skip
         words = [Word(text=s.text, attribute=s.attribute) for s in searcher.segments(request.text)]
+        audit(http, {"route": "/search", "query": request.text, "k": request.k,
+                     "offset": request.offset,
+                     "results": [{"name": h.name, "score": h.score} for h in hits]})  # fmt: skip
         return SearchResponse(text=request.text, k=request.k, offset=request.offset,
                               gallery_size=len(gallery.paths), query_pid=query_pid,
                               words=words, hits=hits)  # fmt: skip
@@ -337,13 +419,43 @@ def build_app(searcher: Searcher, *, expose: bool = False,
         """Captions of the gallery's benchmark split (none for a folder), drawn at random."""
         return random.sample(gallery.examples, min(max(n, 0), len(gallery.examples), 50))
 
+    @app.get("/metrics", response_class=Response, include_in_schema=False)
+    def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
     @app.get("/images/{name:anypath}", response_class=Response)
     def image(name: str, request: Request) -> Response:
         """A gallery image by its name; any other path is not found."""
-        return _image_response(searcher, _requested_name(request, name), request.method)
+        name = _requested_name(request, name)
+        served = functools.partial(audit, request, {"route": "/images", "image": shown(name)})
+        return _image_response(searcher, name, request.method, served)
 
     app.add_api_route("/images/{name:anypath}", image, methods=["HEAD"], include_in_schema=False)
     return app
+
+
+def _token_name(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("token")
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "?"
+
+
+def page_policy(page: str) -> str:
+    """The page's Content-Security-Policy: its own inline script and style by their hashes,
+    its API and images from its own origin (images of a token's page as blob: URLs), and
+    nothing else."""
+
+    def hashes(tag: str) -> str:
+        found = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.S)
+        sums = [base64.b64encode(hashlib.sha256(part.encode()).digest()).decode() for part in found]
+        return " ".join(f"'sha256-{digest}'" for digest in sums)
+
+    return (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+            "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; "
+            "form-action 'none'; frame-ancestors 'none'")  # fmt: skip
 
 
 def _requested_name(request: Request, name: str) -> str:
@@ -355,9 +467,11 @@ def _requested_name(request: Request, name: str) -> str:
     return os.fsdecode(unquote_to_bytes(raw[len(b"/images/") :]))
 
 
-def _image_response(searcher: Searcher, name: str, method: str) -> Response:
+def _image_response(searcher: Searcher, name: str, method: str,
+                    served: Callable[[], None] = lambda: None) -> Response:  # fmt: skip
     """The file of the gallery image ``name``, opened now: one deleted, replaced by a folder, a
-    FIFO or a device, or by a link out of the gallery since the server started is not found."""
+    FIFO or a device, or by a link out of the gallery since the server started is not found.
+    ``served`` is called (the audit log) once it is open, before a GET sends it."""
     path = searcher.files.get(name)
     if path is None:
         raise HTTPException(404, f"{shown(name)!r} is not an image of this gallery")
@@ -374,6 +488,11 @@ def _image_response(searcher: Searcher, name: str, method: str) -> Response:
     if method == "HEAD":
         handle.close()
         return Response(headers=headers, media_type=media)
+    try:
+        served()
+    except BaseException:
+        handle.close()
+        raise
     return StreamingResponse(_blocks(handle, size), media_type=media, headers=headers)
 
 
@@ -427,19 +546,34 @@ class Guard:
     """ASGI middleware in front of the application.
 
     Before: the Host header must name the loopback (unless ``expose``), the body must be at most
-    ``MAX_BODY`` bytes and arrive within ``timeout`` seconds. After: every answer carries
-    ``ANSWER_HEADERS`` (an endpoint's own ``cache-control`` kept)."""
+    ``MAX_BODY`` bytes and arrive within ``timeout`` seconds; while ``tokens`` holds any, every
+    route but the page and ``/healthz`` wants ``Authorization: Bearer TOKEN`` (an address that
+    sent ``FAILURES`` wrong ones in a minute waits, 429), and each token (each address, without
+    tokens) gets ``rate_limit`` requests a minute (429 and ``Retry-After`` beyond). After: every
+    answer carries ``ANSWER_HEADERS`` (an endpoint's own kept), is counted in ``metrics`` and
+    written to the access log."""
 
-    def __init__(self, app: ASGIApp, expose: bool = False,
-                 timeout: float = REQUEST_TIMEOUT) -> None:  # fmt: skip
+    def __init__(self, app: ASGIApp, expose: bool = False, timeout: float = REQUEST_TIMEOUT,
+                 tokens: TokenCheck | None = None, rate_limit: int = RATE_LIMIT,
+                 metrics: ServeMetrics | None = None) -> None:  # fmt: skip
         self.app, self.expose, self.timeout = app, expose, timeout
+        self.tokens, self.metrics = tokens, metrics
+        self.rate, self.failures = RateLimit(rate_limit), Failures()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        send = _with_headers(send)
-        refused = self._refusal(Headers(scope=scope))
+        began, status = time.perf_counter(), [500]
+        send = _with_headers(send, status)
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            self._record(scope, status[0], time.perf_counter() - began)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope)
+        refused = self._refusal(headers) or self._admission(scope, headers)
         if refused is not None:
             await _answer(scope, receive, send, *refused)
             return
@@ -469,10 +603,54 @@ class Guard:
                          f"{MAX_BODY:,}; a search is a JSON object such as {EXAMPLE}")  # fmt: skip
         return None
 
+    def _admission(self, scope: Scope, headers: Headers) -> tuple[int, str, dict[str, str]] | None:
+        """The token's check and the rate limit; the token's name goes to ``scope["state"]``."""
+        if scope["path"] in OPEN_ROUTES or scope["method"] == "OPTIONS":
+            return None
+        address, name = _client(scope), None
+        if self.tokens is not None and self.tokens.required():
+            wait = self.failures.wait(address)
+            if wait > 0:
+                after = retry_after(wait)
+                return 429, f"too many wrong tokens from {address}: wait {after} s", {
+                    "retry-after": after}  # fmt: skip
+            scheme, _, secret = headers.get("authorization", "").partition(" ")
+            name = self.tokens.name_of(secret.strip()) if scheme.lower() == "bearer" else None
+            if name is None:
+                self.failures.failed(address)
+                return 401, ("a valid token is required: send the header Authorization: "
+                             "Bearer TOKEN (uit serve token create NAME makes one)"), {
+                    "www-authenticate": "Bearer"}  # fmt: skip
+            scope.setdefault("state", {})["token"] = name
+        wait = self.rate.wait(name or address)
+        if wait > 0:
+            after = retry_after(wait)
+            return 429, (f"over the limit of {self.rate.per_minute} requests a minute; retry "
+                         f"in {after} s"), {"retry-after": after}  # fmt: skip
+        return None
 
-def _with_headers(send: Send) -> Send:
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        route = _route_label(scope)
+        if self.metrics is not None:
+            self.metrics.observe(route, scope["method"], status, seconds)
+        log_access({"time": now_iso(), "client": _client(scope), "method": scope["method"],
+                    "route": route, "status": status, "ms": round(seconds * 1000, 2),
+                    "token": scope.get("state", {}).get("token")})  # fmt: skip
+
+
+def _route_label(scope: Scope) -> str:
+    """The route's pattern (never an image's name: metrics' labels stay few)."""
+    route = scope.get("route")
+    if route is not None and hasattr(route, "path"):
+        return "/images/{name}" if route.path.startswith("/images/") else str(route.path)
+    path = scope["path"]
+    return "/images/{name}" if path.startswith("/images/") else path if path in ROUTES else "other"
+
+
+def _with_headers(send: Send, status: list[int]) -> Send:
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":
+            status[0] = message["status"]
             headers = MutableHeaders(scope=message)
             for key, value in ANSWER_HEADERS.items():
                 if key not in headers:
@@ -510,9 +688,10 @@ def _bounded(receive: Receive, timeout: float) -> Receive:
     return receiving
 
 
-async def _answer(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
+async def _answer(scope: Scope, receive: Receive, send: Send, status: int, detail: str,
+                  headers: dict[str, str] | None = None) -> None:  # fmt: skip
     response = JSONResponse({"detail": detail}, status_code=status,
-                            headers={"connection": "close"})  # fmt: skip
+                            headers={"connection": "close", **(headers or {})})  # fmt: skip
     await response(scope, receive, send)
 
 
@@ -540,7 +719,11 @@ def run_server(app: FastAPI, sock: socket.socket, timeout: float = REQUEST_TIMEO
     ``KeyboardInterrupt`` (uvicorn's own ``run`` swallows it, and the command would exit 0)."""
     import uvicorn
 
+    from uit.app.serve_metrics import send_access_log_to_stderr
+
+    send_access_log_to_stderr()  # one JSON line a request, in place of uvicorn's access log
     config = uvicorn.Config(app, log_level="info", http=_headers_in_time(timeout), ws="none",
+                            access_log=False,
                             timeout_keep_alive=KEEP_ALIVE, limit_concurrency=MAX_CONNECTIONS,
                             h11_max_incomplete_event_size=MAX_HEADERS,
                             timeout_graceful_shutdown=3)  # fmt: skip

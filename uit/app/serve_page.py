@@ -1,6 +1,11 @@
 """The page of ``uit serve``: one HTML document with its style and script inline, so it fetches
 nothing but its own origin's API and images (no CDN, works offline). ``{{TITLE}}`` and
-``{{INFO}}`` (the model, gallery and index as JSON) are filled in by ``render_page``."""
+``{{INFO}}`` (the model, gallery and index as JSON) are filled in by ``render_page``.
+
+Where the server wants a token, the page asks for it once (kept in the tab's sessionStorage)
+and sends it as ``Authorization: Bearer`` on every fetch; images then come through ``fetch``
+as blob: URLs (an ``<img src>`` cannot send the header). Without a token they load as plain
+``<img src>``, as they always did."""
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -33,6 +38,8 @@ PAGE = """<!doctype html>
   figcaption b { display: block; }
   .pager { display: flex; gap: 8px; align-items: center; }
   .legend { font-size: 12px; color: #555; }
+  #login { margin: 12px 0 4px; }
+  #token { flex: 1 1 240px; font: inherit; padding: 8px; min-width: 0; }
 </style>
 </head>
 <body>
@@ -41,6 +48,11 @@ PAGE = """<!doctype html>
   <div class="about" id="about"></div>
 </header>
 <main>
+  <form id="login" hidden>
+    <input id="token" type="password" autocomplete="off" required
+           placeholder="access token (uit serve token create NAME)" aria-label="access token">
+    <button type="submit" id="use">Use token</button>
+  </form>
   <form id="form">
     <input id="text" name="text" type="search" autocomplete="off" required
            placeholder="a woman in a red coat carrying a black backpack" aria-label="sentence">
@@ -64,6 +76,35 @@ PAGE = """<!doctype html>
 const info = {{INFO}};
 const $ = (id) => document.getElementById(id);
 let offset = 0;
+let token = sessionStorage.getItem("uit-token") || "";
+let blobs = [];
+
+function askToken(message) {
+  token = "";
+  sessionStorage.removeItem("uit-token");
+  $("login").hidden = false;
+  $("status").className = "error";
+  $("status").textContent = message;
+  $("token").focus();
+}
+
+async function api(path, options = {}) {
+  const headers = {...(options.headers || {})};
+  if (token) headers["Authorization"] = `Bearer ${token}`;
+  const response = await fetch(path, {...options, headers});
+  if (response.status === 401) askToken("This server wants an access token.");
+  return response;
+}
+
+async function showImage(img, link, url) {
+  if (!token) { img.src = url; link.href = url; return; }
+  const response = await api(url);
+  if (!response.ok) return;
+  const blob = URL.createObjectURL(await response.blob());
+  blobs.push(blob);
+  img.src = blob;
+  link.href = blob;
+}
 
 const kind = info.index === "ann" ? "approximate" : "exact";
 $("about").textContent = `Model: ${info.model}. Gallery: ${info.gallery}, ` +
@@ -71,6 +112,7 @@ $("about").textContent = `Model: ${info.model}. Gallery: ${info.gallery}, ` +
 if (info.benchmark) {
   $("example").hidden = false;
 }
+if (info.auth && !token) askToken("This server wants an access token.");
 
 function showQuery(result) {
   const box = $("query");
@@ -93,12 +135,11 @@ function tile(hit) {
   const figure = document.createElement("figure");
   if (hit.correct !== null) figure.className = hit.correct ? "correct" : "wrong";
   const link = document.createElement("a");
-  link.href = hit.url;
   link.target = "_blank";
   link.rel = "noopener";
   const img = document.createElement("img");
-  img.src = hit.url;
   img.alt = hit.name;
+  showImage(img, link, hit.url);
   link.appendChild(img);
   const caption = document.createElement("figcaption");
   const score = document.createElement("b");
@@ -114,7 +155,7 @@ async function search(newOffset) {
   const k = Number($("k").value);
   $("status").className = "";
   $("status").textContent = "searching...";
-  const response = await fetch("/search", {
+  const response = await api("/search", {
     method: "POST", headers: {"Content-Type": "application/json"},
     body: JSON.stringify({text, k, offset: newOffset}),
   });
@@ -126,6 +167,8 @@ async function search(newOffset) {
   }
   offset = result.offset;
   showQuery(result);
+  blobs.forEach((blob) => URL.revokeObjectURL(blob));
+  blobs = [];
   $("grid").replaceChildren(...result.hits.map(tile));
   const last = offset + result.hits.length;
   $("status").textContent = `ranks ${offset + 1} to ${last} of ${result.gallery_size}`;
@@ -134,11 +177,22 @@ async function search(newOffset) {
   $("next").disabled = last >= Math.min(result.gallery_size, 1000);
 }
 
+$("login").addEventListener("submit", (event) => {
+  event.preventDefault();
+  token = $("token").value.trim();
+  sessionStorage.setItem("uit-token", token);
+  $("token").value = "";
+  $("login").hidden = true;
+  $("status").className = "";
+  $("status").textContent = "";
+});
 $("form").addEventListener("submit", (event) => { event.preventDefault(); search(0); });
 $("prev").addEventListener("click", () => search(Math.max(0, offset - Number($("k").value))));
 $("next").addEventListener("click", () => search(offset + Number($("k").value)));
 $("example").addEventListener("click", async () => {
-  const [text] = await (await fetch("/examples?n=1")).json();
+  const response = await api("/examples?n=1");
+  if (!response.ok) return;
+  const [text] = await response.json();
   if (text) { $("text").value = text; search(0); }
 });
 </script>

@@ -50,7 +50,14 @@ class OpenGallery:
     def search(self, text: str, k: int, offset: int = 0) -> list[tuple[int, float]]:
         """(gallery index, cosine score) of ranks ``offset + 1`` to ``offset + k``, best first,
         ties to the lower index."""
-        query = encode_texts(self.encoder, [text], self.tokenizer, self.options)  # (1, D)
+        return self.rank(self.encode(text), k, offset)
+
+    def encode(self, text: str) -> torch.Tensor:
+        """The embedding of ``text``, as ``search`` ranks with it."""
+        return encode_texts(self.encoder, [text], self.tokenizer, self.options)  # (1, D)
+
+    def rank(self, query: torch.Tensor, k: int, offset: int = 0) -> list[tuple[int, float]]:
+        """``search`` for an encoded ``query`` (1, D)."""
         scores, indices = self.index.search(query, offset + k)
         return list(zip(indices[0].tolist(), scores[0].tolist(), strict=True))[offset:]
 
