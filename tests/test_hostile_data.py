@@ -225,7 +225,9 @@ def test_train_with_a_stale_prepared_folder_is_one_message(published, tmp_path: 
     result = runner.invoke(app, ["train", "--benchmark", "rstpreid", "--params",
                                  str(ROOT / "params.yaml"), "--prepared", str(out),
                                  "--parsed", str(tmp_path / "parsed"),
-                                 "--out", str(tmp_path / "run")])  # fmt: skip
+                                 "--out", str(tmp_path / "run"),
+                                 # a batch the 2 identities fill: `uit train` checks it first
+                                 "--set", "train.batch_size=4"])  # fmt: skip
     assert_user_error(result, victim.name, "re-run `uit data prepare`")
 
 
