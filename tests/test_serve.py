@@ -141,6 +141,22 @@ def test_attribute_words_are_marked_and_a_benchmark_caption_finds_its_identity(
     )
 
 
+def test_a_benchmark_caption_says_which_identity_and_the_rank_of_its_first_image(
+    served: Any, trained: dict[str, Path]
+) -> None:
+    client, _ = served
+    split = read_manifests(trained["prepared"]).split("test")
+    assert client.search(SENTENCES[0], k=3)["described"] is None
+    for caption in split.captions["text"].unique().sort().to_list()[:4]:
+        pid = split.captions.filter(split.captions["text"] == caption)["pid"][0]
+        whole = client.search(caption, k=split.images.height)  # every rank
+        first = min(h["rank"] for h in whole["hits"] if h["pid"] == pid)
+        images = split.images.filter(split.images["pid"] == pid).height
+        assert whole["described"] == {"identity": pid, "images": images, "first_rank": first}
+        later = client.search(caption, k=1, offset=first + 1)  # the same on any page
+        assert later["described"] == whole["described"]
+
+
 def test_serve_refuses_a_public_host_and_missing_inputs_in_one_line(
     trained: dict[str, Path], tmp_path: Path
 ) -> None:
