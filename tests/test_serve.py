@@ -38,18 +38,23 @@ def stop_server(process: subprocess.Popen) -> None:
         process.wait()
 
 
-@pytest.fixture(scope="module")
-def served(trained: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """`uit serve` of the tiny checkpoint on the prepared test split, once for the module, on a
-    port it chooses (--port 0: no other process can take it between a choice and the bind)."""
-    base = tmp_path_factory.mktemp("serve")
-    cache, log = base / "cache", base / "serve.log"
+def start_server(trained: dict[str, Path], cache: Path, log: Path) -> subprocess.Popen:
+    """`uit serve` of the tiny checkpoint on the prepared test split, on a port it chooses
+    (--port 0: no other process can take it between a choice and the bind)."""
     command = [sys.executable, "-c", "from uit.app import main; main()", "serve",
                str(trained["best"]), "--gallery", str(trained["prepared"]), "--port", "0",
                "--cache-dir", str(cache), "--device", "cpu"]  # fmt: skip
     environ = {**os.environ, "PYTHONPATH": str(ROOT)}
     with log.open("w") as out:  # a file, not a pipe that nobody drains
-        process = subprocess.Popen(command, env=environ, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, env=environ, stdout=out, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def served(trained: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The server of ``start_server``, once for the module."""
+    base = tmp_path_factory.mktemp("serve")
+    cache, log = base / "cache", base / "serve.log"
+    process = start_server(trained, cache, log)
     try:
         yield Client(wait_until_serving(process, log)), cache
     finally:
@@ -139,6 +144,22 @@ def test_attribute_words_are_marked_and_a_benchmark_caption_finds_its_identity(
         sum(h["correct"] for h in whole["hits"])
         == split.images.filter(split.images["pid"] == pid).height
     )
+
+
+def test_a_benchmark_caption_says_which_identity_and_the_rank_of_its_first_image(
+    served: Any, trained: dict[str, Path]
+) -> None:
+    client, _ = served
+    split = read_manifests(trained["prepared"]).split("test")
+    assert client.search(SENTENCES[0], k=3)["described"] is None
+    for caption in split.captions["text"].unique().sort().to_list()[:4]:
+        pid = split.captions.filter(split.captions["text"] == caption)["pid"][0]
+        whole = client.search(caption, k=split.images.height)  # every rank
+        first = min(h["rank"] for h in whole["hits"] if h["pid"] == pid)
+        images = split.images.filter(split.images["pid"] == pid).height
+        assert whole["described"] == {"identity": pid, "images": images, "first_rank": first}
+        later = client.search(caption, k=1, offset=first + 1)  # the same on any page
+        assert later["described"] == whole["described"]
 
 
 def test_serve_refuses_a_public_host_and_missing_inputs_in_one_line(
@@ -280,3 +301,131 @@ def test_the_page_searches_in_headless_chromium(served: Any, width: int) -> None
     assert {"woman", "red", "coat"} <= set(marked)
     assert page_width == [width, width]  # nothing wider than the window: no sideways scrolling
     assert errors == [] and resources and all(r.startswith(origin + "/") for r in resources)
+
+
+def need_browser() -> None:
+    if not browser_available():
+        missing = "headless Chromium is not installed (apt-get install chromium chromium-driver)"
+        if os.environ.get("UIT_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{missing}, and UIT_REQUIRE_BROWSER=1 requires it")
+        pytest.skip(missing)
+
+
+NAMES = "return Array.from(document.querySelectorAll('#grid .name')).map(n => n.textContent)"
+
+
+def wait_for(driver: Any, condition: Any, seconds: float = 30) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, seconds).until(condition)
+
+
+def search_in_page(driver: Any, text: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    box = driver.find_element(By.ID, "text")
+    box.clear()
+    box.send_keys(text)
+    driver.find_element(By.ID, "go").click()
+
+
+def test_the_page_keeps_its_search_in_the_url_and_holds_up(
+    served: Any, trained: dict[str, Path]
+) -> None:
+    """The URL round trip and Back, the page size, the pager, whole names, a benchmark
+    caption's identity line and the larger view, with no console error and nothing fetched
+    from another origin."""
+    need_browser()
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    client, _ = served
+    origin = f"http://127.0.0.1:{client.port}"
+    _, [caption], _ = client.call("GET", "/examples?n=1")
+    first = "a woman in a red coat"
+    driver = start_chromium(1280, 900)
+    try:
+        driver.get(origin + "/")
+        assert not any(p.is_displayed() for p in driver.find_elements(By.CLASS_NAME, "pager"))
+        driver.get(origin + "/?q=a+woman+in+a+red+coat&k=5")  # searches on load
+        wait_for(driver, lambda d: len(d.execute_script(NAMES)) == 5)
+        names = driver.execute_script(NAMES)
+        assert driver.find_element(By.ID, "text").get_attribute("value") == first
+        assert [p.is_displayed() for p in driver.find_elements(By.CLASS_NAME, "pager")] == [
+            True,
+            True,
+        ]  # above and below the grid
+        search_in_page(driver, SENTENCES[1])
+        wait_for(driver, lambda d: "q=a+man+with" in d.current_url)
+        wait_for(driver, lambda d: d.execute_script(NAMES) != names)
+        driver.back()
+        wait_for(driver, lambda d: d.current_url == origin + "/?q=a+woman+in+a+red+coat&k=5")
+        wait_for(driver, lambda d: d.execute_script(NAMES) == names)
+        assert driver.find_element(By.ID, "text").get_attribute("value") == first
+        Select(driver.find_element(By.ID, "k")).select_by_visible_text("10")  # no Search press
+        wait_for(driver, lambda d: len(d.execute_script(NAMES)) == 10 and "k=10" in d.current_url)
+        driver.find_element(By.CSS_SELECTOR, "#pager-top .next").click()
+        wait_for(driver, lambda d: "page=2" in d.current_url)
+        wait_for(
+            driver, lambda d: d.find_element(By.CSS_SELECTOR, "#grid .score").text[:3] == "#11"
+        )
+        name = driver.find_element(By.CSS_SELECTOR, "#grid .name")
+        assert name.get_attribute("title") == name.text
+        nowrap = ("return Array.from(document.querySelectorAll('#grid .name, #grid .score span'))"
+                  ".map(e => getComputedStyle(e).whiteSpace)")  # fmt: skip
+        assert set(driver.execute_script(nowrap)) == {"nowrap"}
+        driver.find_element(By.CSS_SELECTOR, "#grid a").click()
+        wait_for(driver, lambda d: d.find_element(By.ID, "overlay").is_displayed())
+        large = "return [document.getElementById('large').naturalHeight, " \
+            "document.querySelector('#grid img').getBoundingClientRect().height]"  # fmt: skip
+        wait_for(driver, lambda d: d.execute_script(large)[0] > 0)
+        assert driver.find_element(By.ID, "large").size["height"] > 180  # the tile's height
+        ActionChains(driver).send_keys(Keys.ESCAPE).perform()
+        wait_for(driver, lambda d: not d.find_element(By.ID, "overlay").is_displayed())
+        search_in_page(driver, caption)
+        wait_for(driver, lambda d: d.find_elements(By.ID, "described"))
+        line = driver.find_element(By.ID, "described").text
+        search_in_page(driver, SENTENCES[2])
+        wait_for(driver, lambda d: "q=a+woman+in+blue" in d.current_url)
+        wait_for(driver, lambda d: not d.find_elements(By.ID, "described"))
+        resources = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+        )
+        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        driver.quit()
+    described = client.search(caption, k=1)["described"]
+    assert f"identity {described['identity']}" in line
+    assert f"holds {described['images']} of its images" in line
+    assert f"the first at rank {described['first_rank']}." in line
+    assert errors == [], errors  # the policy still allows the page's own script and style
+    assert resources and all(r.startswith(origin + "/") for r in resources)
+
+
+def test_the_page_says_when_the_server_is_gone_and_offers_retry(
+    served: Any, trained: dict[str, Path], tmp_path: Path
+) -> None:
+    need_browser()
+    from selenium.webdriver.common.by import By
+
+    _, cache = served  # its embeddings: this server only hashes the images
+    log = tmp_path / "serve.log"
+    process = start_server(trained, cache, log)
+    driver = start_chromium(1280, 900)
+    try:
+        origin = f"http://127.0.0.1:{wait_until_serving(process, log)}"
+        driver.get(origin + "/?q=a+person+in+a+red+coat&k=10")
+        wait_for(driver, lambda d: len(d.execute_script(NAMES)) == 10)
+        stop_server(process)
+        search_in_page(driver, SENTENCES[1])
+        wait_for(driver, lambda d: d.find_element(By.ID, "retry").is_displayed())
+        status = driver.find_element(By.ID, "status")
+        assert status.get_attribute("class") == "error"
+        assert "did not answer" in status.text and "searching" not in status.text
+        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        driver.quit()
+        stop_server(process)
+    assert all("ERR_CONNECTION_REFUSED" in e for e in errors), errors

@@ -86,6 +86,7 @@ MAX_HEADERS = 16 << 10  # bytes of request line and headers
 REQUEST_TIMEOUT = 10.0  # seconds a client has to send its headers, and again its body
 KEEP_ALIVE = 5  # seconds an idle connection is kept open
 MAX_CONNECTIONS = 64  # beyond it a request is answered 503 at once
+SCORE_BLOCK = 1 << 16  # gallery rows scored at once for a caption's identity (no float32 copy)
 EXAMPLE = '{"text": "a woman in a red coat", "k": 10, "offset": 0}'
 # What every answer carries: not to be sniffed as another type, framed, or stored by a cache.
 CLOSED = "default-src 'none'; frame-ancestors 'none'"  # what an answer but the page may load
@@ -151,12 +152,31 @@ class Searcher:
     def timed_search(self, text: str, k: int,
                      offset: int = 0) -> tuple[list[tuple[int, float]], float, float]:  # fmt: skip
         """``search``, and the seconds it took to encode the text and to rank the gallery."""
+        ranked, encode_s, index_s, _ = self.described_search(text, k, offset)
+        return ranked, encode_s, index_s
+
+    def described_search(
+        self, text: str, k: int, offset: int = 0
+    ) -> tuple[list[tuple[int, float]], float, float, Described | None]:
+        """``timed_search``, and for a benchmark caption the identity it describes
+        (``describe``)."""
         with self.lock:
             start = time.perf_counter()
             query = self.opened.encode(text)
             encoded = time.perf_counter()
             ranked = self.opened.rank(query, k, offset)
-        return ranked, encoded - start, time.perf_counter() - encoded
+            ranked_s = time.perf_counter() - encoded
+            pid = self.query_pid(text)
+            described = None if pid is None else self.describe(pid, query)
+        return ranked, encoded - start, ranked_s, described
+
+    def describe(self, pid: int, query: torch.Tensor) -> Described:
+        """Identity ``pid``: how many gallery images it has and the rank of the best of them
+        for the encoded ``query`` (1, D) in the whole gallery."""
+        pids = self.gallery.pids or []
+        members = [i for i, p in enumerate(pids) if p == pid]
+        rank = first_rank(self.opened.feats, query, members) if members else None
+        return Described(identity=pid, images=len(members), first_rank=rank)
 
     def segments(self, text: str) -> list[Segment]:
         """``text`` cut into pieces, the parser's attribute words marked (whitespace kept)."""
@@ -178,6 +198,19 @@ class Searcher:
     def query_pid(self, text: str) -> int | None:
         """The identity of a benchmark caption typed (or pasted) as the query."""
         return self.gallery.captions.get(normalise(text))
+
+
+def first_rank(feats: torch.Tensor, query: torch.Tensor, members: list[int]) -> int:
+    """The rank among all ``feats`` (N, D) for ``query`` (1, D) of the best-scoring of
+    ``members`` (ascending gallery indices): one more than the images scoring higher, ties to
+    the lower index as the index breaks them. One product with the gallery, no sort."""
+    import torch
+
+    query = query.float().flatten()  # (D,)
+    scores = torch.cat([block.float() @ query for block in feats.split(SCORE_BLOCK)])  # (N,)
+    best = members[int(scores[members].argmax())]  # the first of equal maxima: lower index
+    higher = int((scores > scores[best]).sum()) + int((scores[:best] == scores[best]).sum())
+    return higher + 1
 
 
 def load_searcher(
@@ -317,12 +350,21 @@ class Hit(BaseModel):
     correct: bool | None = Field(None, description="Same identity as the query's caption.")
 
 
+class Described(BaseModel):
+    identity: int = Field(description="The identity (pid) the query's benchmark caption is of.")
+    images: int = Field(description="Its images in the gallery.")
+    first_rank: int | None = Field(description="The rank of the first of them (none: no image).")
+
+
 class SearchResponse(BaseModel):
     text: str = Field(description="The sentence searched, cleaned.")
     k: int
     offset: int
     gallery_size: int
     query_pid: int | None = Field(None, description="The identity of a benchmark caption.")
+    described: Described | None = Field(
+        None, description="A benchmark caption's identity, its images and its first rank."
+    )
     words: list[Word] = Field(description="The text in pieces, attribute words marked.")
     hits: list[Hit]
 
@@ -399,7 +441,9 @@ def build_app(searcher: Searcher, *, expose: bool = False, timeout: float = REQU
             raise HTTPException(422, f"offset + k must be at most {MAX_RANK}")
         query_pid = searcher.query_pid(request.text)
         hits = []
-        ranked, encode_s, index_s = searcher.timed_search(request.text, request.k, request.offset)
+        ranked, encode_s, index_s, described = searcher.described_search(
+            request.text, request.k, request.offset
+        )
         metrics.encode.observe(encode_s)
         metrics.index.observe(index_s)
         for rank, (i, score) in enumerate(ranked, request.offset + 1):
@@ -412,7 +456,7 @@ def build_app(searcher: Searcher, *, expose: bool = False, timeout: float = REQU
                      "results": [{"name": h.name, "score": h.score} for h in hits]})  # fmt: skip
         return SearchResponse(text=request.text, k=request.k, offset=request.offset,
                               gallery_size=len(gallery.paths), query_pid=query_pid,
-                              words=words, hits=hits)  # fmt: skip
+                              described=described, words=words, hits=hits)  # fmt: skip
 
     @app.get("/examples")
     def examples(n: int = 5) -> list[str]:
