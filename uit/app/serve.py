@@ -6,7 +6,8 @@ self-contained HTML file: inline style and script, nothing fetched from elsewher
 /search``, ``GET /healthz``, ``GET /examples`` (captions of a prepared benchmark),
 ``GET /images/{name}`` (only the gallery's own files, looked up by name, never opened by a path
 the client gives, and opened only while they are regular files inside the gallery), ``GET
-/metrics`` (Prometheus) and FastAPI's ``/openapi.json``. A ``Policy`` adds tokens
+/metrics`` (Prometheus), ``POST /admin/reload`` (the gallery read again and swapped in,
+after ``uit gallery add`` or ``erase``) and FastAPI's ``/openapi.json``. A ``Policy`` adds tokens
 (``serve_access``), the audit log (``serve_audit``) and CORS origins.
 
 A loopback server is still reachable from any web page the user opens: ``Guard`` answers only
