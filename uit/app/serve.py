@@ -6,7 +6,8 @@ self-contained HTML file: inline style and script, nothing fetched from elsewher
 /search``, ``GET /healthz``, ``GET /examples`` (captions of a prepared benchmark),
 ``GET /images/{name}`` (only the gallery's own files, looked up by name, never opened by a path
 the client gives, and opened only while they are regular files inside the gallery), ``GET
-/metrics`` (Prometheus) and FastAPI's ``/openapi.json``. A ``Policy`` adds tokens
+/metrics`` (Prometheus), ``POST /admin/reload`` (the gallery read again and swapped in,
+after ``uit gallery add`` or ``erase``) and FastAPI's ``/openapi.json``. A ``Policy`` adds tokens
 (``serve_access``), the audit log (``serve_audit``) and CORS origins.
 
 A loopback server is still reachable from any web page the user opens: ``Guard`` answers only
@@ -94,7 +95,7 @@ ANSWER_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY"
                   "referrer-policy": "no-referrer", "cache-control": "no-store",
                   "content-security-policy": CLOSED}  # fmt: skip
 OPEN_ROUTES = {"/healthz", "/"}  # answered without a token: the page asks for one itself
-ROUTES = {"/", "/search", "/healthz", "/examples", "/metrics", "/openapi.json"}
+ROUTES = {"/", "/search", "/healthz", "/examples", "/metrics", "/openapi.json", "/admin/reload"}
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class Policy:
     audit: AuditLog | None = None
     rate_limit: int = RATE_LIMIT
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    reload: Callable[[Searcher], Searcher] | None = None  # POST /admin/reload (None: 404)
 
 
 def describe_model(checkpoint: Path, *, public: bool = False) -> str:
@@ -136,8 +138,10 @@ class Searcher:
     threads (one query at a time: two cores gain nothing from running encoders side by side)."""
 
     def __init__(self, opened: OpenGallery, nlp: Language, model: str,
-                 public_model: str | None = None) -> None:  # fmt: skip
+                 public_model: str | None = None,
+                 checkpoint: Path | None = None) -> None:  # fmt: skip
         self.opened, self.gallery, self.index = opened, opened.gallery, opened.index
+        self.checkpoint = checkpoint  # what reload_searcher keys the cache by
         self.nlp, self.model = nlp, model
         self.public_model = public_model or model
         self.files = dict(zip(self.gallery.names, self.gallery.paths, strict=True))
@@ -231,7 +235,7 @@ def load_searcher(
     opened = open_gallery(checkpoint, gallery_source, split=split, index_kind=index_kind,
                           cache_dir=cache_dir, device=device, batch_size=batch_size,
                           progress=progress)  # fmt: skip
-    return Searcher(opened, _parser(), model, describe_model(checkpoint, public=True))
+    return Searcher(opened, _parser(), model, describe_model(checkpoint, public=True), checkpoint)
 
 
 def assemble_searcher(
@@ -253,6 +257,37 @@ def assemble_searcher(
 
     index = build_index(feats, index_kind, cache_dir, progress)
     return Searcher(OpenGallery(*loaded, gallery, feats, index), _parser(), model, public_model)
+
+
+def reload_searcher(old: Searcher, gallery_source: Path, **options: Any) -> Searcher:
+    """``old``'s model and parser over the gallery read again (``open_gallery``'s
+    ``options``): what ``POST /admin/reload`` swaps in after ``uit gallery add`` or ``erase``."""
+    from uit.retrieval.gallery import open_gallery
+
+    if old.checkpoint is None:
+        raise UitError("this searcher was not loaded from a checkpoint: it cannot reload")
+    loaded = (old.opened.encoder, old.opened.tokenizer, old.opened.options)
+    opened = open_gallery(old.checkpoint, gallery_source, loaded=loaded, **options)
+    new = Searcher(opened, old.nlp, old.model, old.public_model, old.checkpoint)
+    new.lock = old.lock  # one encoder: one query at a time across both
+    return new
+
+
+class Live:
+    """The searcher requests use now, with what the handlers derive from it; ``swap`` replaces
+    them in one assignment: a request takes ``now()`` once and finishes on what it took."""
+
+    def __init__(self, searcher: Searcher) -> None:
+        self.swap(searcher)
+
+    def swap(self, searcher: Searcher) -> None:
+        gallery = searcher.gallery
+        names = [shown(name) for name in gallery.names]  # what JSON can carry
+        urls = [image_url(name) for name in gallery.names]
+        self.view = (searcher, gallery, names, urls, page_info(searcher))
+
+    def now(self) -> tuple[Searcher, Gallery, list[str], list[str], dict[str, Any]]:
+        return self.view
 
 
 def _parser() -> Language:
@@ -389,7 +424,8 @@ def build_app(searcher: Searcher, *, expose: bool = False, timeout: float = REQU
     """The FastAPI application over a loaded ``searcher``, behind ``Guard`` (and CORS for the
     origins ``policy`` names)."""
     policy = policy or Policy()
-    gallery, info = searcher.gallery, page_info(searcher)
+    live = Live(searcher)
+    searcher, gallery, _, _, info = live.now()
     tokens = TokenCheck(policy.tokens) if policy.tokens is not None else None
     metrics = ServeMetrics(len(gallery.paths), searcher.index.kind)
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN; the schema is enough.
@@ -404,8 +440,7 @@ def build_app(searcher: Searcher, *, expose: bool = False, timeout: float = REQU
         app.add_middleware(CORSMiddleware, allow_origins=list(policy.cors_origins),
                            allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])  # fmt: skip
-    names = [shown(name) for name in gallery.names]  # what JSON can carry
-    urls = [image_url(name) for name in gallery.names]
+    reloading = threading.Lock()
 
     def audit(request: Request, record: dict[str, Any]) -> None:
         """Write ``record`` down before the answer leaves; no record, no answer."""
@@ -427,16 +462,19 @@ def build_app(searcher: Searcher, *, expose: bool = False, timeout: float = REQU
     @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse,
                    include_in_schema=False)  # fmt: skip
     def page() -> HTMLResponse:
+        info = live.now()[4]
         text = render_page({**info, "auth": tokens is not None and tokens.required()})
         return HTMLResponse(text, headers={"content-security-policy": page_policy(text)})
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
+        info = live.now()[4]
         return {"status": "ok", **info}
 
     @app.post("/search", response_model=SearchResponse)
     def search(request: SearchRequest, http: Request) -> SearchResponse:
         """Rank the gallery for ``text``; ranks ``offset + 1`` to ``offset + k``."""
+        searcher, gallery, names, urls, _ = live.now()  # one gallery for the whole request
         if request.offset + request.k > MAX_RANK:
             raise HTTPException(422, f"offset + k must be at most {MAX_RANK}")
         query_pid = searcher.query_pid(request.text)
@@ -461,6 +499,7 @@ def build_app(searcher: Searcher, *, expose: bool = False, timeout: float = REQU
     @app.get("/examples")
     def examples(n: int = 5) -> list[str]:
         """Captions of the gallery's benchmark split (none for a folder), drawn at random."""
+        gallery = live.now()[1]
         return random.sample(gallery.examples, min(max(n, 0), len(gallery.examples), 50))
 
     @app.get("/metrics", response_class=Response, include_in_schema=False)
@@ -472,10 +511,50 @@ def build_app(searcher: Searcher, *, expose: bool = False, timeout: float = REQU
         """A gallery image by its name; any other path is not found."""
         name = _requested_name(request, name)
         served = functools.partial(audit, request, {"route": "/images", "image": shown(name)})
-        return _image_response(searcher, name, request.method, served)
+        return _image_response(live.now()[0], name, request.method, served)
 
     app.add_api_route("/images/{name:anypath}", image, methods=["HEAD"], include_in_schema=False)
+
+    @app.post("/admin/reload", include_in_schema=False)
+    def reload(request: Request) -> dict[str, Any]:
+        """Read the gallery again (after ``uit gallery add`` or ``erase``) and swap it in."""
+        _check_admin(request, tokens)
+        if policy.reload is None:
+            raise HTTPException(404, "this server cannot reload its gallery")
+        if not reloading.acquire(blocking=False):
+            raise HTTPException(409, "a reload is under way; ask again when it is done")
+        try:
+            before = live.now()[0]
+            try:
+                after = policy.reload(before)
+            except UitError as error:
+                log.error("reload failed: %s", error)
+                raise HTTPException(500, f"the reload failed, the previous gallery is still "
+                                         f"served: {shown(str(error))}") from None  # fmt: skip
+            audit(request, {"route": "/admin/reload", "images": len(after.gallery.paths)})
+            live.swap(after)
+            metrics.set_gallery(len(after.gallery.paths), after.index.kind)
+        finally:
+            reloading.release()
+        return {"status": "reloaded", "images": len(after.gallery.paths),
+                "index": after.index.kind, "was": len(before.gallery.paths)}  # fmt: skip
+
     return app
+
+
+def _check_admin(request: Request, tokens: TokenCheck | None) -> None:
+    """An admin route wants a token where tokens are in use (``Guard`` has checked it), and a
+    loopback client where they are not."""
+    if tokens is not None and tokens.required():
+        return
+    try:
+        loopback = ipaddress.ip_address(_client(request.scope)).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise HTTPException(403, "without access tokens, /admin/reload answers loopback "
+                                 "clients only: create a token (uit serve token create "
+                                 "NAME)")  # fmt: skip
 
 
 def _token_name(request: Request) -> str | None:

@@ -36,10 +36,16 @@ class ServeMetrics:
                                 buckets=SECONDS, registry=r)  # fmt: skip
         self.index = Histogram("uit_index_seconds", "Time to rank the gallery for a query.",
                                buckets=SECONDS, registry=r)  # fmt: skip
-        Gauge("uit_gallery_images", "Images in the gallery served.", registry=r).set(images)
-        kind = Gauge("uit_index_info", "The index searched (1 for its kind).", ["kind"],
-                     registry=r)  # fmt: skip
-        kind.labels(kind=index_kind).set(1)
+        self.images = Gauge("uit_gallery_images", "Images in the gallery served.", registry=r)
+        self.kind = Gauge("uit_index_info", "The index searched (1 for its kind).", ["kind"],
+                          registry=r)  # fmt: skip
+        self.set_gallery(images, index_kind)
+
+    def set_gallery(self, images: int, index_kind: str) -> None:
+        """The gallery served now (at start, and after each reload)."""
+        self.images.set(images)
+        self.kind.clear()
+        self.kind.labels(kind=index_kind).set(1)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, method=method, status=str(status)).inc()

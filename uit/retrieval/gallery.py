@@ -77,13 +77,16 @@ def open_gallery(
     device: str = "auto",
     batch_size: int = INFERENCE_BATCH_SIZE,
     progress: NewBar | None = None,
+    loaded: tuple[DualEncoder, Tokenizer, EvalOptions] | None = None,
 ) -> OpenGallery:
     """``source``'s images (a folder, searched recursively, or a prepared benchmark's
     ``split``) encoded by the model of ``checkpoint`` (a training checkpoint or an export),
     through the embedding cache in ``cache_dir`` (None: no cache), under the index
-    ``index_kind`` chooses (``auto``: the exact scan below 50,000 images)."""
+    ``index_kind`` chooses (``auto``: the exact scan below 50,000 images). ``loaded``: the
+    model of ``checkpoint`` already loaded (a server reading its gallery again)."""
     gallery = read_gallery(source, split)
-    encoder, tokenizer, options = load_for_inference(Path(checkpoint), device, batch_size)
+    loaded = loaded or load_for_inference(Path(checkpoint), device, batch_size)
+    encoder, tokenizer, options = loaded
     cache = (
         EmbeddingCache(Path(cache_dir), checkpoint_digest(Path(checkpoint))) if cache_dir else None
     )

@@ -16,7 +16,8 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -121,18 +122,85 @@ def build_index(
     progress: NewBar | None = None,
 ) -> FlatIndex | AnnIndex:
     """The index ``kind`` chooses for (N, D) normalised ``feats``; an approximate one is read
-    from ``cache_dir`` when built before from the same embeddings, else built and saved there."""
+    from ``cache_dir`` when built before from the same embeddings (or carried over to them by
+    ``carry_index``), else built and saved there."""
     if resolve_kind(kind, feats.shape[0]) == "flat":
         return FlatIndex(feats)
-    settings = AnnSettings.for_size(feats.shape[0])
-    header = IndexHeader.of(feats, settings)  # the file is named by the embeddings' digest
-    path = Path(cache_dir) / f"index-{header.digest}.faiss" if cache_dir is not None else None
-    index = _read_index(path, header) if path is not None else None
+    expected = IndexHeader.of(feats, AnnSettings.for_size(feats.shape[0]))
+    path = index_path(cache_dir, expected.digest) if cache_dir is not None else None
+    index = _read_index(path, expected) if path is not None else None
+    if index is not None and not _still_fits(index, feats.shape[0]):
+        index = None
     if index is None:
+        settings = AnnSettings.for_size(feats.shape[0])
         index = _train_and_add(feats, settings, progress)
         if path is not None:
-            atomic_write_bytes(path, header.encode() + _faiss().serialize_index(index).tobytes())
-    return AnnIndex(feats, index, settings)
+            _write_index(path, expected, index)
+    return AnnIndex(feats, index, AnnSettings(lists=_faiss().extract_index_ivf(index).nlist))
+
+
+def _still_fits(index: Any, n: int) -> bool:
+    """Whether an index carried over (``carry_index``) still has about the cells ``n``
+    embeddings want: past half or twice as many, it is trained again."""
+    lists, wanted = _faiss().extract_index_ivf(index).nlist, AnnSettings.for_size(n).lists
+    if wanted / 2 <= lists <= 2 * wanted:
+        return True
+    log.info("the cached index has %d cells, %d embeddings want %d: training it again",
+             lists, n, wanted)  # fmt: skip
+    return False
+
+
+def index_path(cache_dir: str | Path, digest: str) -> Path:
+    """Where the cached index of the embeddings with ``digest`` lives."""
+    return Path(cache_dir) / f"index-{digest}.faiss"
+
+
+def _write_index(path: Path, header: IndexHeader, index: Any) -> None:
+    header = replace(header, factory=f"IVF{_faiss().extract_index_ivf(index).nlist},SQ8")
+    atomic_write_bytes(path, header.encode() + _faiss().serialize_index(index).tobytes())
+
+
+def carry_index(
+    cache_dir: str | Path, old: torch.Tensor, new: torch.Tensor, source: Sequence[int | None]
+) -> Path | None:
+    """Carry the cached index of the embeddings ``old`` over to ``new`` without training it
+    again: row j of ``new`` is row ``source[j]`` of ``old``, or a new image (None). Rows of
+    ``old`` no row comes from are removed from the lists, the others renumbered, the new ones
+    assigned to the trained cells. Returns the new index file (the old one is removed: it
+    may hold erased images), or None when no index of ``old`` is cached."""
+    path = index_path(cache_dir, IndexHeader.of(old, AnnSettings.for_size(len(old))).digest)
+    index = _read_index(path, IndexHeader.of(old, AnnSettings.for_size(len(old))))
+    if index is None:
+        return None
+    mapping = np.full(len(old), -1, dtype=np.int64)  # old id -> new id, -1: removed
+    for j, i in enumerate(source):
+        if i is not None:
+            mapping[i] = j
+    gone = np.flatnonzero(mapping < 0)
+    if gone.size:
+        index.remove_ids(gone)
+    _renumber(index, mapping)
+    added = np.array([j for j, i in enumerate(source) if i is None], dtype=np.int64)
+    if added.size:
+        index.add_with_ids(new[torch.from_numpy(added)].float().numpy(), added)
+    header = IndexHeader.of(new, AnnSettings.for_size(len(new)))
+    carried = index_path(cache_dir, header.digest)
+    _write_index(carried, header, index)
+    if carried != path:
+        path.unlink(missing_ok=True)
+    return carried
+
+
+def _renumber(index: Any, mapping: np.ndarray) -> None:
+    """Give every id in an IVF index's lists its new number ``mapping[id]`` (codes kept)."""
+    faiss = _faiss()
+    lists = faiss.extract_index_ivf(index).invlists
+    for i in range(lists.nlist):
+        n = lists.list_size(i)
+        if n:
+            ids = mapping[faiss.rev_swig_ptr(lists.get_ids(i), n)]
+            codes = faiss.rev_swig_ptr(lists.get_codes(i), n * lists.code_size).copy()
+            lists.update_entries(i, 0, n, faiss.swig_ptr(ids), faiss.swig_ptr(codes))
 
 
 INDEX_FORMAT = "uit-index-1"
@@ -146,12 +214,13 @@ class IndexHeader:
     count: int
     dim: int
     factory: str
-    digest: str  # of the embeddings' bytes, their shape and the factory
+    digest: str  # of the embeddings' bytes and shape (the file is named by it)
 
     @classmethod
     def of(cls, feats: torch.Tensor, settings: AnnSettings) -> IndexHeader:
-        digest = hashlib.blake2b(settings.factory().encode(), digest_size=16)
-        digest.update(str(tuple(feats.shape)).encode())
+        """The header an index of ``feats`` built with ``settings`` has (one carried over
+        keeps the cells it was trained with: its factory may differ)."""
+        digest = hashlib.blake2b(str(tuple(feats.shape)).encode(), digest_size=16)
         digest.update(feats.contiguous().view(torch.uint8).numpy().data)
         count, dim = feats.shape
         return cls(count, dim, settings.factory(), digest.hexdigest())
@@ -191,7 +260,8 @@ def _read_index(path: Path, expected: IndexHeader) -> Any:
 
 def _mismatch(header: IndexHeader, index: Any, expected: IndexHeader) -> str | None:
     """Why ``index`` (read with ``header``) is not the index of ``expected``'s embeddings."""
-    if header != expected:
+    if (header.count, header.dim, header.digest) != (expected.count, expected.dim,
+                                                     expected.digest):  # fmt: skip
         return f"it indexes other embeddings ({header.count} x {header.dim}, {header.factory})"
     if (index.ntotal, index.d) != (expected.count, expected.dim):
         return f"it holds {index.ntotal} x {index.d} embeddings, not {expected.count} x " \

@@ -16,15 +16,16 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import polars as pl
 import torch
 from safetensors.torch import load, save
 
 from uit.core.errors import DataError
-from uit.core.io import atomic_write_bytes
+from uit.core.io import atomic_write_bytes, atomic_write_json
 from uit.data.images import ImageError, read_image_bytes
 from uit.data.prepared import IMAGES_FILE, read_manifests
 from uit.model.encoder import DualEncoder
@@ -40,6 +41,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 # What an unreadable image of a folder gallery asks for (``--drop-missing`` is for benchmarks).
 FOLDER_FIX = "a gallery folder holds image files only: remove this one or replace it with a " \
     "readable image, then run again"  # fmt: skip
+ERASED_FILE = ".uit-erased.json"  # a gallery's erasure list, beside its images (read_erased)
+ERASED_FORMAT = "uit-erased-1"
 
 
 @dataclass(frozen=True)
@@ -82,22 +85,51 @@ def shown(text: str) -> str:
 
 
 def read_gallery(source: str | Path, split: str = "test") -> Gallery:
-    """A folder of images (searched recursively) or a prepared benchmark's ``split``."""
+    """A folder of images (searched recursively) or a prepared benchmark's ``split``, less the
+    images erased from it (``read_erased``)."""
     source = Path(source)
     name = shown(Path(os.path.abspath(source)).name or os.sep)
+    erased = read_erased(source)
     if not (source / IMAGES_FILE).is_file():
-        paths = list_folder(source)
+        paths = [p for p in list_folder(source) if p.relative_to(source).as_posix() not in erased]
+        if not paths:
+            raise DataError(f"gallery {source}: every image in it was erased ({ERASED_FILE})")
         return Gallery(name, source, paths, [p.relative_to(source).as_posix() for p in paths])
     manifests = read_manifests(source)
     if not manifests.has_split(split):
         raise DataError(f"{source}: the prepared {manifests.benchmark} has no {split!r} split")
     manifests = manifests.split(split)
+    images = manifests.images.filter(~pl.col("path").is_in(sorted(erased)))
+    manifests = replace(manifests, images=images, captions=manifests.captions.filter(
+        pl.col("pid").is_in(images["pid"].unique().to_list())))  # fmt: skip
     captions = manifests.captions.select("text", "pid").rows()
     return Gallery(f"{name} ({manifests.benchmark} {split})", manifests.imgs_dir,
                    manifests.paths(), manifests.images["path"].to_list(),
                    manifests.images["pid"].to_list(),
                    {normalise(text): pid for text, pid in captions},
                    [text for text, _ in captions])  # fmt: skip
+
+
+def read_erased(source: str | Path) -> set[str]:
+    """The names (paths inside the gallery) erased from the gallery at ``source``: listed in
+    its ``ERASED_FILE`` by ``uit gallery erase``, never read or served again."""
+    path = Path(source) / ERASED_FILE
+    if not path.is_file():
+        return set()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != ERASED_FORMAT or not isinstance(data.get("images"), list):
+            raise ValueError(f"not a {ERASED_FORMAT} file")
+        return {str(name) for name in data["images"]}
+    except (ValueError, AttributeError) as error:
+        raise DataError(f"{path} is damaged ({error}): it lists the images erased from this "
+                        "gallery; restore it from a backup, or run uit gallery erase again "
+                        "for every image erased") from None  # fmt: skip
+
+
+def write_erased(source: str | Path, names: set[str]) -> None:
+    atomic_write_json(Path(source) / ERASED_FILE,
+                      {"format": ERASED_FORMAT, "images": sorted(names)})  # fmt: skip
 
 
 def list_gallery(source: str | Path, split: str = "test") -> list[Path]:

@@ -7,6 +7,7 @@ pages, the error boundary, shared helpers):
 - ``training``: ``uit train``, ``uit pretrain``, ``uit evaluate``;
 - ``results``: ``uit compare``, ``uit report``, ``uit profile``;
 - ``serving``: ``uit search``, ``uit serve``;
+- ``galleries``: ``uit gallery add | erase``;
 - ``models``: ``uit export``, ``uit weights convert``;
 - ``pipeline``: ``uit run``.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 # isort: off
 # the commands register in this order, which is the order of `uit --help`
-from uit.app.cli import data, training, results, serving, models, pipeline  # noqa: F401
+from uit.app.cli import data, training, results, serving, galleries, models, pipeline  # noqa: F401
 
 # isort: on
 from uit.app.cli.base import app

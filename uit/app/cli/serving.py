@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -227,6 +228,7 @@ def serve(
             check_host,
             listen,
             load_searcher,  # fmt: skip
+            reload_searcher,
             run_server,
         )
     except ImportError as error:
@@ -241,7 +243,10 @@ def serve(
     resolve_device(device, "--device")  # a wrong --device fails before anything is loaded
     audit = None if audit_log is None else AuditLog(
         AuditPolicy(audit_log, audit_max_bytes, audit_keep, audit_retention_days))  # fmt: skip
-    policy = Policy(token_file, audit, rate_limit, tuple(cors_origin or ()))
+    source = _gallery_source(gallery)
+    reload = functools.partial(reload_searcher, gallery_source=source, split=split,
+                               index_kind=index, cache_dir=cache_dir)  # fmt: skip
+    policy = Policy(token_file, audit, rate_limit, tuple(cors_origin or ()), reload)
     with listen(host, port) as sock:  # a port in use fails now, not after the gallery
         port = sock.getsockname()[1]  # the one the system chose for --port 0
         with progress_bars() as progress:
