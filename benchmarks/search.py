@@ -144,6 +144,54 @@ def api_rows(args: argparse.Namespace) -> list[str]:
             paired = statistics.median(g - f for f, g in zip(*timed, strict=True))
             rows.append(f"auth + audit: {paired:+.2f} ms a search (median of the paired "
                         "differences; budget 2 ms)")  # fmt: skip
+    if args.api_clients > 1:
+        rows += concurrent_rows((encoder, tokenizer, options), model, gallery, feats, args)
+    return rows
+
+
+def concurrent_rows(loaded, model: str, gallery, feats, args: argparse.Namespace) -> list[str]:
+    """``--api-clients`` clients searching at once, each on its own connection, the flat index:
+    each text encoded alone (``--batch-queries 1``) against concurrent texts sharing encoder
+    passes (``--batch-queries``): median and p90 latency, and searches per second."""
+    rows = [f"{args.api_clients} clients at once:"]
+    for batch in sorted({1, args.batch_queries}):
+        searcher = assemble_searcher(loaded, gallery, feats, index_kind="flat", model=model,
+                                     batch_queries=batch)  # fmt: skip
+        with running(build_app(searcher)) as port:
+            times: list[float] = []
+            each = max(1, args.api_queries // args.api_clients)
+
+            def client(
+                seed: int, port: int = port, each: int = each, times: list[float] = times
+            ) -> None:
+                connection = http.client.HTTPConnection("127.0.0.1", port)
+                try:
+                    for i in range(each + 2):
+                        body = json.dumps({"text": SENTENCES[(seed + i) % len(SENTENCES)],
+                                           "k": args.k})  # fmt: skip
+                        start = time.perf_counter()
+                        connection.request("POST", "/search", body,
+                                           {"Content-Type": "application/json"})  # fmt: skip
+                        response = connection.getresponse()
+                        assert response.status == 200, response.read()
+                        response.read()
+                        if i >= 2:
+                            times.append((time.perf_counter() - start) * 1000)
+                finally:
+                    connection.close()
+
+            threads = [threading.Thread(target=client, args=(n,)) for n in range(args.api_clients)]
+            started = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            wall = time.perf_counter() - started
+        times.sort()
+        label = f"flat, batch {batch}"
+        rows.append(f"{label:<20}{args.api_gallery:>10,}{statistics.median(times):>11.2f}"
+                    f"{times[int(0.9 * (len(times) - 1))]:>9.2f}{len(times):>9}  "
+                    f"{args.api_clients * (each + 2) / wall:.1f} searches/s")  # fmt: skip
     return rows
 
 
@@ -316,6 +364,18 @@ def main() -> None:
     parser.add_argument("--centres", type=int, default=3000)
     parser.add_argument("--api-gallery", type=int, default=100_000, help="0: no API rows.")
     parser.add_argument("--api-queries", type=int, default=50)
+    parser.add_argument(
+        "--api-clients",
+        type=int,
+        default=4,
+        help="Clients at once for the concurrent rows (1: none).",
+    )
+    parser.add_argument(
+        "--batch-queries",
+        type=int,
+        default=4,
+        help="uit serve --batch-queries of the concurrent rows (against 1).",
+    )
     parser.add_argument(
         "--api-kinds",
         default="auto,flat",

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -429,3 +430,83 @@ def test_the_page_says_when_the_server_is_gone_and_offers_retry(
         driver.quit()
         stop_server(process)
     assert all("ERR_CONNECTION_REFUSED" in e for e in errors), errors
+
+
+def _batching_searcher(batch_queries: int):
+    """A server's searcher over 300 random embeddings, uit-tiny encoding the text."""
+    from uit.app.serve import assemble_searcher
+    from uit.core.config import ModelConfig
+    from uit.model.build import build_model, build_tokenizer
+    from uit.retrieval.evaluate import EvalOptions
+    from uit.retrieval.search import Gallery
+
+    cfg = ModelConfig(name="uit-tiny", image_height=64, image_width=32, context_length=32)
+    torch.manual_seed(0)
+    encoder = build_model(cfg).eval()
+    feats = torch.nn.functional.normalize(
+        torch.randn(300, encoder.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1
+    ).half()
+    names = [f"{i:04d}.png" for i in range(300)]
+    gallery = Gallery("random", Path("."), [Path(n) for n in names], names)
+    return assemble_searcher((encoder, build_tokenizer(cfg), EvalOptions()), gallery, feats,
+                             index_kind="flat", model="uit-tiny",
+                             batch_queries=batch_queries)  # fmt: skip
+
+
+def test_concurrent_queries_share_encoder_passes_and_rank_as_alone() -> None:
+    """With --batch-queries 4, searches that arrive while the encoder is busy share its next
+    pass (never more than 4 texts), and each ranks as it does encoded alone."""
+    import threading
+
+    texts = [f"a person in a {c} coat and {t} trousers" for c in ("red", "blue", "green", "white")
+             for t in ("black", "grey")]  # fmt: skip
+    alone = _batching_searcher(1)
+    expected = {text: alone.search(text, 10) for text in texts}
+    shared = _batching_searcher(4)
+    sizes: list[int] = []
+    encode_many = shared.opened.encode_many
+
+    def slow(batch: list[str]) -> torch.Tensor:  # a busy encoder, so that searches queue
+        sizes.append(len(batch))
+        time.sleep(0.05)
+        return encode_many(batch)
+
+    shared.opened.encode_many = slow  # type: ignore[method-assign]
+    found: dict[str, list[tuple[int, float]]] = {}
+    threads = [threading.Thread(target=lambda t=t: found.__setitem__(t, shared.search(t, 10)))
+               for t in texts]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(sizes) == len(texts) and max(sizes) > 1 and max(sizes) <= 4, sizes
+    for text in texts:
+        assert [i for i, _ in found[text]] == [i for i, _ in expected[text]], text
+        for (_, a), (_, b) in zip(found[text], expected[text], strict=True):
+            assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_an_encoder_failure_reaches_every_search_that_shared_the_pass() -> None:
+    import threading
+
+    searcher = _batching_searcher(8)
+
+    def broken(batch: list[str]) -> torch.Tensor:
+        time.sleep(0.05)
+        raise RuntimeError("encoder gone")
+
+    searcher.opened.encode_many = broken  # type: ignore[method-assign]
+    errors: list[str] = []
+
+    def search(text: str) -> None:
+        try:
+            searcher.search(text, 5)
+        except RuntimeError as error:
+            errors.append(str(error))
+
+    threads = [threading.Thread(target=search, args=(f"text {i}",)) for i in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == ["encoder gone"] * 5

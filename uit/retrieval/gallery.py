@@ -54,7 +54,11 @@ class OpenGallery:
 
     def encode(self, text: str) -> torch.Tensor:
         """The embedding of ``text``, as ``search`` ranks with it."""
-        return encode_texts(self.encoder, [text], self.tokenizer, self.options)  # (1, D)
+        return self.encode_many([text])  # (1, D)
+
+    def encode_many(self, texts: list[str]) -> torch.Tensor:
+        """The embeddings of ``texts`` (len(texts), D), encoded together."""
+        return encode_texts(self.encoder, texts, self.tokenizer, self.options)
 
     def rank(self, query: torch.Tensor, k: int, offset: int = 0) -> list[tuple[int, float]]:
         """``search`` for an encoded ``query`` (1, D)."""

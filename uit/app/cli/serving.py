@@ -194,6 +194,10 @@ def serve(
         typer.Option(min=0.1, help="Seconds a client has to send a request's headers, and "
                                    "again its body."),
     ] = 10.0,
+    batch_queries: Annotated[
+        int, typer.Option(min=1, help="Encode up to this many concurrent queries in one pass "
+                          "(1: each alone, scores exactly as uit search's).")
+    ] = 1,
     tokens: TokensOption = None,
     audit_log: Annotated[
         Path | None,
@@ -252,7 +256,8 @@ def serve(
         with progress_bars() as progress:
             searcher = load_searcher(checkpoint, _gallery_source(gallery), split=split,
                                      index_kind=index, cache_dir=cache_dir, device=device,
-                                     batch_size=batch_size, progress=adder(progress))  # fmt: skip
+                                     batch_size=batch_size, progress=adder(progress),
+                                     batch_queries=batch_queries)  # fmt: skip
         address = f"[{host}]" if ":" in host else host
         count = len(read_tokens(token_file))
         access = f"{count} tokens in {token_file}" if count else "open (no tokens)"
