@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -433,3 +434,16 @@ def commands(
 
 
 EVERY = list(commands(typer.main.get_command(app)))  # type: ignore[arg-type]
+
+
+@dataclass
+class Answer:
+    """A served request's status, headers (lower-case names) and body, as the serve tests
+    read them off a raw HTTP connection."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)

@@ -152,8 +152,18 @@ def test_the_report_header_names_commit_changed_params_and_date(tmp_path: Path) 
         assert found.commit in page and found.built_at in page
         assert "train.epochs: 2 -&gt; 4" in page or "train.epochs: 2 -> 4" in page
         assert "uncommitted changes" in page and "reports/pipeline/report.html" in page
+    (repo / "dvc.lock").write_text("schema: '2.0'\n")
+    (repo / "metrics").mkdir()
+    (repo / "metrics" / "cuhk-pedes.json").write_text("{}\n")
+    _git(repo, "add", "dvc.lock", "metrics")
     _git(repo, "commit", "-qam", "four epochs")
     assert read_provenance(repo, params, "x").changed_params == []
+    # what the pipeline writes itself (its lock, its metrics) is no uncommitted change
+    (repo / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (repo / "metrics" / "cuhk-pedes.json").write_text('{"R1": 1}\n')
+    assert not read_provenance(repo, params, "x").uncommitted
+    params.write_text(params.read_text() + "# a note\n")
+    assert read_provenance(repo, params, "x").uncommitted
     outside = tmp_path / "no-git"
     outside.mkdir()
     (outside / "params.yaml").write_text("train: {}\n")

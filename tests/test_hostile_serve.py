@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import wait_until_serving
+from tests.conftest import Answer, wait_until_serving
 from uit.app.cli import app
 from uit.retrieval.index import build_index
 from uit.retrieval.search import EmbeddingCache, checkpoint_digest, file_digest, list_gallery
@@ -89,16 +88,6 @@ def one_line_error(code: int, output: str, *says: str) -> None:
     message = " ".join(output.split())  # rich wraps long lines
     for part in says:
         assert part in message, (part, output)
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 def call(port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,

@@ -60,12 +60,18 @@ def test_the_library_imports_nothing_of_the_application(path: Path) -> None:
 ORDER = ("core", "data", "raw", "synth", "text", "parsing", "model", "retrieval", "training")
 
 
-def runtime_imports(path: Path) -> set[str]:
-    """``imported_modules`` without the imports under ``if TYPE_CHECKING:`` (annotations only)."""
+def runtime_tree(path: Path) -> ast.Module:
+    """``path``'s syntax tree without what runs only under ``if TYPE_CHECKING:``."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
             node.body = []
+    return tree
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """``imported_modules`` without the imports under ``if TYPE_CHECKING:`` (annotations only)."""
+    tree = runtime_tree(path)
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -403,10 +409,7 @@ def import_graph(paths: list[Path], root: Path) -> dict[str, set[str]]:
     modules = {module_name(path, root) for path in paths}
     graph: dict[str, set[str]] = {}
     for path in paths:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
-                node.body = []
+        tree = runtime_tree(path)
         edges: set[str] = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import wait_until_serving
+from tests.conftest import Answer, wait_until_serving
 from uit.app.browser import browser_available, start_chromium
 from uit.app.cli import app
 from uit.app.serve_audit import AuditLog, AuditPolicy, read_audit
@@ -33,16 +33,6 @@ ALLOWED = "http://allowed.example"
 def cli(*args: object) -> tuple[int, str, str]:
     result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "300"})
     return result.exit_code, result.stdout, result.output
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 @dataclass

@@ -248,7 +248,9 @@ def read_provenance(project: str | Path, params_file: str | Path, built_by: str)
     commit = git("rev-parse", "--short", "HEAD")
     if commit is None:
         return Provenance(built_by, now)
-    status = git("status", "--porcelain", "--untracked-files=no") or ""
+    # what the pipeline writes itself (its lock, its metrics) is no change of the user's
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                 ":(exclude)dvc.lock", ":(exclude)metrics") or ""  # fmt: skip
     changed: list[str] = []
     try:
         relative = params_file.resolve().relative_to(project.resolve())

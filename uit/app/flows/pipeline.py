@@ -325,7 +325,6 @@ def report(project: str = ".") -> str:
     summary = (out / "report.md").read_text()
     create_markdown_artifact(key="uit-report", markdown=summary,
                              description=f"Full report: {out / 'report.html'}")  # fmt: skip
-    get_run_logger().info(f"Report: {relative_paths(str(out / 'report.html'), project)}")
     return str(out / "report.html")
 
 
@@ -526,6 +525,7 @@ def run_experiment(benchmarks: Sequence[str], overrides: Sequence[str], name: st
     out = fetch_report(str(entry["rev"]), name, project)
     publish_experiment_report(name, out, project)
     publish_experiment(name, git_remote, project)
+    get_run_logger().info(f"Report: {relative_paths(str(out / 'report.html'), project)}")
     return str(out / "report.html")
 
 
