@@ -6,6 +6,7 @@ unreachable server in one line, and serves a gallery end to end."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,9 @@ import torch
 
 from tests.conftest import Client, clustered, fails, stop, wait_until_serving
 from uit.retrieval import milvus as milvus_module
+from uit.retrieval.gallery import open_gallery
 from uit.retrieval.index import build_index
+from uit.retrieval.live import add_images, erase_images
 from uit.retrieval.milvus import MilvusIndex, carry_milvus, row_ids
 
 pytest.importorskip("pymilvus")
@@ -66,7 +69,8 @@ def test_unchanged_embeddings_reuse_their_collection(tmp_path: Path, monkeypatch
 
 @pytest.mark.slow
 def test_milvus_finds_the_exact_top_10_of_100k(tmp_path: Path) -> None:
-    feats, queries = clustered(100_000, 64, 400), clustered(50, 64, 400, seed=1).float()
+    points = clustered(100_050, 64, 2000)  # queries around the gallery's own centres
+    feats, queries = points[:100_000], points[100_000:].float()
     _, flat = build_index(feats, "flat").search(queries, 10)
     _, found = milvus(feats, tmp_path).search(queries, 10)
     recall = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(found, flat, strict=True))
@@ -93,6 +97,32 @@ def test_additions_and_erasures_reach_the_collection(tmp_path: Path) -> None:
     hits = index.client.search(carried, data=old[:5].float().tolist(), limit=5)
     gone = set(row_ids(old[:50]).tolist())
     assert not gone & {hit["id"] for q in hits for hit in q}  # erased rows are not in Milvus
+
+
+def test_uit_gallery_add_and_erase_reach_the_collection(trained: dict[str, Path],
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    images = sorted(trained["gallery"].glob("*.png"))
+    folder, cache, best = tmp_path / "gallery", tmp_path / "cache", trained["best"]
+    folder.mkdir()
+    for path in images[:8]:
+        shutil.copy(path, folder / path.name)
+    first = open_gallery(best, folder, index_kind="milvus", cache_dir=cache, device="cpu")
+    assert isinstance(first.index, MilvusIndex)
+    first.index.client.release_collection(first.index.collection)  # as if served elsewhere
+    change = add_images(best, folder, images[8:10], cache_dir=cache, index_kind="milvus",
+                        device="cpu")  # fmt: skip
+    grown = open_gallery(best, folder, index_kind="milvus", cache_dir=cache, device="cpu")
+    assert isinstance(grown.index, MilvusIndex) and change.index == grown.index.collection
+    query = grown.encode("a person in a red coat")
+    assert grown.index.search(query, 10)[1].tolist() == build_index(grown.feats, "flat").search(
+        query, 10)[1].tolist()  # fmt: skip
+    gone = images[9].name
+    erase_images(best, folder, names=[gone], cache_dir=cache, index_kind="milvus")
+    cut = open_gallery(best, folder, index_kind="milvus", cache_dir=cache, device="cpu")
+    assert isinstance(cut.index, MilvusIndex) and len(cut.feats) == 9
+    assert cut.index.client.list_collections() == [cut.index.collection]  # the others dropped
+    found = cut.index.search(cut.encode("a person in a red coat"), 9)[1][0].tolist()
+    assert sorted(found) == list(range(9)) and gone not in cut.gallery.names
 
 
 def test_an_unreachable_milvus_server_is_one_clear_line(trained: dict[str, Path],

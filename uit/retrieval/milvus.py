@@ -108,6 +108,7 @@ def build_milvus_index(
     name = collection_name(feats)
     if not _holds(client, name, len(feats)):
         _create(client, name, feats, lists, progress)
+        client.release_collection(name)  # loaded again below: every segment's IVF is built
     client.load_collection(name)
     return MilvusIndex(feats, client, name, where)
 
@@ -129,6 +130,7 @@ def carry_milvus(
         client.delete(before, ids=gone.tolist())
     came = np.flatnonzero(~np.isin(new_ids, old_ids))
     _insert(client, before, new[torch.from_numpy(came)], new_ids[came], None)
+    client.release_collection(before)  # the next load indexes the new rows' segment
     if after != before:
         if client.has_collection(after):
             client.drop_collection(after)
@@ -222,6 +224,7 @@ def _insert(client: Any, name: str, feats: torch.Tensor, ids: np.ndarray, advanc
         client.insert(name, [{"id": int(ids[i]), "vec": data[i]} for i in rows])
         if advance:
             advance(len(rows))
+    client.flush(name)  # sealed: Milvus Lite scans unflushed rows one by one
 
 
 def _pymilvus() -> Any:
