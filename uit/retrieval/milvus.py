@@ -163,7 +163,13 @@ def connect(choice: IndexChoice, cache_dir: str | Path | None) -> tuple[Any, str
             raise UitError("--index milvus keeps Milvus Lite in the cache folder: give --cache-dir")
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         where = str(Path(cache_dir) / LITE_FILE)
-        return pymilvus.MilvusClient(where), where
+        try:
+            return pymilvus.MilvusClient(where), where
+        except pymilvus.MilvusException:  # the one reason on a folder it can write: the lock
+            raise UitError(f"--index milvus: Milvus Lite in {where} is open in another "
+                           "process (a running uit serve?): stop it first, or serve from a "
+                           "Milvus server (--index milvus://HOST:PORT), which processes "
+                           "share") from None  # fmt: skip
     host, port = address.groups()
     try:
         client = pymilvus.MilvusClient(uri=f"http://{host}:{port}", timeout=CONNECT_TIMEOUT)
