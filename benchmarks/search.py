@@ -9,11 +9,12 @@ with the plain float32 way (one matrix product over a float32 copy of the same e
 it and why, milliseconds per query (min, median and max over ``--queries``) and how many queries
 get the same top 10 as the baseline.
 
-Then the approximate index of ``uit serve`` (``uit.retrieval.index``: FAISS IVF lists of 8-bit
-vectors, its shortlist rescored exactly) on clustered embeddings (``--index-sizes``, 512-d:
-normalised points around ``--centres`` gaussian centres; uniform random vectors have no
-neighbours worth the name and make recall meaningless): build time, the index's size, ms per
-query against the exact scan, and recall@10 against the exact top 10. Last, the API end to end
+Then the indexes of ``uit serve`` (``--index-backends``: the flat scan, FAISS IVF lists of 8-bit
+vectors in ``uit.retrieval.index`` and a Milvus Lite collection in ``uit.retrieval.milvus``,
+each approximate one's shortlist rescored exactly) on clustered embeddings (``--index-sizes``,
+512-d: normalised points around ``--centres`` gaussian centres; uniform random vectors have no
+neighbours worth the name and make recall meaningless): build time, memory, ms per query, and
+recall@10 against the exact top 10. Last, the API end to end
 (``POST /search`` on a real uvicorn server, the query's text encoding included) over an
 ``--api-gallery`` of clustered embeddings, with the index ``auto`` picks and with the flat scan
 (and, asked in turn with it, the flat scan behind a token and an fsynced audit log, as
@@ -42,6 +43,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from _machine import machine  # benchmarks/ is on sys.path when a script runs
@@ -88,29 +90,66 @@ def clustered(n: int, dim: int, centres: int, seed: int) -> torch.Tensor:
     return torch.cat(chunks)
 
 
-def index_row(n: int, args: argparse.Namespace) -> str:
+def index_rows(n: int, args: argparse.Namespace) -> list[str]:
+    """One row per index of ``--index-backends`` over ``n`` clustered embeddings: build time,
+    memory (the flat scan's embeddings; FAISS's serialised index; Milvus Lite's growth of this
+    process's resident memory, its files on disk after the slash), ms per query, recall@10
+    against the exact scan."""
     gallery = clustered(n, args.dim, args.centres, seed=1)
     queries = clustered(args.index_queries, args.dim, args.centres, seed=2).float()
-    start = time.perf_counter()
-    index = build_index(gallery, "ann")
-    built = time.perf_counter() - start
-    assert isinstance(index, AnnIndex)
-    import faiss
-
-    size = faiss.serialize_index(index.index).size / 2**20
     flat = FlatIndex(gallery)
-    index.search(queries[:1], args.k), flat.search(queries[:1], args.k)  # warm-up
-    ann_ms, flat_ms, found = [], [], 0
+    flat.search(queries[:1], args.k)  # warm-up
+    exact, flat_ms = [], []
     for query in queries.unsqueeze(1):
-        ms, (_, approximate) = timed(index.search, query, args.k)
-        ann_ms.append(ms)
-        ms, (_, exact) = timed(flat.search, query, args.k)
+        ms, (_, found) = timed(flat.search, query, args.k)
         flat_ms.append(ms)
-        found += len(set(approximate[0].tolist()) & set(exact[0].tolist()))
-    recall = found / (args.k * len(queries))
-    return (f"{n:>10,}{index.settings.lists:>7}{built:>9.1f}{size:>10.0f}"
-            f"{gallery.numel() * 2 / 2**20:>12.0f}{statistics.median(ann_ms):>9.2f}"
-            f"{statistics.median(flat_ms):>9.2f}{recall:>11.3f}")  # fmt: skip
+        exact.append(set(found[0].tolist()))
+    rows = []
+    for backend in args.index_backends.split(","):
+        if backend == "flat":
+            memory, name = f"{gallery.numel() * 2 / 2**20:.0f}", "flat (exact scan)"
+            rows.append(index_line(n, name, 0.0, memory, flat_ms, 1.0))
+            continue
+        with tempfile.TemporaryDirectory() as cache:
+            before, start = resident_mib(), time.perf_counter()
+            index = build_index(gallery, backend, cache if backend != "ann" else None)
+            built, grown = time.perf_counter() - start, resident_mib() - before
+            memory, name = index_memory(index, grown, Path(cache)), describe_backend(index)
+            index.search(queries[:1], args.k)  # warm-up
+            times, found = [], 0
+            for query, best in zip(queries.unsqueeze(1), exact, strict=True):
+                ms, (_, approximate) = timed(index.search, query, args.k)
+                times.append(ms)
+                found += len(set(approximate[0].tolist()) & best)
+            rows.append(index_line(n, name, built, memory, times, found / (args.k * len(queries))))
+    return rows
+
+
+def index_line(n: int, name: str, built: float, memory: str, times: list[float],
+               recall: float) -> str:  # fmt: skip
+    return (f"{n:>10,}  {name:<26}{built:>9.1f}{memory:>14}{statistics.median(times):>9.2f}"
+            f"{recall:>11.3f}")  # fmt: skip
+
+
+def describe_backend(index: Any) -> str:
+    if isinstance(index, AnnIndex):
+        return f"FAISS IVF{index.settings.lists},SQ8"
+    return "Milvus Lite IVF_SQ8"
+
+
+def index_memory(index: Any, grown: float, cache: Path) -> str:
+    if isinstance(index, AnnIndex):
+        import faiss
+
+        return f"{faiss.serialize_index(index.index).size / 2**20:.0f}"
+    disk = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 2**20
+    return f"{grown:.0f} / {disk:.0f}"
+
+
+def resident_mib() -> float:
+    """This process's resident memory (Linux), MiB."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def api_rows(args: argparse.Namespace) -> list[str]:
@@ -361,6 +400,12 @@ def main() -> None:
         help="Comma-separated gallery sizes for the index rows ('' for none).",
     )
     parser.add_argument("--index-queries", type=int, default=100)
+    parser.add_argument(
+        "--index-backends",
+        default="flat,ann,milvus",
+        help="Comma-separated indexes of the index rows (milvus: Milvus Lite in a temporary "
+        "folder, or milvus://HOST:PORT).",
+    )
     parser.add_argument("--centres", type=int, default=3000)
     parser.add_argument("--api-gallery", type=int, default=100_000, help="0: no API rows.")
     parser.add_argument("--api-queries", type=int, default=50)
@@ -397,13 +442,15 @@ def main() -> None:
     sizes = [int(n) for n in args.index_sizes.split(",") if n]
     if sizes:
         print(
-            f"\napproximate index (FAISS IVF, 8-bit, shortlist rescored exactly) on {args.dim}-d "
-            f"embeddings around {args.centres:,} centres; {args.index_queries} queries"
+            f"\nindexes (approximate ones: 8-bit IVF, shortlist rescored exactly) on {args.dim}-d "
+            f"embeddings around {args.centres:,} centres; {args.index_queries} queries, one at a "
+            "time"
         )
-        print(f"{'gallery':>10}{'lists':>7}{'build s':>9}{'index MiB':>10}{'gallery MiB':>12}"
-              f"{'ann ms':>9}{'flat ms':>9}{'recall@10':>11}")  # fmt: skip
+        print(f"{'gallery':>10}  {'index':<26}{'build s':>9}{'memory MiB':>14}{'ms':>9}"
+              f"{'recall@10':>11}")  # fmt: skip
         for n in sizes:
-            print(index_row(n, args), flush=True)
+            for line in index_rows(n, args):
+                print(line, flush=True)
     if args.api_gallery:
         print(
             f"\nPOST /search end to end (HTTP, the model encodes the text, top {args.k}); "

@@ -183,6 +183,15 @@ def prefect_api() -> Iterator[str]:
 # Helpers shared by several test modules (tests/README.md maps the tests to the code).
 
 
+def clustered(n: int, dim: int, centres: int, seed: int = 0) -> torch.Tensor:
+    """Normalised points around ``centres`` gaussian centres, as float16 like the cache."""
+    generator = torch.Generator().manual_seed(seed)
+    middle = torch.randn(centres, dim, generator=generator)
+    which = torch.randint(0, centres, (n,), generator=generator)
+    points = middle[which] + 0.8 * torch.randn(n, dim, generator=generator)
+    return torch.nn.functional.normalize(points, dim=-1).half()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

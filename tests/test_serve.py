@@ -18,7 +18,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import Client, wait_until_serving
+from tests.conftest import Client, clustered, wait_until_serving
 from uit.app.browser import browser_available, start_chromium
 from uit.app.cli import app
 from uit.data.prepared import read_manifests
@@ -194,15 +194,6 @@ def test_an_export_is_served_and_named_as_one(trained: dict[str, Path], tmp_path
 
 
 # The approximate index, against the exact scan.
-
-
-def clustered(n: int, dim: int, centres: int, seed: int = 0) -> torch.Tensor:
-    """Normalised points around ``centres`` gaussian centres, as float16 like the cache."""
-    generator = torch.Generator().manual_seed(seed)
-    middle = torch.randn(centres, dim, generator=generator)
-    which = torch.randint(0, centres, (n,), generator=generator)
-    points = middle[which] + 0.8 * torch.randn(n, dim, generator=generator)
-    return torch.nn.functional.normalize(points, dim=-1).half()
 
 
 def test_the_ann_index_finds_the_exact_top_10(tmp_path: Path) -> None:

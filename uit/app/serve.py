@@ -70,12 +70,12 @@ if TYPE_CHECKING:
     from spacy.language import Language
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+    from uit.core.config import IndexChoice
     from uit.core.console import NewBar
     from uit.data.dataset import Tokenizer
     from uit.model.encoder import DualEncoder
     from uit.retrieval.evaluate import EvalOptions
     from uit.retrieval.gallery import OpenGallery
-    from uit.retrieval.index import IndexKind
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def load_searcher(
     gallery_source: Path,
     *,
     split: str = "test",
-    index_kind: IndexKind = "auto",
+    index_kind: IndexChoice = "auto",
     cache_dir: Path | None = None,
     device: str = "auto",
     batch_size: int = INFERENCE_BATCH_SIZE,
@@ -306,7 +306,7 @@ def assemble_searcher(
     gallery: Gallery,
     feats: torch.Tensor,
     *,
-    index_kind: IndexKind = "auto",
+    index_kind: IndexChoice = "auto",
     cache_dir: Path | None = None,
     progress: NewBar | None = None,
     model: str,

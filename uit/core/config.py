@@ -8,11 +8,12 @@ and then coerced by pydantic, so ``-S train.lr=3e-05`` (a string on arrival) bec
 
 from __future__ import annotations
 
+import re
 import reprlib
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -45,12 +46,24 @@ BENCHMARKS: tuple[Benchmark, ...] = tuple(Benchmark)
 SynthSize = Literal["tiny", "demo", "small", "medium"]
 ImageCheck = Literal["decode", "exists"]
 ParseBackend = Literal["auto", "builtin", "trained"]  # auto: the trained pipeline when installed
-IndexKind = Literal["flat", "ann", "auto"]  # a gallery's index: exact, FAISS IVF, by its size
+# a gallery's index: exact, FAISS IVF, by its size, or a Milvus collection (Milvus Lite)
+IndexKind = Literal["flat", "ann", "auto", "milvus"]
+IndexChoice = str  # an IndexKind, or milvus://HOST:PORT: a Milvus server (``check_index_choice``)
 # What inference (evaluate, search, serve) takes unless told otherwise; the command line shows
 # these same values as its defaults.
 INFERENCE_BATCH_SIZE = 256
 TOP_K = 10
 SEARCH_CACHE_DIR = ".cache/uit/search"
+MILVUS_URI = re.compile(r"milvus://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):([0-9]{1,5})")
+
+
+def check_index_choice(value: str) -> IndexChoice:
+    """``value`` when it is an ``IndexKind`` or ``milvus://HOST:PORT``; ConfigError otherwise."""
+    if value in get_args(IndexKind) or MILVUS_URI.fullmatch(value):
+        return value
+    kinds = ", ".join(get_args(IndexKind))
+    raise ConfigError(f"--index {_short_repr(value)} is not an index: give one of {kinds}, or "
+                      "milvus://HOST:PORT for a Milvus server")  # fmt: skip
 
 
 class Section(BaseModel):

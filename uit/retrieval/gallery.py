@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from uit.core.config import INFERENCE_BATCH_SIZE
+from uit.core.config import INFERENCE_BATCH_SIZE, IndexChoice
 from uit.retrieval.evaluate import EvalOptions, encode_texts, load_for_inference
-from uit.retrieval.index import AnnIndex, FlatIndex, IndexKind, build_index
+from uit.retrieval.index import AnnIndex, FlatIndex, build_index
 from uit.retrieval.search import (
     EmbeddingCache,
     Gallery,
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from uit.core.console import NewBar
     from uit.data.dataset import Tokenizer
     from uit.model.encoder import DualEncoder
+    from uit.retrieval.milvus import MilvusIndex
 
 ENCODING = "encoding the gallery (cached images are only hashed)"  # the progress bar's label
 
@@ -44,7 +45,7 @@ class OpenGallery:
     options: EvalOptions
     gallery: Gallery
     feats: torch.Tensor
-    index: FlatIndex | AnnIndex
+    index: FlatIndex | AnnIndex | MilvusIndex
     encoded: int = 0
 
     def search(self, text: str, k: int, offset: int = 0) -> list[tuple[int, float]]:
@@ -76,7 +77,7 @@ def open_gallery(
     source: str | Path,
     *,
     split: str = "test",
-    index_kind: IndexKind = "auto",
+    index_kind: IndexChoice = "auto",
     cache_dir: str | Path | None = None,
     device: str = "auto",
     batch_size: int = INFERENCE_BATCH_SIZE,

@@ -12,7 +12,6 @@ the exact path never need it (it comes with the ``serve`` extra).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -24,14 +23,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from uit.core.config import IndexKind
+from uit.core.config import IndexChoice
+from uit.core.config import IndexKind as IndexKind  # re-exported: gallery and live use it
 from uit.core.errors import UitError
 from uit.core.io import atomic_write_bytes
 from uit.retrieval.scan import scan_method
-from uit.retrieval.search import top_indices, top_k
+from uit.retrieval.search import embedding_digest, rescore, top_k
 
 if TYPE_CHECKING:
     from uit.core.console import NewBar
+    from uit.retrieval.milvus import MilvusIndex
 
 log = logging.getLogger(__name__)
 
@@ -91,41 +92,37 @@ class AnnIndex:
         short = min(max(8 * k, 64), self.feats.shape[0])
         _, found = self.index.search(query_feats.float().numpy(), short)  # (Q, short), -1: none
         rows = [torch.from_numpy(row[row >= 0]).sort().values for row in found]
-        best = [_rescore(q, self.feats, c, k) for q, c in zip(query_feats, rows, strict=True)]
+        best = [rescore(q, self.feats, c, k) for q, c in zip(query_feats, rows, strict=True)]
         return torch.stack([s for s, _ in best]), torch.stack([i for _, i in best])
 
 
-def _rescore(
-    query_feat: torch.Tensor, feats: torch.Tensor, candidates: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The best ``k`` of ``candidates`` (ascending indices) by exact float32 score; a shortlist
-    shorter than ``k`` (the visited lists hold fewer) falls back to the exact scan."""
-    if len(candidates) < k:
-        scores, indices = top_k(query_feat.unsqueeze(0), feats, k)
-        return scores[0], indices[0]
-    # the same product as ``top_k``'s rescoring, so both give the same scores to the last bit
-    exact = torch.einsum("qd,qcd->qc", query_feat.float()[None], feats[candidates].float()[None])[0]
-    best = top_indices(exact.unsqueeze(0), k)[0]
-    return exact[best], candidates[best]
-
-
-def resolve_kind(kind: IndexKind, n: int) -> Literal["flat", "ann"]:
+def resolve_kind(kind: IndexChoice, n: int) -> Literal["flat", "ann", "milvus"]:
+    """The kind of index ``kind`` means for ``n`` images (a Milvus server's URI: milvus)."""
     if kind == "auto":
         return "ann" if n >= ANN_THRESHOLD else "flat"
-    return kind
+    if kind in ("flat", "ann"):
+        return "flat" if kind == "flat" else "ann"
+    return "milvus"
 
 
 def build_index(
     feats: torch.Tensor,
-    kind: IndexKind = "auto",
+    kind: IndexChoice = "auto",
     cache_dir: str | Path | None = None,
     progress: NewBar | None = None,
-) -> FlatIndex | AnnIndex:
+) -> FlatIndex | AnnIndex | MilvusIndex:
     """The index ``kind`` chooses for (N, D) normalised ``feats``; an approximate one is read
     from ``cache_dir`` when built before from the same embeddings (or carried over to them by
-    ``carry_index``), else built and saved there."""
-    if resolve_kind(kind, feats.shape[0]) == "flat":
+    ``carry_index``), else built and saved there; a Milvus one lives in the Milvus ``kind``
+    names (``uit.retrieval.milvus``)."""
+    resolved = resolve_kind(kind, feats.shape[0])
+    if resolved == "flat":
         return FlatIndex(feats)
+    if resolved == "milvus":
+        from uit.retrieval.milvus import build_milvus_index
+
+        lists = AnnSettings.for_size(feats.shape[0]).lists
+        return build_milvus_index(feats, kind, cache_dir, progress, lists)
     expected = IndexHeader.of(feats, AnnSettings.for_size(feats.shape[0]))
     path = index_path(cache_dir, expected.digest) if cache_dir is not None else None
     index = _read_index(path, expected) if path is not None else None
@@ -220,10 +217,8 @@ class IndexHeader:
     def of(cls, feats: torch.Tensor, settings: AnnSettings) -> IndexHeader:
         """The header an index of ``feats`` built with ``settings`` has (one carried over
         keeps the cells it was trained with: its factory may differ)."""
-        digest = hashlib.blake2b(str(tuple(feats.shape)).encode(), digest_size=16)
-        digest.update(feats.contiguous().view(torch.uint8).numpy().data)
         count, dim = feats.shape
-        return cls(count, dim, settings.factory(), digest.hexdigest())
+        return cls(count, dim, settings.factory(), embedding_digest(feats))
 
     def encode(self) -> bytes:
         text = json.dumps({"format": INDEX_FORMAT, **asdict(self)}).encode()

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from uit.core.config import INFERENCE_BATCH_SIZE
+from uit.core.config import INFERENCE_BATCH_SIZE, IndexChoice
 from uit.core.errors import DataError
 from uit.core.io import atomic_write_bytes
 from uit.data.images import load_rgb, read_image_bytes
 from uit.data.prepared import IMAGES_FILE
 from uit.retrieval.evaluate import load_for_inference
-from uit.retrieval.index import IndexKind, carry_index, resolve_kind
+from uit.retrieval.index import carry_index, resolve_kind
+from uit.retrieval.milvus import drop_other_collections
 from uit.retrieval.search import (
     IMAGE_SUFFIXES,
     EmbeddingCache,
@@ -48,15 +49,16 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Change:
     """What ``add_images`` or ``erase_images`` did: the names added or erased, the images
-    encoded now, the gallery's size after, the index file carried over (None: none cached),
-    and the other cached files rewritten or removed."""
+    encoded now, the gallery's size after, the index file (or Milvus collection) carried over
+    (None: none cached), and the other cached files (or Milvus collections) rewritten or
+    removed."""
 
     names: list[str]
     encoded: int
     images: int
-    index: Path | None
+    index: Path | str | None
     caches: list[Path]
-    dropped: list[Path]
+    dropped: list[Path | str]
 
 
 def add_images(
@@ -65,7 +67,7 @@ def add_images(
     images: Sequence[str | Path],
     *,
     cache_dir: str | Path,
-    index_kind: IndexKind = "auto",
+    index_kind: IndexChoice = "auto",
     device: str = "auto",
     batch_size: int = INFERENCE_BATCH_SIZE,
     progress: Advance | None = None,
@@ -150,7 +152,7 @@ def erase_images(
     pids: Sequence[int] = (),
     split: str = "test",
     cache_dir: str | Path,
-    index_kind: IndexKind = "auto",
+    index_kind: IndexChoice = "auto",
     delete_files: bool = False,
 ) -> Change:
     """Erase the images ``names`` (paths inside the gallery) and those of the identities
@@ -171,13 +173,17 @@ def erase_images(
     kept = [rows[n] for n in after.names] if after else []
     files = [before.root / n for n in targets]  # erased earlier too: a rerun completes it
     gone = {file_digest(f) for f in files if f.is_file()} - {digests[i] for i in kept}
-    index = None
+    index: Path | str | None = None
     if after is not None and old is not None:
         index = _carry(cache_dir, index_kind, before, old, after, old[kept])
     caches = _forget(Path(cache_dir), gone)
-    dropped = [p for p in sorted(Path(cache_dir).glob("index-*.faiss")) if p != index]
-    for path in dropped:
-        path.unlink(missing_ok=True)
+    dropped: list[Path | str] = []
+    for path in sorted(Path(cache_dir).glob("index-*.faiss")):
+        if path != index:
+            path.unlink(missing_ok=True)
+            dropped.append(path)
+    if resolve_kind(index_kind, len(kept)) == "milvus":
+        dropped += drop_other_collections(index_kind, cache_dir, index)
     if delete_files:
         for path in files:
             path.unlink(missing_ok=True)
@@ -226,14 +232,20 @@ def _cached_feats(gallery: Gallery, cache: EmbeddingCache) -> torch.Tensor | Non
 
 def _carry(
     cache_dir: str | Path,
-    kind: IndexKind,
+    kind: IndexChoice,
     before: Gallery,
     old: torch.Tensor | None,
     after: Gallery,
     feats: torch.Tensor,
-) -> Path | None:
-    """The cached index of ``before`` carried over to ``after`` (rows matched by name)."""
-    if old is None or resolve_kind(kind, len(after.paths)) != "ann":
+) -> Path | str | None:
+    """The cached index of ``before`` carried over to ``after`` (rows matched by name), or its
+    Milvus collection (rows matched by their embeddings' ids: ``uit.retrieval.milvus``)."""
+    resolved = resolve_kind(kind, len(after.paths))
+    if old is not None and resolved == "milvus":
+        from uit.retrieval.milvus import carry_milvus
+
+        return carry_milvus(kind, cache_dir, old, feats)
+    if old is None or resolved != "ann":
         return None
     rows = {name: i for i, name in enumerate(before.names)}
     return carry_index(cache_dir, old, feats, [rows.get(n) for n in after.names])

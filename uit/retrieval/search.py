@@ -379,6 +379,28 @@ def top_k(
     return exact.gather(1, best), candidates.gather(1, best)
 
 
+def rescore(
+    query_feat: torch.Tensor, feats: torch.Tensor, candidates: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best ``k`` of ``candidates`` (ascending indices into ``feats``) by exact float32
+    score, ties to the lower index: how an approximate index's shortlist is ranked. A shortlist
+    shorter than ``k`` (the visited cells hold fewer) falls back to the exact scan."""
+    if len(candidates) < k:
+        scores, indices = top_k(query_feat.unsqueeze(0), feats, k)
+        return scores[0], indices[0]
+    # the same product as ``top_k``'s rescoring, so both give the same scores to the last bit
+    exact = torch.einsum("qd,qcd->qc", query_feat.float()[None], feats[candidates].float()[None])[0]
+    best = top_indices(exact.unsqueeze(0), k)[0]
+    return exact[best], candidates[best]
+
+
+def embedding_digest(feats: torch.Tensor) -> str:
+    """A digest of (N, D) embeddings' bytes and shape: what names an index built of them."""
+    digest = hashlib.blake2b(str(tuple(feats.shape)).encode(), digest_size=16)
+    digest.update(feats.contiguous().view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
 def rank(
     query_feat: torch.Tensor, gallery_feats: torch.Tensor, paths: Sequence[Path], k: int
 ) -> list[Hit]:

@@ -27,8 +27,9 @@ from typer._click.formatting import HelpFormatter
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from uit.core.boundary import report_failure
-from uit.core.config import BENCHMARKS
+from uit.core.config import BENCHMARKS, check_index_choice
 from uit.core.console import console
+from uit.core.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 ONE_OF = f"one of {', '.join(BENCHMARKS)}"  # the names, for the help of --benchmark
@@ -40,6 +41,14 @@ def benchmark_option(what: str, default: str | None = None) -> Any:
     repeat = " (repeatable)" if default is not None else ""
     return typer.Option("--benchmark", "-b", metavar="BENCHMARK", show_default=default or False,
                         help=f"{what}: {ONE_OF}{repeat}.")  # fmt: skip
+
+
+def index_choice(value: str) -> str:
+    """``--index``'s check: an index kind, or milvus://HOST:PORT (a usage error otherwise)."""
+    try:
+        return check_index_choice(value)
+    except ConfigError as error:
+        raise typer.BadParameter(str(error).removeprefix(f"--index {value!r} ")) from None
 
 
 def default(section: type[BaseModel], key: str) -> Any:

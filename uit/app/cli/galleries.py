@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from uit.app.cli.base import UitTyper, app, friendly_errors
+from uit.app.cli.base import UitTyper, app, friendly_errors, index_choice
 from uit.app.cli.serving import CacheOption, _gallery_source
-from uit.core.config import INFERENCE_BATCH_SIZE, SEARCH_CACHE_DIR, IndexKind
+from uit.core.config import INFERENCE_BATCH_SIZE, SEARCH_CACHE_DIR
 from uit.core.console import err_console
 
 gallery_app = UitTyper(no_args_is_help=True, help="Add images to a gallery, or erase them from "
@@ -19,7 +19,12 @@ app.add_typer(gallery_app, name="gallery")
 
 Checkpoint = Annotated[Path, typer.Argument(help="A checkpoint or an exported model folder.")]
 IndexOption = Annotated[
-    IndexKind, typer.Option(help="The index uit serve uses (auto: by gallery size).")
+    str,
+    typer.Option(
+        help="The index uit serve uses (auto: by gallery size; milvus or "
+        "milvus://HOST:PORT: its Milvus collection).",
+        callback=index_choice,
+    ),
 ]
 
 

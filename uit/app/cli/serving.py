@@ -13,7 +13,7 @@ import typer
 from rich.box import SIMPLE_HEAD
 from rich.table import Table
 
-from uit.core.config import BENCHMARKS, INFERENCE_BATCH_SIZE, SEARCH_CACHE_DIR, TOP_K, IndexKind
+from uit.core.config import BENCHMARKS, INFERENCE_BATCH_SIZE, SEARCH_CACHE_DIR, TOP_K
 from uit.core.console import adder, console, err_console, progress_bars
 from uit.core.errors import UitError
 
@@ -21,7 +21,15 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from uit.retrieval.search import Gallery, Hit
-from uit.app.cli.base import IMAGES, UitGroup, UitTyper, app, friendly_errors, image_bytes
+from uit.app.cli.base import (
+    IMAGES,
+    UitGroup,
+    UitTyper,
+    app,
+    friendly_errors,
+    image_bytes,
+    index_choice,
+)
 from uit.app.serve_access import (
     RATE_LIMIT,
     create_token,
@@ -180,8 +188,10 @@ def serve(
         bool, typer.Option(help="Allow a non-loopback --host (needs a token and --audit-log).")
     ] = False,
     index: Annotated[
-        IndexKind,
-        typer.Option(help="Exact scan, approximate FAISS index, or by gallery size (auto)."),
+        str,
+        typer.Option(help="flat (exact scan), ann (FAISS IVF), auto (by gallery size), milvus "
+                     "(Milvus Lite in --cache-dir), or milvus://HOST:PORT (a Milvus server).",
+                     callback=index_choice),
     ] = "auto",
     split: Annotated[str, typer.Option(help="The split of a prepared benchmark.")] = "test",
     cache_dir: CacheOption = Path(SEARCH_CACHE_DIR),
