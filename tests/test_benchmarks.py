@@ -63,10 +63,12 @@ def test_search_benchmark_prints_a_table_the_machine_and_agreement() -> None:
             assert columns[4] == "3", name  # both scans: the baseline's top 10 on every query
     assert rows[f"top_k, {picked[3]} scan"][-1] == "uit"
     assert "int64 keys for the whole row" in out
-    [index_row] = [line for line in out.splitlines() if line.startswith("     3,000")]
+    flat, faiss, milvus = [line for line in out.splitlines() if line.startswith("     3,000")]
+    assert "flat" in flat and float(flat.split()[-1]) == 1.0 and "Milvus" in milvus
     # recall@10 of 50 queries (500 neighbours) on clustered points, where neighbours mean
-    # something: the approximate index misses at most 5 of the exact scan's (1.000 measured)
-    assert float(index_row.split()[-1]) >= 0.99
+    # something: FAISS's index misses at most 5 of the exact scan's (1.000 measured); Milvus
+    # Lite is held to the 0.95
+    assert float(faiss.split()[-1]) >= 0.99 and float(milvus.split()[-1]) >= 0.95
     assert "POST /search end to end" in out
     assert (
         "model: uit-tiny at 64x32, context 48, random weights (the architecture of params.yaml"
