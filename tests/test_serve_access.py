@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from tests.conftest import Answer, wait_until_serving
 from uit.app.browser import browser_available, start_chromium
 from uit.app.cli import app
+from uit.app.serve_access import create_token, read_tokens, revoke_token
 from uit.app.serve_audit import AuditLog, AuditPolicy, read_audit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +105,19 @@ def test_the_token_file_keeps_digests_only_and_is_private(served: Served) -> Non
     assert code == 0 and [line.split("\t")[0] for line in listed.splitlines()] == sorted(
         set(NAMES) - {"revoked"}
     )
+
+
+def test_token_commands_at_once_lose_no_token(tmp_path: Path) -> None:
+    """Eight creates and a revoke at the same moment: each reads, changes and writes the whole
+    file, so without the lock the last writer drops the others' tokens."""
+    path = tmp_path / "tokens.json"
+    create_token(path, "old")
+    names = [f"t{i}" for i in range(8)]
+    with ThreadPoolExecutor(len(names) + 1) as pool:
+        revoked = pool.submit(revoke_token, path, "old")
+        made = [pool.submit(create_token, path, name) for name in names]
+        revoked.result()
+    assert sorted(read_tokens(path)) == names and len({m.result() for m in made}) == len(names)
 
 
 def test_no_token_wrong_or_revoked_is_401_and_a_valid_one_200(served: Served) -> None:

@@ -23,13 +23,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from uit.core.errors import UitError
-from uit.core.io import atomic_write_json
+from uit.core.io import atomic_write_json, folder_lock
 
 TOKENS_FILE = "tokens.json"  # in the search cache's folder unless --tokens names another
 NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 RATE_LIMIT = 600  # requests a minute per token (per address without tokens): a page of 50 is 51
 FAILURES = 10  # wrong tokens from one address in FAILURE_WINDOW seconds before it must wait
 FAILURE_WINDOW = 60.0
+LOCK_WAIT = 10.0  # seconds a token command waits for another one changing the file
 
 
 @dataclass(frozen=True)
@@ -73,27 +74,37 @@ def write_tokens(path: Path, tokens: dict[str, Token]) -> None:
     atomic_write_json(path, {"tokens": rows})
 
 
+def changing(path: Path):
+    """The token file's folder locked while one command reads, changes and writes the file:
+    two ``token create`` at once would otherwise each write the file without the other's
+    token (a secret shown that no server accepts)."""
+    busy = f"{path} is being changed by another uit serve token command: try again"
+    return folder_lock(path.parent, busy, wait=LOCK_WAIT)
+
+
 def create_token(path: Path, name: str) -> str:
     """A new token called ``name``, added to ``path``; returns the secret (shown once)."""
     if not NAME.fullmatch(name):
         raise UitError(f"token name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-'")
-    tokens = read_tokens(path)
-    if name in tokens:
-        raise UitError(f"a token called {name!r} exists in {path}: revoke it first (uit serve "
-                       f"token revoke {name}) or choose another name")  # fmt: skip
-    secret = secrets.token_urlsafe(32)
-    created = datetime.now(UTC).isoformat(timespec="seconds")
-    write_tokens(path, {**tokens, name: Token(name, digest(secret), created)})
+    with changing(path):
+        tokens = read_tokens(path)
+        if name in tokens:
+            raise UitError(f"a token called {name!r} exists in {path}: revoke it first (uit "
+                           f"serve token revoke {name}) or choose another name")  # fmt: skip
+        secret = secrets.token_urlsafe(32)
+        created = datetime.now(UTC).isoformat(timespec="seconds")
+        write_tokens(path, {**tokens, name: Token(name, digest(secret), created)})
     return secret
 
 
 def revoke_token(path: Path, name: str) -> None:
-    tokens = read_tokens(path)
-    if name not in tokens:
-        known = ", ".join(sorted(tokens)) or "none"
-        raise UitError(f"no token called {name!r} in {path} (tokens there: {known})")
-    del tokens[name]
-    write_tokens(path, tokens)
+    with changing(path):
+        tokens = read_tokens(path)
+        if name not in tokens:
+            known = ", ".join(sorted(tokens)) or "none"
+            raise UitError(f"no token called {name!r} in {path} (tokens there: {known})")
+        del tokens[name]
+        write_tokens(path, tokens)
 
 
 class TokenCheck:

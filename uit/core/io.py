@@ -9,6 +9,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -273,9 +274,11 @@ def _alive(pid: int) -> bool:
 
 
 @contextmanager
-def folder_lock(folder: str | Path, busy: str, error: type[UitError] = UitError) -> Iterator[None]:
+def folder_lock(
+    folder: str | Path, busy: str, error: type[UitError] = UitError, wait: float = 0.0
+) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (created if need be) while the block runs; another
-    holder makes this raise ``error(busy)`` at once. The lock is the folder's own (``flock``
+    holder makes this raise ``error(busy)``, at once or after ``wait`` seconds. The lock is the folder's own (``flock``
     on its descriptor): no lock file to leave behind, and the kernel drops it with its holder,
     so a killed writer never leaves the folder locked."""
     import fcntl
@@ -284,11 +287,16 @@ def folder_lock(folder: str | Path, busy: str, error: type[UitError] = UitError)
     created = not folder.exists()
     ensure_parent(folder / "x")
     descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    deadline = time.monotonic() + wait
     try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise error(busy) from None
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise error(busy) from None
+                time.sleep(0.02)
         yield
     finally:
         if created:  # made for the lock alone, and left empty (the work failed early): gone
