@@ -278,9 +278,9 @@ def folder_lock(
     folder: str | Path, busy: str, error: type[UitError] = UitError, wait: float = 0.0
 ) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (created if need be) while the block runs; another
-    holder makes this raise ``error(busy)``, at once or after ``wait`` seconds. The lock is the folder's own (``flock``
-    on its descriptor): no lock file to leave behind, and the kernel drops it with its holder,
-    so a killed writer never leaves the folder locked."""
+    holder makes this raise ``error(busy)``, at once or after ``wait`` seconds. The lock is
+    the folder's own (``flock`` on its descriptor): no lock file to leave behind, and the
+    kernel drops it with its holder, so a killed writer never leaves the folder locked."""
     import fcntl
 
     folder = Path(folder)

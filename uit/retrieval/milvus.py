@@ -201,13 +201,7 @@ def _create(
     schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field("id", DataType.INT64, is_primary=True)
     schema.add_field("vec", DataType.FLOAT_VECTOR, dim=feats.shape[1])
-    params = client.prepare_index_params()
-    # pymilvus 3 sends ``nlist`` as a key of its own, Milvus Lite 3.2 reads only a ``params``
-    # key (else 128 cells): both are sent, as a Milvus server takes either
-    cells = {"nlist": lists}
-    params.add_index(field_name="vec", index_type="IVF_SQ8", metric_type="IP",
-                     params={**cells, "params": cells})  # fmt: skip
-    client.create_collection(name, schema=schema, index_params=params)
+    client.create_collection(name, schema=schema, index_params=_index_params(client, lists))
     advance = progress("adding the gallery to Milvus", len(feats)) if progress else None
     _insert(client, name, feats, row_ids(feats), advance)
 
