@@ -49,8 +49,9 @@ import torch
 from _machine import machine  # benchmarks/ is on sys.path when a script runs
 
 from uit.app.serve import assemble_searcher, build_app, describe_model
-from uit.retrieval.index import AnnIndex, FlatIndex, build_index
+from uit.retrieval.index import AnnIndex, AnnSettings, FlatIndex, build_index
 from uit.retrieval.metrics import ranking_keys
+from uit.retrieval.milvus import segment_rows
 from uit.retrieval.scan import CALIBRATION_ROWS, ENV, METHODS, calibration, scan_method
 from uit.retrieval.search import Gallery, top_indices, top_k
 
@@ -133,7 +134,8 @@ def index_line(n: int, name: str, built: float, memory: str, times: list[float],
 def describe_backend(index: Any) -> str:
     if isinstance(index, AnnIndex):
         return f"FAISS IVF{index.settings.lists},SQ8"
-    return "Milvus Lite IVF_SQ8"
+    rows = segment_rows("milvus", *index.feats.shape)  # Milvus trains an IVF per segment
+    return f"Milvus Lite IVF{AnnSettings.for_size(rows).lists},SQ8/seg"
 
 
 def index_memory(index: Any, grown: float, cache: Path) -> str:

@@ -334,17 +334,9 @@ class Client:
     def call(
         self, method: str, path: str, body: Any = None, timeout: float = 60
     ) -> tuple[int, Any, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            data = None if body is None else json.dumps(body)
-            connection.request(method, path, body=data,
-                               headers={"Content-Type": "application/json"})  # fmt: skip
-            response = connection.getresponse()
-            raw = response.read()
-            kind = response.getheader("Content-Type") or ""
-            return response.status, json.loads(raw) if "json" in kind else None, raw
-        finally:
-            connection.close()
+        answer = request(self.port, method, path, body, timeout=timeout)
+        kind = answer.headers.get("content-type", "")
+        return answer.status, answer.json() if "json" in kind else None, answer.body
 
     def search(self, text: str, k: int = 10, offset: int = 0) -> dict[str, Any]:
         status, answer, _ = self.call("POST", "/search", {"text": text, "k": k, "offset": offset})
@@ -456,3 +448,60 @@ class Answer:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+def need_browser() -> None:
+    """Skip without headless Chromium, except where UIT_REQUIRE_BROWSER=1 (CI, ``.ci/run``)
+    makes its absence a failure rather than a silent green skip."""
+    from uit.app.browser import browser_available
+
+    if not browser_available():
+        missing = "headless Chromium is not installed (apt-get install chromium chromium-driver)"
+        if os.environ.get("UIT_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{missing}, and UIT_REQUIRE_BROWSER=1 requires it")
+        pytest.skip(missing)
+
+
+@dataclass
+class PageResults:
+    """The serve page after a search: the grid's image widths (0: broken), every URL the
+    page fetched, and the console's errors."""
+
+    widths: list[int]
+    resources: list[str]
+    errors: list[str]
+
+
+def searched_page(driver: Any, shown: int, timeout: float = 30) -> PageResults:
+    """Wait until the page's grid holds ``shown`` loaded images, then read what it did."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    loaded = ("return Array.from(document.querySelectorAll('#grid img'))"
+              ".map(i => i.complete && i.src ? i.naturalWidth : -1)")  # fmt: skip
+    WebDriverWait(driver, timeout).until(lambda d: len(d.execute_script(loaded)) == shown
+                                         and -1 not in d.execute_script(loaded))  # fmt: skip
+    return PageResults(
+        driver.execute_script(loaded),
+        driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)"),
+        [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"],
+    )
+
+
+def request(port: int, method: str, path: str, body: Any = None,
+            headers: dict[str, str] | None = None, raw: bytes | None = None,
+            timeout: float = 60, source: str = "") -> Answer:  # fmt: skip
+    """One request to 127.0.0.1:``port`` on its own connection: ``path`` sent as it is (raw,
+    nothing normalised), ``body`` as JSON or ``raw`` bytes, from the loopback address
+    ``source`` if given."""
+    bound = (source, 0) if source else None
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout,
+                                            source_address=bound)  # fmt: skip
+    try:
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        connection.request(method, path, body=data, headers=sent)
+        response = connection.getresponse()
+        return Answer(response.status, {k.lower(): v for k, v in response.getheaders()},
+                      response.read())  # fmt: skip
+    finally:
+        connection.close()

@@ -10,7 +10,6 @@ benchmark. Both take ``--timeout 1.5`` so the slow-client tests finish in second
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import select
@@ -31,7 +30,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import Answer, wait_until_serving
+from tests.conftest import Answer, request, wait_until_serving
 from uit.app.cli import app
 from uit.retrieval.index import build_index
 from uit.retrieval.search import EmbeddingCache, checkpoint_digest, file_digest, list_gallery
@@ -93,16 +92,7 @@ def one_line_error(code: int, output: str, *says: str) -> None:
 def call(port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
          raw: bytes | None = None, timeout: float = 30) -> Answer:  # fmt: skip
     """One request on its own connection (a raw, already encoded path)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-        sent = {"Content-Type": "application/json", **(headers or {})}
-        connection.request(method, path, body=data, headers=sent)
-        response = connection.getresponse()
-        return Answer(response.status, {k.lower(): v for k, v in response.getheaders()},
-                      response.read())  # fmt: skip
-    finally:
-        connection.close()
+    return request(port, method, path, body, headers, raw, timeout)
 
 
 class Server:

@@ -22,8 +22,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from tests.conftest import need_browser
 from tests.pipeline_repo import BIN, ROOT, make_repo, sh
-from uit.app.browser import browser_available, check_page
+from uit.app.browser import check_page
 from uit.app.cli import app
 from uit.core.config import Config, SynthConfig
 from uit.model.build import build_tokenizer, load_encoder
@@ -229,11 +230,7 @@ def test_report_renders_offline_in_headless_chromium(pipeline: tuple[Path, Path]
                  "TIR restorations (RSTPReid)", "ground-truth image", "optimistic"):  # fmt: skip
         assert part in html, part
     assert "<script" not in html and "http://" not in html and "https://" not in html
-    if not browser_available():
-        missing = "headless Chromium is not installed (apt-get install chromium chromium-driver)"
-        if os.environ.get("UIT_REQUIRE_BROWSER") == "1":  # CI (.ci/run): no silent green skip
-            pytest.fail(f"{missing}, and UIT_REQUIRE_BROWSER=1 requires it")
-        pytest.skip(missing)
+    need_browser()
     shot = repo / "report.png"
     check = check_page(repo / "reports/pipeline/report.html", shot)
     assert check.console_errors == [] and check.remote_resources == []

@@ -18,8 +18,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import Client, clustered, wait_until_serving
-from uit.app.browser import browser_available, start_chromium
+from tests.conftest import Client, clustered, need_browser, searched_page, wait_until_serving
+from uit.app.browser import start_chromium
 from uit.app.cli import app
 from uit.data.prepared import read_manifests
 from uit.retrieval import index as index_module
@@ -257,13 +257,8 @@ def test_auto_chooses_by_gallery_size_and_the_library_loads_without_faiss() -> N
 
 @pytest.mark.parametrize("width", [1280, 390])
 def test_the_page_searches_in_headless_chromium(served: Any, width: int) -> None:
-    if not browser_available():
-        missing = "headless Chromium is not installed (apt-get install chromium chromium-driver)"
-        if os.environ.get("UIT_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"{missing}, and UIT_REQUIRE_BROWSER=1 requires it")
-        pytest.skip(missing)
+    need_browser()
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     client, _ = served
     origin = f"http://127.0.0.1:{client.port}"
@@ -274,33 +269,18 @@ def test_the_page_searches_in_headless_chromium(served: Any, width: int) -> None
         assert "cuhk-pedes test" in driver.find_element(By.ID, "about").text
         driver.find_element(By.ID, "text").send_keys("a woman in a red coat")
         driver.find_element(By.ID, "go").click()
-        loaded = ("return Array.from(document.querySelectorAll('#grid img'))"
-                  ".map(i => i.complete ? i.naturalWidth : -1)")  # fmt: skip
-        WebDriverWait(driver, 30).until(lambda d: len(d.execute_script(loaded)) == shown
-                                        and -1 not in d.execute_script(loaded))  # fmt: skip
-        widths = driver.execute_script(loaded)
+        page = searched_page(driver, shown)
         marked = [m.text for m in driver.find_elements(By.CSS_SELECTOR, "#query mark")]
         page_width = driver.execute_script(
             "return [window.innerWidth, document.documentElement.scrollWidth]"
         )
-        resources = driver.execute_script(
-            "return performance.getEntriesByType('resource').map(e => e.name)"
-        )
-        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     finally:
         driver.quit()
-    assert len(widths) == shown and min(widths) > 0
+    assert len(page.widths) == shown and min(page.widths) > 0
     assert {"woman", "red", "coat"} <= set(marked)
     assert page_width == [width, width]  # nothing wider than the window: no sideways scrolling
-    assert errors == [] and resources and all(r.startswith(origin + "/") for r in resources)
-
-
-def need_browser() -> None:
-    if not browser_available():
-        missing = "headless Chromium is not installed (apt-get install chromium chromium-driver)"
-        if os.environ.get("UIT_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"{missing}, and UIT_REQUIRE_BROWSER=1 requires it")
-        pytest.skip(missing)
+    assert page.errors == [] and page.resources
+    assert all(r.startswith(origin + "/") for r in page.resources)
 
 
 NAMES = "return Array.from(document.querySelectorAll('#grid .name')).map(n => n.textContent)"

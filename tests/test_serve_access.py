@@ -4,7 +4,6 @@ limit), and the CLI that makes tokens and reads the log."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import subprocess
@@ -19,8 +18,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import Answer, wait_until_serving
-from uit.app.browser import browser_available, start_chromium
+from tests.conftest import Answer, need_browser, request, searched_page, wait_until_serving
+from uit.app.browser import start_chromium
 from uit.app.cli import app
 from uit.app.serve_access import create_token, read_tokens, revoke_token
 from uit.app.serve_audit import AuditLog, AuditPolicy, read_audit
@@ -47,20 +46,10 @@ class Served:
     def call(self, method: str, path: str, body: Any = None, token: str | None = None,
              headers: dict[str, str] | None = None, source: str = "") -> Answer:  # fmt: skip
         """One request on its own connection, from ``source`` (a loopback address) if given."""
-        bound = (source, 0) if source else None
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60,
-                                                source_address=bound)  # fmt: skip
-        sent = {"Content-Type": "application/json", **(headers or {})}
+        sent = dict(headers or {})
         if token is not None:
             sent["Authorization"] = f"Bearer {self.secrets.get(token, token)}"
-        try:
-            data = None if body is None else json.dumps(body)
-            connection.request(method, path, body=data, headers=sent)
-            response = connection.getresponse()
-            return Answer(response.status, {k.lower(): v for k, v in response.getheaders()},
-                          response.read())  # fmt: skip
-        finally:
-            connection.close()
+        return request(self.port, method, path, body, sent, source=source)
 
     def search(self, text: str, token: str, k: int = 5) -> Answer:
         return self.call("POST", "/search", {"text": text, "k": k}, token=token)
@@ -307,13 +296,8 @@ def test_the_audit_log_rotates_by_size_and_drops_old_lines(tmp_path: Path) -> No
 
 
 def test_the_page_asks_for_a_token_and_searches_in_headless_chromium(served: Served) -> None:
-    if not browser_available():
-        missing = "headless Chromium is not installed (apt-get install chromium chromium-driver)"
-        if os.environ.get("UIT_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"{missing}, and UIT_REQUIRE_BROWSER=1 requires it")
-        pytest.skip(missing)
+    need_browser()
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     origin = f"http://127.0.0.1:{served.port}"
     shown = min(20, served.call("GET", "/healthz").json()["images"])
@@ -325,19 +309,12 @@ def test_the_page_asks_for_a_token_and_searches_in_headless_chromium(served: Ser
         driver.find_element(By.ID, "use").click()
         driver.find_element(By.ID, "text").send_keys("a woman in a red coat")
         driver.find_element(By.ID, "go").click()
-        loaded = ("return Array.from(document.querySelectorAll('#grid img'))"
-                  ".map(i => i.complete && i.src ? i.naturalWidth : -1)")  # fmt: skip
-        WebDriverWait(driver, 30).until(lambda d: len(d.execute_script(loaded)) == shown
-                                        and -1 not in d.execute_script(loaded))  # fmt: skip
-        widths = driver.execute_script(loaded)
+        page = searched_page(driver, shown)
         kept = driver.execute_script("return sessionStorage.getItem('uit-token')")
-        resources = driver.execute_script(
-            "return performance.getEntriesByType('resource').map(e => e.name)"
-        )
-        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     finally:
         driver.quit()
-    assert len(widths) == shown and min(widths) > 0
+    assert len(page.widths) == shown and min(page.widths) > 0
     assert kept == served.secrets["page"]
-    assert errors == [], errors  # the policy blocks none of the page's own script and style
-    assert resources and all(r.startswith((origin + "/", f"blob:{origin}/")) for r in resources)
+    assert page.errors == [], page.errors  # the policy blocks none of the page's own code
+    assert page.resources
+    assert all(r.startswith((origin + "/", f"blob:{origin}/")) for r in page.resources)

@@ -119,9 +119,9 @@ def build_index(
     if resolved == "flat":
         return FlatIndex(feats)
     if resolved == "milvus":
-        from uit.retrieval.milvus import build_milvus_index
+        from uit.retrieval.milvus import build_milvus_index, segment_rows
 
-        lists = AnnSettings.for_size(feats.shape[0]).lists
+        lists = AnnSettings.for_size(segment_rows(kind, *feats.shape)).lists
         return build_milvus_index(feats, kind, cache_dir, progress, lists)
     expected = IndexHeader.of(feats, AnnSettings.for_size(feats.shape[0]))
     path = index_path(cache_dir, expected.digest) if cache_dir is not None else None

@@ -37,7 +37,9 @@ COLLECTION_PREFIX = "uit_"
 MAX_SHORTLIST = 16_384  # the most hits Milvus returns for one query
 INSERT_CHUNK = 8_192  # rows per insert call (and per step of the progress bar)
 CONNECT_TIMEOUT = 5.0  # seconds
-NPROBE = 32  # cells visited per query, as the FAISS index visits
+NPROBE = 32  # cells visited per query in each segment, as the FAISS index visits
+LITE_SEGMENT_BYTES = 128 * 2**20  # Milvus Lite seals a segment when its memtable holds this
+SERVER_SEGMENT_BYTES = 1024 * 2**20  # a Milvus server's segment size (dataCoord.segment.maxSize)
 
 
 class MilvusIndex:
@@ -90,6 +92,21 @@ def row_ids(feats: torch.Tensor) -> np.ndarray:
     return ids
 
 
+def segment_rows(choice: IndexChoice, n: int, dim: int) -> int:
+    """About how many of ``n`` ``dim``-wide rows one segment of the Milvus ``choice`` names
+    holds. Milvus trains an IVF in each segment on that segment's rows alone, so the cells are
+    sized to a segment: cells for the whole gallery (4,000 at 1M) over Milvus Lite's 65,536-row
+    segments hold 16 rows each, and 32 of them are too few to find the nearest."""
+    if MILVUS_URI.fullmatch(choice):
+        budget = SERVER_SEGMENT_BYTES
+    else:
+        try:  # Milvus Lite's own figure (an environment variable may change it)
+            from milvus_lite.constants import MEMTABLE_MEMORY_LIMIT as budget
+        except ImportError:
+            budget = LITE_SEGMENT_BYTES
+    return max(1, min(n, budget // (4 * dim)))  # float32 rows
+
+
 def collection_name(feats: torch.Tensor) -> str:
     return COLLECTION_PREFIX + embedding_digest(feats)
 
@@ -108,8 +125,7 @@ def build_milvus_index(
     name = collection_name(feats)
     if not _holds(client, name, len(feats)):
         _create(client, name, feats, lists, progress)
-        client.release_collection(name)  # loaded again below: every segment's IVF is built
-    client.load_collection(name)
+    client.load_collection(name)  # every segment's IVF built (or read back from its file)
     return MilvusIndex(feats, client, name, where)
 
 
@@ -196,14 +212,18 @@ def _holds(client: Any, name: str, count: int) -> bool:
 def _create(
     client: Any, name: str, feats: torch.Tensor, lists: int, progress: NewBar | None
 ) -> None:
+    """The collection filled first and indexed after: with the index declared up front, Milvus
+    Lite trains each segment's IVF in the background while rows still come, and the load
+    after them trains some again."""
     from pymilvus import DataType
 
     schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field("id", DataType.INT64, is_primary=True)
     schema.add_field("vec", DataType.FLOAT_VECTOR, dim=feats.shape[1])
-    client.create_collection(name, schema=schema, index_params=_index_params(client, lists))
+    client.create_collection(name, schema=schema)
     advance = progress("adding the gallery to Milvus", len(feats)) if progress else None
     _insert(client, name, feats, row_ids(feats), advance)
+    client.create_index(name, _index_params(client, lists))
 
 
 def _index_params(client: Any, lists: int) -> Any:
