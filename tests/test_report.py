@@ -4,12 +4,16 @@ aspect ratio, retrieval strips fit the page at full size, restorations are scale
 from __future__ import annotations
 
 import io
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageChops
 
+from tests.conftest import need_browser
+from uit.app.browser import check_page
 from uit.app.contact_sheet import Tile, build_contact_sheet, thumbnail
 from uit.app.report import RESTORATION_HEIGHT, STRIP_THUMB, STRIP_WIDTH, _restoration_grid, _strip
 
@@ -117,3 +121,35 @@ def test_a_model_trained_without_tir_has_no_restorations_and_the_report_says_so(
     [(title, markdown, fragment)] = report.sections
     assert title == "TIR restorations (CUHK-PEDES)"
     assert "without TIR (loss.tir 0)" in markdown and "<img" not in fragment
+
+
+def test_a_page_check_leaves_nothing_in_the_temporary_folder(tmp_path: Path, monkeypatch) -> None:
+    """Chromium's profile and the socket folder it leaves on quitting go with its scratch
+    folder (each check used to leave an org.chromium.Chromium.* folder in /tmp)."""
+    need_browser()
+    scratch = Path(tempfile.mkdtemp(dir="/tmp"))  # short: Chromium's socket path must fit
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    page = tmp_path / "page.html"
+    page.write_text("<!doctype html><title>t</title><p>a page", encoding="utf-8")
+    try:
+        check = check_page(page, tmp_path / "shot.png")
+        left = list(scratch.iterdir())
+    finally:
+        shutil.rmtree(scratch)
+    assert check.console_errors == [] and (tmp_path / "shot.png").stat().st_size > 0
+    assert left == []
+
+
+def test_a_page_check_starts_under_a_long_temporary_folder(tmp_path: Path, monkeypatch) -> None:
+    """Chromium's socket under a temporary folder this long would pass the 107 bytes of a
+    Unix socket's path, and Chromium would exit at start: the check makes its folder in /tmp."""
+    need_browser()
+    deep = tmp_path / ("d" * 60)
+    deep.mkdir()
+    monkeypatch.setenv("TMPDIR", str(deep))
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    page = tmp_path / "page.html"
+    page.write_text("<!doctype html><title>t</title><p>a page", encoding="utf-8")
+    assert check_page(page).console_errors == []
+    assert list(deep.iterdir()) == []

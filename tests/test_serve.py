@@ -19,7 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 from tests.conftest import Client, clustered, need_browser, searched_page, wait_until_serving
-from uit.app.browser import start_chromium
+from uit.app.browser import chromium
 from uit.app.cli import app
 from uit.data.prepared import read_manifests
 from uit.retrieval import index as index_module
@@ -263,8 +263,7 @@ def test_the_page_searches_in_headless_chromium(served: Any, width: int) -> None
     client, _ = served
     origin = f"http://127.0.0.1:{client.port}"
     shown = min(20, client.call("GET", "/healthz")[1]["images"])  # 20 a page
-    driver = start_chromium(width, 900)
-    try:
+    with chromium(width, 900) as driver:
         driver.get(origin + "/")
         assert "cuhk-pedes test" in driver.find_element(By.ID, "about").text
         driver.find_element(By.ID, "text").send_keys("a woman in a red coat")
@@ -274,8 +273,6 @@ def test_the_page_searches_in_headless_chromium(served: Any, width: int) -> None
         page_width = driver.execute_script(
             "return [window.innerWidth, document.documentElement.scrollWidth]"
         )
-    finally:
-        driver.quit()
     assert len(page.widths) == shown and min(page.widths) > 0
     assert {"woman", "red", "coat"} <= set(marked)
     assert page_width == [width, width]  # nothing wider than the window: no sideways scrolling
@@ -317,8 +314,7 @@ def test_the_page_keeps_its_search_in_the_url_and_holds_up(
     origin = f"http://127.0.0.1:{client.port}"
     _, [caption], _ = client.call("GET", "/examples?n=1")
     first = "a woman in a red coat"
-    driver = start_chromium(1280, 900)
-    try:
+    with chromium(1280, 900) as driver:
         driver.get(origin + "/")
         assert not any(p.is_displayed() for p in driver.find_elements(By.CLASS_NAME, "pager"))
         driver.get(origin + "/?q=a+woman+in+a+red+coat&k=5")  # searches on load
@@ -366,8 +362,6 @@ def test_the_page_keeps_its_search_in_the_url_and_holds_up(
             "return performance.getEntriesByType('resource').map(e => e.name)"
         )
         errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-    finally:
-        driver.quit()
     described = client.search(caption, k=1)["described"]
     assert f"identity {described['identity']}" in line
     assert f"holds {described['images']} of its images" in line
@@ -385,20 +379,19 @@ def test_the_page_says_when_the_server_is_gone_and_offers_retry(
     _, cache = served  # its embeddings: this server only hashes the images
     log = tmp_path / "serve.log"
     process = start_server(trained, cache, log)
-    driver = start_chromium(1280, 900)
     try:
-        origin = f"http://127.0.0.1:{wait_until_serving(process, log)}"
-        driver.get(origin + "/?q=a+person+in+a+red+coat&k=10")
-        wait_for(driver, lambda d: len(d.execute_script(NAMES)) == 10)
-        stop_server(process)
-        search_in_page(driver, SENTENCES[1])
-        wait_for(driver, lambda d: d.find_element(By.ID, "retry").is_displayed())
-        status = driver.find_element(By.ID, "status")
-        assert status.get_attribute("class") == "error"
-        assert "did not answer" in status.text and "searching" not in status.text
-        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        with chromium(1280, 900) as driver:
+            origin = f"http://127.0.0.1:{wait_until_serving(process, log)}"
+            driver.get(origin + "/?q=a+person+in+a+red+coat&k=10")
+            wait_for(driver, lambda d: len(d.execute_script(NAMES)) == 10)
+            stop_server(process)
+            search_in_page(driver, SENTENCES[1])
+            wait_for(driver, lambda d: d.find_element(By.ID, "retry").is_displayed())
+            status = driver.find_element(By.ID, "status")
+            assert status.get_attribute("class") == "error"
+            assert "did not answer" in status.text and "searching" not in status.text
+            errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     finally:
-        driver.quit()
         stop_server(process)
     assert all("ERR_CONNECTION_REFUSED" in e for e in errors), errors
 

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import Answer, need_browser, request, searched_page, wait_until_serving
-from uit.app.browser import start_chromium
+from uit.app.browser import chromium
 from uit.app.cli import app
 from uit.app.serve_access import create_token, read_tokens, revoke_token
 from uit.app.serve_audit import AuditLog, AuditPolicy, read_audit
@@ -301,8 +301,7 @@ def test_the_page_asks_for_a_token_and_searches_in_headless_chromium(served: Ser
 
     origin = f"http://127.0.0.1:{served.port}"
     shown = min(20, served.call("GET", "/healthz").json()["images"])
-    driver = start_chromium(1280, 900)
-    try:
+    with chromium(1280, 900) as driver:
         driver.get(origin + "/")
         assert driver.find_element(By.ID, "login").is_displayed()
         driver.find_element(By.ID, "token").send_keys(served.secrets["page"])
@@ -311,8 +310,6 @@ def test_the_page_asks_for_a_token_and_searches_in_headless_chromium(served: Ser
         driver.find_element(By.ID, "go").click()
         page = searched_page(driver, shown)
         kept = driver.execute_script("return sessionStorage.getItem('uit-token')")
-    finally:
-        driver.quit()
     assert len(page.widths) == shown and min(page.widths) > 0
     assert kept == served.secrets["page"]
     assert page.errors == [], page.errors  # the policy blocks none of the page's own code
