@@ -18,6 +18,7 @@ import secrets
 import threading
 import time
 from collections import defaultdict, deque
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,7 +75,7 @@ def write_tokens(path: Path, tokens: dict[str, Token]) -> None:
     atomic_write_json(path, {"tokens": rows})
 
 
-def changing(path: Path):
+def changing(path: Path) -> AbstractContextManager[None]:
     """The token file's folder locked while one command reads, changes and writes the file:
     two ``token create`` at once would otherwise each write the file without the other's
     token (a secret shown that no server accepts)."""

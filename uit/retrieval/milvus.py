@@ -97,14 +97,17 @@ def segment_rows(choice: IndexChoice, n: int, dim: int) -> int:
     holds. Milvus trains an IVF in each segment on that segment's rows alone, so the cells are
     sized to a segment: cells for the whole gallery (4,000 at 1M) over Milvus Lite's 65,536-row
     segments hold 16 rows each, and 32 of them are too few to find the nearest."""
-    if MILVUS_URI.fullmatch(choice):
-        budget = SERVER_SEGMENT_BYTES
-    else:
-        try:  # Milvus Lite's own figure (an environment variable may change it)
-            from milvus_lite.constants import MEMTABLE_MEMORY_LIMIT as budget
-        except ImportError:
-            budget = LITE_SEGMENT_BYTES
+    budget = SERVER_SEGMENT_BYTES if MILVUS_URI.fullmatch(choice) else _lite_segment_bytes()
     return max(1, min(n, budget // (4 * dim)))  # float32 rows
+
+
+def _lite_segment_bytes() -> int:
+    """Milvus Lite's own figure (an environment variable may change it), else its default."""
+    try:
+        from milvus_lite.constants import MEMTABLE_MEMORY_LIMIT
+    except ImportError:
+        return LITE_SEGMENT_BYTES
+    return int(MEMTABLE_MEMORY_LIMIT)
 
 
 def collection_name(feats: torch.Tensor) -> str:
