@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from uit.app.serve_access import create_token, read_tokens, revoke_token
 from uit.app.serve_audit import AuditLog, AuditPolicy, read_audit
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ("alice", "burst", "flood", "page", "metrics", "revoked")
+NAMES = ("alice", "burst", "flood", "page", "crowded", "metrics", "revoked")
 RATE = 60  # --rate-limit of the server here: requests a minute per token
 ALLOWED = "http://allowed.example"
 
@@ -315,3 +316,47 @@ def test_the_page_asks_for_a_token_and_searches_in_headless_chromium(served: Ser
     assert page.errors == [], page.errors  # the policy blocks none of the page's own code
     assert page.resources
     assert all(r.startswith((origin + "/", f"blob:{origin}/")) for r in page.resources)
+
+
+def test_the_page_says_too_many_requests_and_offers_a_retry(served: Served) -> None:
+    """A search URL opened without a token waits for it (no request that can only be refused;
+    its late 401 used to clear the token just entered). A token over its rate limit: the
+    page's search says so (429's detail) with a Retry button, rather than a spinner or
+    nothing. The limit refills one request a second, so a thread keeps the token over it
+    while the page searches (and the page searches again in the rare case that its request
+    takes the refill first)."""
+    need_browser()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    stop = threading.Event()
+
+    def crowd() -> None:
+        while not stop.is_set():
+            served.call("GET", "/examples?n=1", token="crowded")
+
+    with chromium(1280, 900) as driver, ThreadPoolExecutor(1) as pool:
+        crowding = pool.submit(crowd)
+        try:
+            driver.get(f"http://127.0.0.1:{served.port}/?q=a+woman+in+a+red+coat&k=10")
+            WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "login").is_displayed())
+            before = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            kept = driver.find_element(By.ID, "text").get_attribute("value")
+            driver.find_element(By.ID, "token").send_keys(served.secrets["crowded"])
+            driver.find_element(By.ID, "use").click()  # the URL's search, with the token
+            answered = ("return document.getElementById('status').className === 'error'"
+                        " || document.querySelectorAll('#grid img').length > 0")  # fmt: skip
+            for _ in range(3):
+                WebDriverWait(driver, 30).until(lambda d: d.execute_script(answered))
+                if driver.find_element(By.ID, "retry").is_displayed():
+                    break
+                driver.find_element(By.ID, "go").click()
+            status = driver.find_element(By.ID, "status")
+            shown = status.text, status.get_attribute("class")
+            retry = driver.find_element(By.ID, "retry").is_displayed()
+        finally:
+            stop.set()
+            crowding.result()
+    assert before == [] and kept == "a woman in a red coat"  # no search sent without the token
+    assert shown[1] == "error" and retry, shown
+    assert "Too many requests" in shown[0] and "requests a minute" in shown[0]

@@ -127,9 +127,11 @@ function askToken(message) {
 
 async function api(path, options = {}) {
   const headers = {...(options.headers || {})};
-  if (token) headers["Authorization"] = `Bearer ${token}`;
+  const sent = token;
+  if (sent) headers["Authorization"] = `Bearer ${sent}`;
   const response = await fetch(path, {...options, headers});
-  if (response.status === 401) askToken("This server wants an access token.");
+  // a 401 for a token since replaced (or for none, sent before one was entered) is stale
+  if (response.status === 401 && token === sent) askToken("This server wants an access token.");
   return response;
 }
 
@@ -381,7 +383,13 @@ window.addEventListener("popstate", () => {
   say("");
 });
 const start = fromUrl();
-if (start) search(start, false);
+if (start && info.auth && !token) {  // searched once the token is given
+  current = start;
+  $("text").value = start.q;
+  chooseK(start.k);
+} else if (start) {
+  search(start, false);
+}
 </script>
 </body>
 </html>
