@@ -18,9 +18,9 @@ import torch
 from tests.conftest import Client, clustered, fails, stop, wait_until_serving
 from uit.retrieval import milvus as milvus_module
 from uit.retrieval.gallery import open_gallery
-from uit.retrieval.index import build_index
+from uit.retrieval.index import AnnSettings, build_index
 from uit.retrieval.live import add_images, erase_images
-from uit.retrieval.milvus import MilvusIndex, carry_milvus, row_ids
+from uit.retrieval.milvus import MilvusIndex, carry_milvus, row_ids, segment_rows
 
 pytest.importorskip("pymilvus")
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +65,20 @@ def test_unchanged_embeddings_reuse_their_collection(tmp_path: Path, monkeypatch
     again = milvus(feats, tmp_path)
     assert again.collection == first.collection and inserts == []
     assert milvus(other, tmp_path).collection != first.collection and inserts == [300]
+
+
+def test_cells_are_sized_to_a_segment_not_to_the_gallery(tmp_path: Path) -> None:
+    """Milvus trains an IVF per segment: Milvus Lite seals one at 128 MB of float32 rows
+    (65,536 at 512-d), a server at 1 GiB; a gallery smaller than a segment is one segment.
+    The cells the collection is given are those of a segment."""
+    assert segment_rows("milvus", 1_000_000, 512) == 65_536
+    assert segment_rows("milvus://10.0.0.5:19530", 1_000_000, 512) == 524_288
+    assert segment_rows("milvus", 3_000, 512) == 3_000
+    feats = random_feats(3_000, 16, seed=4)
+    index = milvus(feats, tmp_path)
+    described = index.client.describe_index(index.collection, "vec")
+    cells = described.get("params", described)["nlist"]  # Milvus Lite nests it, a server not
+    assert int(cells) == AnnSettings.for_size(3_000).lists
 
 
 @pytest.mark.slow
