@@ -215,6 +215,18 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
+def terminate(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM ``process`` (a server started without a process group of its own), then
+    SIGKILL it if it is still there after ``timeout`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def listening(group: int, port: int) -> bool:
     """Whether a process of the process group ``group`` holds the listening TCP socket of
     ``port`` on 127.0.0.1 (Linux: /proc/net/tcp names the socket's inode, /proc/PID/fd holds it)."""

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import Answer, request, wait_until_serving
+from tests.conftest import Answer, request, terminate, wait_until_serving
 from uit.app.cli import app
 from uit.retrieval.index import build_index
 from uit.retrieval.search import EmbeddingCache, checkpoint_digest, file_digest, list_gallery
@@ -116,13 +116,7 @@ class Server:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
     def search(self, text: str, k: int = 100) -> dict[str, Any]:
         answer = call(self.port, "POST", "/search", {"text": text, "k": k})

@@ -18,7 +18,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import Client, clustered, need_browser, searched_page, wait_until_serving
+from tests.conftest import (
+    Client,
+    clustered,
+    need_browser,
+    searched_page,
+    terminate,
+    wait_until_serving,
+)
 from uit.app.browser import chromium
 from uit.app.cli import app
 from uit.data.prepared import read_manifests
@@ -28,15 +35,6 @@ from uit.retrieval.index import ANN_THRESHOLD, build_index, resolve_kind
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = ["a person in a red coat", "a man with a black backpack", "a woman in blue jeans",
              "someone wearing white shoes", "a girl with long hair and a green bag"]  # fmt: skip
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def start_server(trained: dict[str, Path], cache: Path, log: Path) -> subprocess.Popen:
@@ -59,7 +57,7 @@ def served(trained: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     try:
         yield Client(wait_until_serving(process, log)), cache
     finally:
-        stop_server(process)
+        terminate(process)
 
 
 def test_health_says_which_model_and_gallery(served: Any, trained: dict[str, Path]) -> None:
@@ -384,7 +382,7 @@ def test_the_page_says_when_the_server_is_gone_and_offers_retry(
             origin = f"http://127.0.0.1:{wait_until_serving(process, log)}"
             driver.get(origin + "/?q=a+person+in+a+red+coat&k=10")
             wait_for(driver, lambda d: len(d.execute_script(NAMES)) == 10)
-            stop_server(process)
+            terminate(process)
             search_in_page(driver, SENTENCES[1])
             wait_for(driver, lambda d: d.find_element(By.ID, "retry").is_displayed())
             status = driver.find_element(By.ID, "status")
@@ -392,7 +390,7 @@ def test_the_page_says_when_the_server_is_gone_and_offers_retry(
             assert "did not answer" in status.text and "searching" not in status.text
             errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     finally:
-        stop_server(process)
+        terminate(process)
     assert all("ERR_CONNECTION_REFUSED" in e for e in errors), errors
 
 

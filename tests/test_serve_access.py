@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import Answer, need_browser, request, searched_page, wait_until_serving
+from tests.conftest import (
+    Answer,
+    need_browser,
+    request,
+    searched_page,
+    terminate,
+    wait_until_serving,
+)
 from uit.app.browser import chromium
 from uit.app.cli import app
 from uit.app.serve_access import create_token, read_tokens, revoke_token
@@ -79,12 +86,7 @@ def served(trained: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     try:
         yield Served(wait_until_serving(process, log), secrets, tokens, audit, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
 
 
 def test_the_token_file_keeps_digests_only_and_is_private(served: Served) -> None:
