@@ -517,3 +517,24 @@ def request(port: int, method: str, path: str, body: Any = None,
                       response.read())  # fmt: skip
     finally:
         connection.close()
+
+
+def random_searcher(batch_queries: int = 1) -> Any:
+    """A server's searcher over 300 random embeddings, uit-tiny encoding the text."""
+    from uit.app.serve import assemble_searcher
+    from uit.core.config import ModelConfig
+    from uit.model.build import build_model, build_tokenizer
+    from uit.retrieval.evaluate import EvalOptions
+    from uit.retrieval.search import Gallery
+
+    cfg = ModelConfig(name="uit-tiny", image_height=64, image_width=32, context_length=32)
+    torch.manual_seed(0)
+    encoder = build_model(cfg).eval()
+    feats = torch.nn.functional.normalize(
+        torch.randn(300, encoder.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1
+    ).half()
+    names = [f"{i:04d}.png" for i in range(300)]
+    gallery = Gallery("random", Path("."), [Path(n) for n in names], names)
+    return assemble_searcher((encoder, build_tokenizer(cfg), EvalOptions()), gallery, feats,
+                             index_kind="flat", model="uit-tiny",
+                             batch_queries=batch_queries)  # fmt: skip

@@ -22,6 +22,7 @@ from tests.conftest import (
     Client,
     clustered,
     need_browser,
+    random_searcher,
     searched_page,
     terminate,
     wait_until_serving,
@@ -394,27 +395,6 @@ def test_the_page_says_when_the_server_is_gone_and_offers_retry(
     assert all("ERR_CONNECTION_REFUSED" in e for e in errors), errors
 
 
-def _batching_searcher(batch_queries: int):
-    """A server's searcher over 300 random embeddings, uit-tiny encoding the text."""
-    from uit.app.serve import assemble_searcher
-    from uit.core.config import ModelConfig
-    from uit.model.build import build_model, build_tokenizer
-    from uit.retrieval.evaluate import EvalOptions
-    from uit.retrieval.search import Gallery
-
-    cfg = ModelConfig(name="uit-tiny", image_height=64, image_width=32, context_length=32)
-    torch.manual_seed(0)
-    encoder = build_model(cfg).eval()
-    feats = torch.nn.functional.normalize(
-        torch.randn(300, encoder.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1
-    ).half()
-    names = [f"{i:04d}.png" for i in range(300)]
-    gallery = Gallery("random", Path("."), [Path(n) for n in names], names)
-    return assemble_searcher((encoder, build_tokenizer(cfg), EvalOptions()), gallery, feats,
-                             index_kind="flat", model="uit-tiny",
-                             batch_queries=batch_queries)  # fmt: skip
-
-
 def test_concurrent_queries_share_encoder_passes_and_rank_as_alone() -> None:
     """With --batch-queries 4, searches that arrive while the encoder is busy share its next
     pass (never more than 4 texts), and each ranks as it does encoded alone."""
@@ -422,9 +402,9 @@ def test_concurrent_queries_share_encoder_passes_and_rank_as_alone() -> None:
 
     texts = [f"a person in a {c} coat and {t} trousers" for c in ("red", "blue", "green", "white")
              for t in ("black", "grey")]  # fmt: skip
-    alone = _batching_searcher(1)
+    alone = random_searcher(1)
     expected = {text: alone.search(text, 10) for text in texts}
-    shared = _batching_searcher(4)
+    shared = random_searcher(4)
     sizes: list[int] = []
     encode_many = shared.opened.encode_many
 
@@ -451,7 +431,7 @@ def test_concurrent_queries_share_encoder_passes_and_rank_as_alone() -> None:
 def test_an_encoder_failure_reaches_every_search_that_shared_the_pass() -> None:
     import threading
 
-    searcher = _batching_searcher(8)
+    searcher = random_searcher(8)
 
     def broken(batch: list[str]) -> torch.Tensor:
         time.sleep(0.05)

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from tests.conftest import (
     Answer,
     need_browser,
+    random_searcher,
     request,
     searched_page,
     terminate,
@@ -110,6 +111,31 @@ def test_token_commands_at_once_lose_no_token(tmp_path: Path) -> None:
         made = [pool.submit(create_token, path, name) for name in names]
         revoked.result()
     assert sorted(read_tokens(path)) == names and len({m.result() for m in made}) == len(names)
+
+
+def test_an_exposed_server_wants_a_token_when_its_last_is_revoked(tmp_path: Path) -> None:
+    """--expose refuses to start without a token; revoking (or deleting) every token while it
+    runs must not open it to anyone, as a loopback server without tokens is."""
+    from starlette.testclient import TestClient
+
+    from uit.app.serve import Policy, build_app
+
+    tokens, body = tmp_path / "tokens.json", {"text": "a woman in a red coat", "k": 3}
+
+    def answers(expose: bool) -> list[int]:
+        """Statuses without a token: while one exists, once it is revoked, once the file
+        is gone."""
+        create_token(tokens, "only")
+        app = build_app(random_searcher(), expose=expose, policy=Policy(tokens=tokens))
+        statuses = []
+        with TestClient(app, base_url="http://127.0.0.1") as client:
+            for change in (lambda: None, lambda: revoke_token(tokens, "only"), tokens.unlink):
+                change()
+                statuses.append(client.post("/search", json=body).status_code)
+        return statuses
+
+    assert answers(expose=True) == [401, 401, 401]
+    assert answers(expose=False) == [401, 200, 200]  # the control: loopback opens again
 
 
 def test_no_token_wrong_or_revoked_is_401_and_a_valid_one_200(served: Served) -> None:

@@ -491,7 +491,9 @@ def build_app(searcher: Searcher, *, expose: bool = False, timeout: float = REQU
     policy = policy or Policy()
     live = Live(searcher)
     searcher, gallery, _, _, info = live.now()
-    tokens = TokenCheck(policy.tokens) if policy.tokens is not None else None
+    if expose and policy.tokens is None:
+        raise UitError("an exposed server needs a token file (--tokens)")
+    tokens = TokenCheck(policy.tokens, always=expose) if policy.tokens is not None else None
     metrics = ServeMetrics(len(gallery.paths), searcher.index.kind)
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN; the schema is enough.
     app = FastAPI(title="uit serve", version="1", docs_url=None, redoc_url=None,

@@ -110,16 +110,17 @@ def revoke_token(path: Path, name: str) -> None:
 
 class TokenCheck:
     """The names of the valid tokens' digests, read again whenever the file changes (one
-    ``stat`` a request)."""
+    ``stat`` a request). A token is required while the file holds one, and always with
+    ``always`` (an exposed server: revoking its last token must not open it to everyone)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.stamp = path, (-1, -1)
+    def __init__(self, path: Path, always: bool = False) -> None:
+        self.path, self.stamp, self.always = path, (-1, -1), always
         self.names: dict[str, str] = {}
         self.lock = threading.Lock()
 
     def required(self) -> bool:
         self._refresh()
-        return bool(self.names)
+        return self.always or bool(self.names)
 
     def name_of(self, secret: str) -> str | None:
         """The token's name, or None for a wrong (or revoked) token."""
