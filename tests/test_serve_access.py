@@ -32,6 +32,7 @@ from uit.app.browser import chromium
 from uit.app.cli import app
 from uit.app.serve_access import create_token, read_tokens, revoke_token
 from uit.app.serve_audit import AuditLog, AuditPolicy, read_audit
+from uit.core.errors import UitError
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("alice", "burst", "flood", "page", "crowded", "metrics", "revoked")
@@ -322,6 +323,29 @@ def test_the_audit_log_rotates_by_size_and_drops_old_lines(tmp_path: Path) -> No
     AuditLog(AuditPolicy(path, max_bytes=400, keep=2, retention_days=7))
     assert [json.loads(line)["query"] for line in path.read_text().splitlines()] == ["new"]
     assert not (tmp_path / "audit.jsonl.2").exists()
+
+
+def test_the_audit_log_touches_no_file_it_did_not_write(tmp_path: Path) -> None:
+    """Another program's log given as --audit-log is refused whole, unchanged; a FILE.n that
+    is not an audit log (logrotate's) survives rotation and retention; lines the reader
+    cannot take are one line, not a traceback."""
+    foreign, path = tmp_path / "app.log", tmp_path / "audit.jsonl"
+    foreign.write_bytes(b'{"level": "info"}\ncaf\xe9 2019\n')
+    with pytest.raises(UitError, match="something other than an audit log"):
+        AuditLog(AuditPolicy(foreign, retention_days=1))
+    assert foreign.read_bytes() == b'{"level": "info"}\ncaf\xe9 2019\n'
+    (tmp_path / "audit.jsonl.2").write_text("logrotate's\n")
+    os.utime(tmp_path / "audit.jsonl.2", (0, 0))
+    log = AuditLog(AuditPolicy(path, max_bytes=200, keep=2, retention_days=1))
+    for i in range(12):
+        log.write({"route": "/search", "query": f"sentence {i}"})
+    assert (tmp_path / "audit.jsonl.2").read_text() == "logrotate's\n"
+    path.write_text('{"time": "2026-12-04T00:00:00Z", "route": "/search"}\n[1, 2]\n')
+    with pytest.raises(UitError, match=r"audit.jsonl, line 2: not a line of an audit log"):
+        list(read_audit(path))
+    code, _, output = cli("serve", "audit", path, "--since", "2026-01-01")
+    assert code == 1 and "line 2: not a line of an audit log" in output
+    assert "Traceback" not in output
 
 
 def test_the_page_asks_for_a_token_and_searches_in_headless_chromium(served: Served) -> None:

@@ -7,7 +7,9 @@ so lines of requests answered at once never interleave and none is lost in a cra
 that cannot be written refuses the request (``AuditError``: the server answers 503). The file
 is opened again for every line, so a log moved away by the operator is started anew. Past
 ``max_bytes`` it is rotated (``FILE.1`` the newest old file, up to ``keep`` of them); lines
-and old files older than ``retention_days`` are dropped at start and at each rotation.
+and old files older than ``retention_days`` are dropped at start and at each rotation. Only a
+file whose first line is an audit record is ever rewritten, rotated away or deleted: an existing
+file of anything else is refused at start, and a foreign ``FILE.n`` is left alone.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from uit.core.errors import UitError
-from uit.core.io import atomic_write_text
+from uit.core.io import atomic_write_bytes
 
 
-class AuditError(Exception):
+class AuditError(UitError):
     """The audit log could not be written: the request it records must not be answered."""
+
+
+NEVER_ROTATE = 2**62  # max_bytes of a writer that leaves rotation to the server
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,10 @@ class AuditLog:
         self.policy, self.path = policy, policy.path
         self.lock = threading.Lock()
         try:
+            if self.path.is_file() and self.path.stat().st_size and not is_audit_file(self.path):
+                raise UitError(f"--audit-log {self.path} holds something other than an audit "
+                               "log of uit serve: give a new file (uit never rewrites or "
+                               "rotates a file it did not write)")  # fmt: skip
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._prune()
             os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
@@ -76,13 +85,19 @@ class AuditLog:
             return
         if size == 0 or size + adding <= self.policy.max_bytes:
             return
-        for n in range(self.policy.keep, 0, -1):
+        slots = 0  # the rotated files this log may use: a foreign FILE.n ends them
+        while slots < self.policy.keep and not _foreign(rotated(self.path, slots + 1)):
+            slots += 1
+        if self.policy.keep > 0 and slots == 0:
+            raise AuditError(f"the audit log {self.path} is full and {rotated(self.path, 1)} "
+                             "is not an audit log: move that file away")  # fmt: skip
+        for n in range(slots, 0, -1):
             older = rotated(self.path, n)
-            if n == self.policy.keep:
-                older.unlink(missing_ok=True)
-            else:
-                older.exists() and older.rename(rotated(self.path, n + 1))
-        if self.policy.keep > 0:
+            if n == slots:
+                older.unlink(missing_ok=True)  # the oldest of this log's own files
+            elif older.exists():
+                older.rename(rotated(self.path, n + 1))
+        if slots > 0:
             self.path.rename(rotated(self.path, 1))
         else:
             self.path.unlink()
@@ -95,21 +110,36 @@ class AuditLog:
         cutoff = datetime.now(UTC) - timedelta(days=self.policy.retention_days)
         for n in range(1, self.policy.keep + 2):
             old = rotated(self.path, n)
-            if old.exists() and datetime.fromtimestamp(old.stat().st_mtime, UTC) < cutoff:
+            if is_audit_file(old) and datetime.fromtimestamp(old.stat().st_mtime, UTC) < cutoff:
                 old.unlink()
         if not self.path.exists():
             return
-        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+        lines = self.path.read_bytes().splitlines(keepends=True)  # bytes: the rest kept as is
         kept = [line for line in lines if not _older(line, cutoff)]
         if len(kept) < len(lines):
-            atomic_write_text(self.path, "".join(kept))
+            atomic_write_bytes(self.path, b"".join(kept))
+
+
+def is_audit_file(path: Path) -> bool:
+    """Whether ``path`` is a file whose first line is an audit record (a JSON object with a
+    time): what rotation and retention may rewrite or delete."""
+    try:
+        with path.open("rb") as file:
+            first = json.loads(file.readline())
+        return isinstance(first, dict) and isinstance(first.get("time"), str)
+    except (OSError, ValueError):
+        return False
+
+
+def _foreign(path: Path) -> bool:
+    return path.exists() and not is_audit_file(path)
 
 
 def rotated(path: Path, n: int) -> Path:
     return path.with_name(f"{path.name}.{n}")
 
 
-def _older(line: str, cutoff: datetime) -> bool:
+def _older(line: bytes, cutoff: datetime) -> bool:
     try:
         return parse_time(json.loads(line)["time"]) < cutoff
     except (ValueError, KeyError, TypeError):
@@ -126,7 +156,7 @@ def read_audit(path: Path, *, since: datetime | None = None, token: str | None =
                query: str | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
     """The records of ``path`` and its rotated files, oldest first, that match: at or after
     ``since``, by the token named ``token``, with ``query`` in the query text (any case)."""
-    files = [p for n in range(99, 0, -1) if (p := rotated(path, n)).exists()]
+    files = [p for n in range(99, 0, -1) if is_audit_file(p := rotated(path, n))]
     if not path.exists() and not files:
         raise UitError(f"{path}: no audit log there (uit serve --audit-log writes one)")
     for file in [*files, path] if path.exists() else files:
@@ -134,6 +164,10 @@ def read_audit(path: Path, *, since: datetime | None = None, token: str | None =
             for number, line in enumerate(lines, 1):
                 try:
                     record = json.loads(line)
+                    if not isinstance(record, dict) or not isinstance(record.get("time"), str):
+                        raise ValueError
+                    if since is not None:
+                        parse_time(record["time"])
                 except ValueError:
                     raise UitError(f"{file}, line {number}: not a line of an audit log") from None
                 if _matches(record, since, token, query):

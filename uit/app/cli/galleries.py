@@ -89,10 +89,12 @@ def erase(
     """Erase images from a gallery everywhere uit keeps them: listed in the gallery's erasure
     list (never served again), their rows out of the embedding caches and the index; past
     audit lines are kept, and one more says the erasure happened."""
-    from uit.app.serve_audit import AuditLog, AuditPolicy
+    from uit.app.serve_audit import NEVER_ROTATE, AuditLog, AuditPolicy
     from uit.retrieval.live import erase_images
 
-    audit = AuditLog(AuditPolicy(audit_log)) if audit_log else None  # writable, before erasing
+    # writable, checked before erasing; one line, never rotated here: rotation and retention
+    # are the server's (its --audit-keep may keep more old files than the default)
+    audit = AuditLog(AuditPolicy(audit_log, max_bytes=NEVER_ROTATE)) if audit_log else None
     change = erase_images(checkpoint, _gallery_source(gallery), names=image or [],
                           pids=identity or [], split=split, cache_dir=cache_dir,
                           index_kind=index, delete_files=delete_files)  # fmt: skip

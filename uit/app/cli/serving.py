@@ -358,8 +358,13 @@ def audit(
 
 def _audit_row(record: dict[str, Any]) -> tuple[str, ...]:
     results = record.get("results") or []
-    top = f"{results[0]['name']} {results[0]['score']:.3f}" if results else ""
-    what = record.get("query") if record.get("route") == "/search" else record.get("image")
+    best = results[0] if isinstance(results, list) and results else {}
+    best = best if isinstance(best, dict) else {}
+    score = best.get("score")
+    top = f"{best.get('name', '')} {score:.3f}" if isinstance(score, float | int) else ""
+    what: Any = record.get("query") if record.get("route") == "/search" else record.get("image")
+    if record.get("event"):  # an erasure: what was erased
+        what = f"{record['event']}: {len(record.get('images') or [])} images"
     return (str(record.get("time", "")), str(record.get("token") or "-"),
             str(record.get("client", "")), str(record.get("route", "")), str(what or ""),
             str(record.get("k", "")), str(record.get("offset", "")), top)  # fmt: skip
