@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import Client, cli, fails, snapshot, stop, wait_until_serving
+from uit.raw.prepare import prepare_benchmark
 from uit.retrieval import index as index_module
 from uit.retrieval.gallery import open_gallery
 from uit.retrieval.live import add_images, erase_images
@@ -126,8 +127,12 @@ def test_erase_removes_an_image_everywhere_and_the_audit_log_says_so(
     assert not (folder / victim).exists()
 
 
-def test_erase_by_identity_in_a_prepared_benchmark(trained: dict[str, Path],
-                                                   tmp_path: Path) -> None:  # fmt: skip
+def test_erase_by_identity_in_a_prepared_benchmark(
+    trained: dict[str, Path], tiny_synth: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Erased from a prepared benchmark, an identity stays erased when the benchmark is
+    prepared again (the erasure list is carried over, not refused as a stranger's file); its
+    raw images are the dataset's, so --delete-files is refused there and nothing changes."""
     prepared = tmp_path / "cuhk-pedes"
     shutil.copytree(trained["prepared"], prepared)
     cache = tmp_path / "cache"
@@ -137,6 +142,15 @@ def test_erase_by_identity_in_a_prepared_benchmark(trained: dict[str, Path],
     assert change.names and change.images == len(opened.gallery.paths) - len(change.names)
     again = open_gallery(trained["best"], prepared, cache_dir=cache, device="cpu")
     assert pid not in again.gallery.pids and pid not in again.gallery.captions.values()
+    raw, before = tiny_synth[0], snapshot(tiny_synth[0], prepared)
+    other = again.gallery.pids[0]  # not erased yet: old code deleted its raw images
+    fails("gallery", "erase", trained["best"], "--gallery", prepared, "--identity", other,
+          "--cache-dir", cache, "--delete-files",
+          says=("--delete-files", "raw dataset", "erase without it"))  # fmt: skip
+    assert snapshot(raw, prepared) == before
+    prepare_benchmark("cuhk-pedes", raw.resolve(), prepared)
+    third = open_gallery(trained["best"], prepared, cache_dir=cache, device="cpu")
+    assert pid not in third.gallery.pids and len(third.gallery.paths) == change.images
 
 
 def _centroids(path: Path) -> np.ndarray:

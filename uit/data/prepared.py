@@ -26,6 +26,7 @@ from uit.core.errors import DataError
 IMAGES_FILE = "images.parquet"
 CAPTIONS_FILE = "captions.parquet"
 STATS_FILE = "stats.json"
+ERASED_FILE = ".uit-erased.json"  # a gallery's erasure list, beside its images (uit gallery erase)
 # Real captions are a few hundred characters; a longer one is broken or hostile (and would make
 # tagging slow): it is dropped and counted as "oversized_caption" in stats.json.
 MAX_CAPTION_CHARS = 2000

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -25,6 +26,7 @@ from uit.core.io import atomic_write_json, ready_output_dir, replaced_dir
 from uit.data.images import load_rgb
 from uit.data.prepared import (
     CAPTIONS_FILE,
+    ERASED_FILE,
     IMAGES_FILE,
     IMGS_DIR_BASE,
     MAX_CAPTION_CHARS,
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
 
 OUTPUT_FILES = (IMAGES_FILE, CAPTIONS_FILE, STATS_FILE)
+OWNED_FILES = (*OUTPUT_FILES, ERASED_FILE)  # what may be replaced: the erasure list is kept
 CONTEXT_TOKENS = 75  # CLIP's 77 minus start and end tokens
 # Typographic punctuation that annotators paste in; mapped to the ASCII a tokenizer expects.
 _ASCII_PUNCTUATION = str.maketrans(
@@ -267,11 +270,16 @@ def _stats(
 
 
 def write_manifests(manifests: Prepared, out_dir: str | Path) -> None:
-    """Replace ``out_dir`` with a folder of the three files: readers see all old or all new."""
-    with replaced_dir(out_dir, OUTPUT_FILES) as tmp:
+    """Replace ``out_dir`` with a folder of the three files: readers see all old or all new.
+    The erasure list ``uit gallery erase`` left there is carried over: a benchmark prepared
+    again must not serve the images erased from it."""
+    erased = Path(out_dir) / ERASED_FILE
+    with replaced_dir(out_dir, OWNED_FILES) as tmp:
         manifests.images.write_parquet(tmp / IMAGES_FILE)
         manifests.captions.write_parquet(tmp / CAPTIONS_FILE)
         atomic_write_json(tmp / STATS_FILE, manifests.stats)
+        if erased.is_file():
+            shutil.copy2(erased, tmp / ERASED_FILE)
 
 
 def prepare_benchmark(
@@ -287,7 +295,7 @@ def prepare_benchmark(
 
     ``progress`` (``uit.core.console.NewBar``) shows the images being checked.
     """
-    ready_output_dir(out_dir, OUTPUT_FILES)  # before the slow part, not after it
+    ready_output_dir(out_dir, OWNED_FILES)  # before the slow part, not after it
     annotations = read_benchmark(name, root)
     paths = [record.path for record in annotations.records]
     advance = progress(f"checking {name} images", len(paths)) if progress is not None else None

@@ -162,6 +162,11 @@ def erase_images(
     embeddings; other cached indexes, which may hold them, are removed (they are built again
     when next opened). Their files are deleted only with ``delete_files``."""
     source = Path(source)
+    if delete_files and (source / IMAGES_FILE).is_file():
+        raise DataError(f"--delete-files: the images of the prepared benchmark {source} are "
+                        "its raw dataset's, not the gallery's: erase without it (they are "
+                        "never served again), then remove them from the raw data yourself "
+                        "if you must")  # fmt: skip
     before = read_gallery(source, split)
     targets = _targets(before, names, pids, read_erased(source))
     digests = [file_digest(p) for p in before.paths]

@@ -27,7 +27,7 @@ from safetensors.torch import load, save
 from uit.core.errors import DataError
 from uit.core.io import atomic_write_bytes, atomic_write_json
 from uit.data.images import ImageError, read_image_bytes
-from uit.data.prepared import IMAGES_FILE, read_manifests
+from uit.data.prepared import ERASED_FILE, IMAGES_FILE, read_manifests
 from uit.model.encoder import DualEncoder
 from uit.retrieval.evaluate import EvalOptions, encode_images
 from uit.retrieval.metrics import ranking_keys
@@ -41,7 +41,6 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 # What an unreadable image of a folder gallery asks for (``--drop-missing`` is for benchmarks).
 FOLDER_FIX = "a gallery folder holds image files only: remove this one or replace it with a " \
     "readable image, then run again"  # fmt: skip
-ERASED_FILE = ".uit-erased.json"  # a gallery's erasure list, beside its images (read_erased)
 ERASED_FORMAT = "uit-erased-1"
 
 
