@@ -84,6 +84,16 @@ def test_a_batch_is_checked_against_prepared_stats_once_they_exist(
     assert preflight.batch_problems(cfg, tmp_path, ["rstpreid"], prepared=False) == []
 
 
+@pytest.mark.parametrize("text", ['{"benchmark": "rstpreid"}', "{not json", "[1, 2]"])
+def test_a_stats_file_of_the_wrong_shape_is_one_line_naming_it(tmp_path: Path, text: str) -> None:
+    """The batch check reads stats.json before training: a damaged one or one of another shape
+    names the file and the fix (a KeyError there was reported as a bug in uit)."""
+    (tmp_path / "stats.json").write_text(text)
+    cfg = parse_config({**REAL, "train": {"batch_size": 64}})
+    with pytest.raises(DataError, match=r"stats.json.*uit data prepare"):
+        run_checks.prepared_identities(cfg, tmp_path)
+
+
 def test_missing_real_data_says_what_the_reader_says(tmp_path: Path) -> None:
     cfg = parse_config(REAL)
     problems = preflight.data_problems(cfg, tmp_path, ["rstpreid", "icfg-pedes"])

@@ -10,16 +10,15 @@ problems it found (an empty list when all is well); ``check`` raises them as one
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from uit.core.boundary import PREPARED, reading
 from uit.core.config import Config, TrainConfig
 from uit.core.errors import UitError
 from uit.data.dataset import held_out_count
-
-STATS = "stats.json"  # what stage prepare writes beside the manifests
+from uit.data.prepared import STATS_FILE, read_stats
 
 
 class PreflightError(UitError):
@@ -45,15 +44,17 @@ def held_out(identities: int, train: TrainConfig, has_val: bool) -> int:
 def prepared_identities(cfg: Config, prepared_dir: Path) -> Identities | None:
     """The training identities recorded in a prepared benchmark's stats; ``None`` before the
     benchmark is prepared."""
-    path = prepared_dir / STATS
+    path = prepared_dir / STATS_FILE
     if not path.is_file():
         return None
-    stats = json.loads(path.read_text(encoding="utf-8"))
-    splits = stats["splits"]
-    train_ids = splits["train"]["identities"]
-    has_val = splits.get("val", {}).get("images", 0) > 0
+    stats = read_stats(prepared_dir)  # a damaged file is one line naming it
+    with reading(path, *PREPARED):  # and so is one of the wrong shape
+        splits = stats["splits"]
+        train_ids = int(splits["train"]["identities"])
+        has_val = splits.get("val", {}).get("images", 0) > 0
+        benchmark = str(stats["benchmark"])
     count = train_ids - held_out(train_ids, cfg.train, has_val)
-    return Identities(stats["benchmark"], count, str(path))
+    return Identities(benchmark, count, str(path))
 
 
 def batch_problem(train: TrainConfig, found: Identities) -> str | None:
