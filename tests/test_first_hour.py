@@ -164,6 +164,14 @@ def test_the_report_header_names_commit_changed_params_and_date(tmp_path: Path) 
     assert not read_provenance(repo, params, "x").uncommitted
     params.write_text(params.read_text() + "# a note\n")
     assert read_provenance(repo, params, "x").uncommitted
+    inner = repo / "project"  # a DVC project in a folder of the repository
+    inner.mkdir()
+    (inner / "params.yaml").write_text("train:\n  epochs: 1\n")
+    _git(repo, "add", "project/params.yaml")
+    _git(repo, "commit", "-qm", "inner")
+    (inner / "params.yaml").write_text("train:\n  epochs: 5\n")
+    found = read_provenance(inner, inner / "params.yaml", "x")
+    assert found.changed_params == ["train.epochs: 1 -> 5"]
     outside = tmp_path / "no-git"
     outside.mkdir()
     (outside / "params.yaml").write_text("train: {}\n")

@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from uit.core.errors import DataError
+from uit.app.compare import flatten
+from uit.core.config import parse_yaml
+from uit.core.errors import DataError, UitError
 from uit.retrieval.metrics import METRICS
 
 
@@ -254,24 +254,15 @@ def read_provenance(project: str | Path, params_file: str | Path, built_by: str)
     changed: list[str] = []
     try:
         relative = params_file.resolve().relative_to(project.resolve())
-        committed = git("show", f"HEAD:{relative.as_posix()}")
+        # ./: relative to the project, which may be a folder inside the git repository
+        committed = git("show", f"HEAD:./{relative.as_posix()}")
         if committed is not None:
-            used = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
-            before = _flat(yaml.safe_load(committed) or {})
-            after = _flat(used)
+            used = parse_yaml(params_file.read_text(encoding="utf-8"), params_file) or {}
+            before = flatten(parse_yaml(committed, f"HEAD:{relative.as_posix()}") or {})
+            after = flatten(used)
             changed = [f"{key}: {before.get(key, '(none)')} -> {after.get(key, '(none)')}"
                        for key in sorted(before.keys() | after.keys())
                        if before.get(key) != after.get(key)]  # fmt: skip
-    except (ValueError, OSError, yaml.YAMLError):  # params outside the project, or unreadable
+    except (ValueError, OSError, UitError):  # params outside the project, or unreadable
         changed = []
     return Provenance(built_by, now, commit.strip(), bool(status.strip()), changed)
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"epochs": 2}}`` as ``{"train.epochs": 2}``."""
-    if not isinstance(tree, Mapping):
-        return {prefix: tree} if prefix else {}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat |= _flat(value, f"{prefix}.{key}" if prefix else str(key))
-    return flat
