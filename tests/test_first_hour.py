@@ -197,3 +197,8 @@ def test_flow_logs_name_paths_relative_to_the_project(tmp_path: Path) -> None:
     assert relative_paths(line, str(tmp_path)) == (
         "saved .dvc/tmp/exps/run/abc/reports/pipeline/report.html"
     )
+    sibling = f"{tmp_path.resolve()}-old/report.html and {tmp_path.resolve()}: done"
+    assert (
+        relative_paths(sibling, str(tmp_path))
+        == f"{tmp_path.resolve()}-old/report.html and .: done"
+    )

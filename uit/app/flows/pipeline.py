@@ -88,8 +88,9 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
 def relative_paths(text: str, project: str) -> str:
     """``text`` with the project's absolute path left out of the paths it names: a log line
     that ``prefect deployment run --watch`` shows stays short enough not to wrap mid-path."""
-    root = str(Path(project).resolve())
-    return text.replace(root + os.sep, "").replace(root, ".")
+    root = re.escape(str(Path(project).resolve()))
+    # the root itself or a path under it; a sibling (``/x/proj-old`` of ``/x/proj``) is kept
+    return re.sub(root + r"(/|(?![\w.-]))", lambda m: "" if m[1] else ".", text)
 
 
 @task(retries=3, retry_delay_seconds=15, retry_condition_fn=_transient,
