@@ -23,7 +23,6 @@ install: $(STAMP)
 demo: install
 	$(BIN)/uit run
 	@echo
-	@echo "Report:  reports/pipeline/report.html (offline, self-contained) and report.md beside it"
 	@echo "Metrics: metrics/BENCHMARK.json and runs/BENCHMARK/selection.json (dvc metrics show)"
 	@echo
 	@cat reports/pipeline/report.md
