@@ -145,8 +145,9 @@ def test_an_unreachable_milvus_server_is_one_clear_line(trained: dict[str, Path]
     fails("serve", trained["best"], "--gallery", trained["prepared"], "--port", "0",
           "--cache-dir", tmp_path, "--device", "cpu", "--index", "milvus://127.0.0.1:1",
           says=unreachable)  # fmt: skip
-    fails("serve", trained["best"], "--gallery", trained["prepared"], "--index", "milvus:/x",
-          says=("--index", "milvus://HOST:PORT"), code=2)  # fmt: skip
+    for wrong in ("milvus:/x", "milvus://127.0.0.1:99999", "milvus://127.0.0.1:0"):
+        fails("serve", trained["best"], "--gallery", trained["prepared"], "--index", wrong,
+              says=("--index", "milvus://HOST:PORT"), code=2)  # fmt: skip
 
 
 def test_a_server_on_milvus_lite_answers_as_the_flat_one(trained: dict[str, Path],

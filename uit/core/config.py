@@ -59,7 +59,8 @@ MILVUS_URI = re.compile(r"milvus://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):([0-9]{1,5
 
 def check_index_choice(value: str) -> IndexChoice:
     """``value`` when it is an ``IndexKind`` or ``milvus://HOST:PORT``; ConfigError otherwise."""
-    if value in get_args(IndexKind) or MILVUS_URI.fullmatch(value):
+    address = MILVUS_URI.fullmatch(value)
+    if value in get_args(IndexKind) or (address and 0 < int(address[2]) < 65536):
         return value
     kinds = ", ".join(get_args(IndexKind))
     raise ConfigError(f"--index {_short_repr(value)} is not an index: give one of {kinds}, or "
