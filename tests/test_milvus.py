@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import Client, clustered, fails, stop, wait_until_serving
+from tests.conftest import Client, clustered, fails, snapshot, stop, wait_until_serving
 from uit.retrieval import milvus as milvus_module
 from uit.retrieval.gallery import open_gallery
 from uit.retrieval.index import AnnSettings, build_index
 from uit.retrieval.live import add_images, erase_images
 from uit.retrieval.milvus import MilvusIndex, carry_milvus, row_ids, segment_rows
+from uit.retrieval.search import ERASED_FILE
 
 pytest.importorskip("pymilvus")
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,6 +138,40 @@ def test_uit_gallery_add_and_erase_reach_the_collection(trained: dict[str, Path]
     assert cut.index.client.list_collections() == [cut.index.collection]  # the others dropped
     found = cut.index.search(cut.encode("a person in a red coat"), 9)[1][0].tolist()
     assert sorted(found) == list(range(9)) and gone not in cut.gallery.names
+
+
+def test_erase_reaches_milvus_lite_whatever_index_it_is_given(trained: dict[str, Path],
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    """An erasure with the default --index still drops the Milvus Lite collections of the cache
+    (they hold the erased image); while another process holds that Milvus Lite, the erasure
+    stops in one line before anything changed (the gallery's erasure list included)."""
+    folder, cache, best = tmp_path / "gallery", tmp_path / "cache", trained["best"]
+    folder.mkdir()
+    for path in sorted(trained["gallery"].glob("*.png"))[:6]:
+        shutil.copy(path, folder / path.name)
+    victim = sorted(p.name for p in folder.iterdir())[0]
+    # the collection made in a process of its own: Milvus Lite is held until its process ends
+    build = ("import sys; from uit.retrieval.gallery import open_gallery; "
+             "open_gallery(sys.argv[1], sys.argv[2], index_kind='milvus', cache_dir=sys.argv[3], "
+             "device='cpu')")  # fmt: skip
+    subprocess.run([sys.executable, "-c", build, str(best), str(folder), str(cache)],
+                   check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    hold = ("import sys, time; from pymilvus import MilvusClient; MilvusClient(sys.argv[1]); "
+            "print('held', flush=True); time.sleep(120)")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(cache / "milvus.db")],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        before = snapshot(folder)
+        fails("gallery", "erase", best, "--gallery", folder, "--image", victim,
+              "--cache-dir", cache, says=("open in another process", "stop it first"))  # fmt: skip
+        assert snapshot(folder) == before and not (folder / ERASED_FILE).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    erase_images(best, folder, names=[victim], cache_dir=cache)  # --index auto: flat here
+    client, _ = milvus_module.connect("milvus", cache)
+    assert client.list_collections() == []
 
 
 def test_an_unreachable_milvus_server_is_one_clear_line(trained: dict[str, Path],

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from uit.core.config import INFERENCE_BATCH_SIZE, IndexChoice
+from uit.core.config import INFERENCE_BATCH_SIZE, MILVUS_URI, IndexChoice
 from uit.core.errors import DataError
 from uit.core.io import atomic_write_bytes
 from uit.data.images import load_rgb, read_image_bytes
 from uit.data.prepared import IMAGES_FILE
 from uit.retrieval.evaluate import load_for_inference
 from uit.retrieval.index import carry_index, resolve_kind
-from uit.retrieval.milvus import drop_other_collections
+from uit.retrieval.milvus import LITE_FILE, connect, drop_other_collections
 from uit.retrieval.search import (
     IMAGE_SUFFIXES,
     EmbeddingCache,
@@ -169,6 +169,13 @@ def erase_images(
                         "if you must")  # fmt: skip
     before = read_gallery(source, split)
     targets = _targets(before, names, pids, read_erased(source))
+    lite = (Path(cache_dir) / LITE_FILE).exists()
+    # a Milvus Lite that a running server holds, or a server that does not answer, stops the
+    # erasure before anything has changed
+    if lite:
+        connect("milvus", cache_dir)
+    if MILVUS_URI.fullmatch(index_kind):
+        connect(index_kind, cache_dir)
     digests = [file_digest(p) for p in before.paths]
     cache = EmbeddingCache(Path(cache_dir), checkpoint_digest(Path(checkpoint)))
     old = cache.get(digests) if not cache.missing(digests) else None
@@ -187,8 +194,8 @@ def erase_images(
         if path != index:
             path.unlink(missing_ok=True)
             dropped.append(path)
-    if resolve_kind(index_kind, len(kept)) == "milvus":
-        dropped += drop_other_collections(index_kind, cache_dir, index)
+    if lite:  # whatever --index says now: its collections may hold the erased images
+        dropped += drop_other_collections("milvus", cache_dir, index)
     if delete_files:
         for path in files:
             path.unlink(missing_ok=True)
