@@ -10,7 +10,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from PIL import Image
 from tests.conftest import Client, cli, fails, snapshot, stop, wait_until_serving
 from uit.raw.prepare import prepare_benchmark
 from uit.retrieval import index as index_module
+from uit.retrieval import live as live_module
 from uit.retrieval.gallery import open_gallery
 from uit.retrieval.live import add_images, erase_images
 from uit.retrieval.search import ERASED_FILE, EmbeddingCache, checkpoint_digest, file_digest
@@ -125,6 +128,31 @@ def test_erase_removes_an_image_everywhere_and_the_audit_log_says_so(
           "--cache-dir", cache, says=("--image nobody.png", "path inside the gallery"))  # fmt: skip
     erase_images(best, folder, names=[victim], cache_dir=cache, delete_files=True)
     assert not (folder / victim).exists()
+
+
+def test_erasures_at_once_lose_no_name(trained: dict[str, Path], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Six erasures at the same moment: each reads and writes the erasure list, so without the
+    gallery's lock the last writer drops the others' names (and serves those images again).
+    A slow read of the list (a slow disk) widens the window the lock must close."""
+    real = live_module.read_erased
+
+    def slow(source: Path) -> set[str]:
+        found = real(source)
+        time.sleep(0.05)
+        return found
+
+    monkeypatch.setattr(live_module, "read_erased", slow)
+    folder, cache = tmp_path / "gallery", tmp_path / "cache"
+    shutil.copytree(trained["gallery"], folder)
+    names = sorted(p.name for p in folder.iterdir())[:6]
+    search(trained["best"], folder, cache)  # the cache the erasures rewrite
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(lambda name: erase_images(trained["best"], folder, names=[name],
+                                                cache_dir=cache), names))  # fmt: skip
+    assert sorted(json.loads((folder / ERASED_FILE).read_text())["images"]) == names
+    left = {Path(hit["path"]).name for hit in search(trained["best"], folder, cache)["results"]}
+    assert not left & set(names) and len(left) == len(list(folder.glob("*.png"))) - 6
 
 
 def test_erase_by_identity_in_a_prepared_benchmark(

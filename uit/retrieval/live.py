@@ -10,15 +10,16 @@ asked. A running ``uit serve`` sees either after ``POST /admin/reload``.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ParamSpec
 
 from uit.core.config import INFERENCE_BATCH_SIZE, MILVUS_URI, IndexChoice
 from uit.core.errors import DataError
-from uit.core.io import atomic_write_bytes
+from uit.core.io import atomic_write_bytes, folder_lock
 from uit.data.images import load_rgb, read_image_bytes
 from uit.data.prepared import IMAGES_FILE
 from uit.retrieval.evaluate import load_for_inference
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from uit.core.console import Advance
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+CHANGE_WAIT = 600.0  # seconds a gallery change waits for another one (an encode can be long)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,22 @@ class Change:
     dropped: list[Path | str]
 
 
+def _one_change_at_a_time(change: Callable[P, Change]) -> Callable[P, Change]:
+    """Hold the gallery folder's lock (the second argument) while ``change`` runs: two erasures
+    at once would each write the erasure list without the other's names (an erased image
+    served again), and an addition beside an erasure could put its rows back in a cache."""
+
+    @functools.wraps(change)
+    def locked(*args: P.args, **kwargs: P.kwargs) -> Change:
+        gallery = Path(args[1])  # type: ignore[arg-type]  # (checkpoint, gallery, ...)
+        busy = f"{gallery} is being changed by another uit gallery add or erase: try again"
+        with folder_lock(gallery, busy, DataError, wait=CHANGE_WAIT):
+            return change(*args, **kwargs)
+
+    return locked
+
+
+@_one_change_at_a_time
 def add_images(
     checkpoint: str | Path,
     folder: str | Path,
@@ -144,6 +163,7 @@ def _check_target(folder: Path, source: Path, target: Path, erased: set[str]) ->
                         "image (nothing was copied)")  # fmt: skip
 
 
+@_one_change_at_a_time
 def erase_images(
     checkpoint: str | Path,
     source: str | Path,
