@@ -115,7 +115,8 @@ def index_rows(n: int, args: argparse.Namespace) -> Iterator[str]:
             before, start = resident_mib(), time.perf_counter()
             index = build_index(gallery, backend, cache if backend != "ann" else None)
             built, grown = time.perf_counter() - start, resident_mib() - before
-            memory, name = index_memory(index, grown, Path(cache)), describe_backend(index)
+            memory = index_memory(index, grown, Path(cache))
+            name = describe_backend(index, backend)
             index.search(queries[:1], args.k)  # warm-up
             times, found = [], 0
             for query, best in zip(queries.unsqueeze(1), exact, strict=True):
@@ -131,11 +132,12 @@ def index_line(n: int, name: str, built: float, memory: str, times: list[float],
             f"{recall:>11.3f}")  # fmt: skip
 
 
-def describe_backend(index: Any) -> str:
+def describe_backend(index: Any, backend: str) -> str:
     if isinstance(index, AnnIndex):
         return f"FAISS IVF{index.settings.lists},SQ8"
-    rows = segment_rows("milvus", *index.feats.shape)  # Milvus trains an IVF per segment
-    return f"Milvus Lite IVF{AnnSettings.for_size(rows).lists},SQ8/seg"
+    rows = segment_rows(backend, *index.feats.shape)  # Milvus trains an IVF per segment
+    where = "Milvus Lite" if backend == "milvus" else "Milvus"
+    return f"{where} IVF{AnnSettings.for_size(rows).lists},SQ8/seg"
 
 
 def index_memory(index: Any, grown: float, cache: Path) -> str:
