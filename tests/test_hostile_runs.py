@@ -356,3 +356,23 @@ class _Collect(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
+
+
+def test_tensor_files_are_the_same_bytes_in_every_process() -> None:
+    """safetensors writes its metadata map in an order that changes from one process to the
+    next, so a stage run twice wrote files of different hashes (DVC saw the pretrain stage's
+    output change). save_tensors sorts it: six processes, one file; the control, safetensors'
+    own save, gives more than one."""
+    script = (
+        "import hashlib, sys, torch; from safetensors.torch import load, save; "
+        "from uit.core.io import save_tensors; "
+        "t = {'w': torch.arange(6.0).reshape(2, 3), 'b': torch.ones(2)}; "
+        "m = {k: k * 3 for k in ('format', 'digests', 'checksum', 'source', 'quick_gelu')}; "
+        "ours = save_tensors(t, m); assert torch.equal(load(ours)['w'], t['w']); "
+        "print(hashlib.sha256(ours).hexdigest(), hashlib.sha256(save(t, metadata=m)).hexdigest())"
+    )
+    environ = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           env=environ, check=True).stdout.split() for _ in range(6)]  # fmt: skip
+    assert len({ours for ours, _ in runs}) == 1
+    assert len({theirs for _, theirs in runs}) > 1

@@ -27,6 +27,23 @@ def _file_mode(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
+def save_tensors(tensors: dict[str, Any], metadata: dict[str, str]) -> bytes:
+    """The safetensors bytes of ``tensors`` with ``metadata``, the same bytes for the same
+    input. safetensors writes its metadata map in an order that changes from one process to
+    the next (a Rust HashMap), so two runs of one stage wrote files of different hashes; the
+    header is written again with the metadata's keys sorted (the same content, so it fits)."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:  # not the same content after all: keep safetensors' own bytes
+        return data
+    return data[:8] + text.ljust(size, b" ") + data[8 + size :]
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename it into place.
 

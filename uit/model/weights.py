@@ -47,12 +47,12 @@ import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 from torch import Tensor
 
 from uit.core.config import ModelConfig
 from uit.core.errors import WeightsError
-from uit.core.io import atomic_write_bytes, check_new_file
+from uit.core.io import atomic_write_bytes, check_new_file, save_tensors
 from uit.model.checkpoint import first_non_finite
 from uit.model.limits import (
     DAMAGED_ARCHIVE,
@@ -200,7 +200,7 @@ def convert_weights(
     state, info = read_state_dict(src)
     marker = {True: "true", False: "false", None: ""}[info.quick_gelu]
     metadata = {"format": "open_clip", "source_format": info.format, "quick_gelu": marker}
-    atomic_write_bytes(out, save(_independent(state), metadata=metadata))
+    atomic_write_bytes(out, save_tensors(_independent(state), metadata))
     log.info("wrote %d tensors of %s (%s) to %s", len(state), src, info.format, out)
     return info
 

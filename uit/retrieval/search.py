@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 import torch
-from safetensors.torch import load, save
+from safetensors.torch import load
 
 from uit.core.errors import DataError
-from uit.core.io import atomic_write_bytes, atomic_write_json
+from uit.core.io import atomic_write_bytes, atomic_write_json, save_tensors
 from uit.data.images import ImageError, read_image_bytes
 from uit.data.prepared import ERASED_FILE, IMAGES_FILE, read_manifests
 from uit.model.encoder import DualEncoder
@@ -293,7 +293,7 @@ class EmbeddingCache:
         feats = torch.stack([self.rows[d] for d in digests]).contiguous()  # (N, D)
         metadata = {"format": self.FORMAT, "digests": json.dumps(digests),
                     "checksum": _checksum(digests, feats)}  # fmt: skip
-        atomic_write_bytes(self.path, save({"feats": feats}, metadata=metadata))
+        atomic_write_bytes(self.path, save_tensors({"feats": feats}, metadata))
 
 
 def _checksum(digests: Sequence[str], feats: torch.Tensor) -> str:

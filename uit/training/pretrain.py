@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import open_clip
-from safetensors.torch import save
 
 from uit.core.config import (
     PRETRAINED_WEIGHTS,
@@ -26,7 +25,7 @@ from uit.core.config import (
     OptimConfig,
     TrainConfig,
 )
-from uit.core.io import atomic_write_bytes, atomic_write_text
+from uit.core.io import atomic_write_bytes, atomic_write_text, save_tensors
 from uit.model.build import register_configs
 from uit.model.checkpoint import load_checkpoint
 from uit.retrieval.evaluate import evaluate_checkpoint
@@ -111,4 +110,4 @@ def write_open_clip_weights(checkpoint_dir: Path, path: Path) -> None:
     prefix = "encoder.clip."
     clip = {k.removeprefix(prefix): v.contiguous() for k, v in weights.items()
             if k.startswith(prefix)}  # fmt: skip
-    atomic_write_bytes(path, save(clip, metadata={"format": "pt", "written_by": "uit pretrain"}))
+    atomic_write_bytes(path, save_tensors(clip, {"format": "pt", "written_by": "uit pretrain"}))
