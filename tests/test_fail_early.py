@@ -153,3 +153,66 @@ def test_uit_run_hides_prefects_drain_notices_only(caplog: pytest.LogCaptureFixt
         worker.warning("Still processing items: 1 items remaining...")
         worker.warning("Failed to send events")
     assert [r.getMessage() for r in caplog.records] == ["Failed to send events"]
+
+
+SERVER_LOGS = """
+import logging
+from prefect.server.api.server import create_app
+
+create_app(ephemeral=True)  # what Prefect's temporary server process does first (logging with it)
+for name in ("sqlalchemy.pool.impl.AsyncAdaptedQueuePool", "sqlalchemy.engine", "prefect.server"):
+    try:
+        raise RuntimeError(name)
+    except RuntimeError:
+        logging.getLogger(name).exception("failed in " + name)
+"""
+
+
+def _server_stderr() -> str:
+    """What a child process started with this environment, as Prefect starts its temporary
+    server, prints for a pool error, an engine error and a server error."""
+    result = subprocess.run([sys.executable, "-c", SERVER_LOGS], env=dict(os.environ),
+                            capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    return result.stderr
+
+
+def test_uit_run_quiets_the_pool_traceback_of_prefects_stopping_server_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The temporary server, stopped under a run that succeeded, can log a SQLAlchemy pool
+    traceback (a rollback cut short); ``uit run`` quiets that logger in the server's process
+    and nothing else: an engine error and Prefect's own errors still print."""
+    from uit.app.cli.pipeline import quiet_server_shutdown
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / ".prefect"))
+    monkeypatch.setenv("PREFECT_LOGGING_SETTINGS_PATH", "")  # recorded, so the test restores it
+    monkeypatch.delenv("PREFECT_LOGGING_SETTINGS_PATH")
+    control = _server_stderr()
+    assert "failed in sqlalchemy.pool" in control and "Traceback" in control
+    quiet_server_shutdown(tmp_path)
+    assert os.environ["PREFECT_LOGGING_SETTINGS_PATH"] == str(tmp_path / ".prefect/uit-logging.yml")
+    quiet = _server_stderr()
+    assert "failed in sqlalchemy.pool" not in quiet
+    assert "failed in sqlalchemy.engine" in quiet and "failed in prefect.server" in quiet
+    # the rest of Prefect's configuration is its own: same format, same levels
+    assert "| ERROR   | prefect.server - failed in prefect.server" in quiet
+
+
+def test_uit_run_leaves_a_logging_configuration_the_user_chose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from uit.app.cli.pipeline import quiet_server_shutdown
+
+    home = tmp_path / ".prefect"
+    home.mkdir()
+    (home / "logging.yml").write_text("version: 1\n")
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    monkeypatch.setenv("PREFECT_LOGGING_SETTINGS_PATH", "")
+    monkeypatch.delenv("PREFECT_LOGGING_SETTINGS_PATH")
+    quiet_server_shutdown(tmp_path)
+    assert "PREFECT_LOGGING_SETTINGS_PATH" not in os.environ
+    assert sorted(p.name for p in home.iterdir()) == ["logging.yml"]
+    monkeypatch.setenv("PREFECT_LOGGING_SETTINGS_PATH", str(tmp_path / "mine.yml"))
+    quiet_server_shutdown(tmp_path / "other")
+    assert os.environ["PREFECT_LOGGING_SETTINGS_PATH"] == str(tmp_path / "mine.yml")
+    assert not (tmp_path / "other").exists()

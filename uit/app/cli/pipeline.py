@@ -15,6 +15,7 @@ from uit.app.cli.base import app, benchmark_option, friendly_errors
 from uit.core.config import Benchmark
 from uit.core.console import console
 from uit.core.errors import UitError
+from uit.core.io import atomic_write_text
 
 
 class _KnownFailures(logging.Filter):
@@ -42,6 +43,35 @@ def quiet_drain_notices() -> None:
     worker = logging.getLogger("EventsWorker")  # Prefect's services log under their class name
     if not any(isinstance(f, _DrainNotices) for f in worker.filters):
         worker.addFilter(_DrainNotices())
+
+
+def quiet_server_shutdown(project: Path) -> None:
+    """Prefect's temporary server stops when the flow is done, and a database connection it
+    was using can be cut mid-rollback: SQLAlchemy's pool then logs a traceback ("Exception
+    during reset or similar", a cancelled ``rollback``) under a run that succeeded. That
+    server is a child process that configures its logging from ``PREFECT_LOGGING_SETTINGS_PATH``,
+    so this writes Prefect's own logging configuration with the ``sqlalchemy.pool`` logger
+    quiet to ``.prefect/uit-logging.yml`` in the project and points that setting at it. A
+    configuration the user chose (the setting, or ``logging.yml`` in ``PREFECT_HOME``) wins."""
+    import os
+    from importlib.util import find_spec
+
+    import yaml
+
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    if "PREFECT_LOGGING_SETTINGS_PATH" in os.environ or (home / "logging.yml").exists():
+        return
+    # found, not imported: importing Prefect would read its settings before this one is set
+    spec = find_spec("prefect")
+    assert spec is not None and spec.origin is not None
+    default = Path(spec.origin).parent / "logging" / "logging.yml"
+    # the placeholders (${PREFECT_LOGGING_LEVEL}) stay strings; Prefect fills them when it loads
+    config = yaml.safe_load(default.read_text())
+    config["loggers"]["sqlalchemy.pool"] = {"level": "CRITICAL"}
+    path = project / ".prefect" / "uit-logging.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+    os.environ["PREFECT_LOGGING_SETTINGS_PATH"] = str(path)
 
 
 @contextmanager
@@ -83,6 +113,7 @@ def run_pipeline(
     load_config(project / "params.yaml", set_ or [])
     # Prefect's temporary server keeps its database under the project, not in the home folder.
     os.environ.setdefault("PREFECT_HOME", str(project / ".prefect"))
+    quiet_server_shutdown(project)
     from uit.app.flows.pipeline import DvcError, check_listed, pipeline
 
     quiet_drain_notices()
