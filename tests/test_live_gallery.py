@@ -27,7 +27,14 @@ from uit.retrieval import index as index_module
 from uit.retrieval import live as live_module
 from uit.retrieval.gallery import open_gallery
 from uit.retrieval.live import add_images, erase_images
-from uit.retrieval.search import ERASED_FILE, EmbeddingCache, checkpoint_digest, file_digest
+from uit.retrieval.search import (
+    ERASED_FILE,
+    EmbeddingCache,
+    checkpoint_digest,
+    erasure_file,
+    file_digest,
+    read_gallery,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = "a person in a red coat"
@@ -159,8 +166,9 @@ def test_erase_by_identity_in_a_prepared_benchmark(
     trained: dict[str, Path], tiny_synth: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     """Erased from a prepared benchmark, an identity stays erased when the benchmark is
-    prepared again (the erasure list is carried over, not refused as a stranger's file); its
-    raw images are the dataset's, so --delete-files is refused there and nothing changes."""
+    prepared again, by ``uit data prepare`` or as ``dvc repro`` does it (the folder removed
+    first): the list sits beside the folder. Its raw images are the dataset's, so
+    --delete-files is refused there and nothing changes."""
     prepared = tmp_path / "cuhk-pedes"
     shutil.copytree(trained["prepared"], prepared)
     cache = tmp_path / "cache"
@@ -168,6 +176,9 @@ def test_erase_by_identity_in_a_prepared_benchmark(
     pid = opened.gallery.pids[0]
     change = erase_images(trained["best"], prepared, pids=[pid], cache_dir=cache)
     assert change.names and change.images == len(opened.gallery.paths) - len(change.names)
+    listed = tmp_path / f"cuhk-pedes{ERASED_FILE}"
+    assert erasure_file(prepared) == listed and not (prepared / ERASED_FILE).exists()
+    assert sorted(json.loads(listed.read_text())["images"]) == sorted(change.names)
     again = open_gallery(trained["best"], prepared, cache_dir=cache, device="cpu")
     assert pid not in again.gallery.pids and pid not in again.gallery.captions.values()
     raw, before = tiny_synth[0], snapshot(tiny_synth[0], prepared)
@@ -179,6 +190,30 @@ def test_erase_by_identity_in_a_prepared_benchmark(
     prepare_benchmark("cuhk-pedes", raw.resolve(), prepared)
     third = open_gallery(trained["best"], prepared, cache_dir=cache, device="cpu")
     assert pid not in third.gallery.pids and len(third.gallery.paths) == change.images
+    shutil.rmtree(prepared)  # what dvc repro does to a stage's output before running it
+    prepare_benchmark("cuhk-pedes", raw.resolve(), prepared)
+    fourth = open_gallery(trained["best"], prepared, cache_dir=cache, device="cpu")
+    assert fourth.gallery.names == third.gallery.names
+    code, out = cli("gallery", "erase", trained["best"], "--gallery", prepared, "--identity",
+                    other, "--cache-dir", cache)  # fmt: skip
+    assert code == 0 and "commit it with the project" in " ".join(out.split()), out
+    assert other not in read_gallery(prepared).pids and pid not in read_gallery(prepared).pids
+
+
+def test_a_prepared_benchmark_honours_the_erasure_list_inside_it_too(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    """Where earlier versions wrote it: inside the prepared folder. Both lists count, and the
+    next erasure writes their union beside the folder."""
+    prepared = tmp_path / "cuhk-pedes"
+    shutil.copytree(trained["prepared"], prepared)
+    gallery = read_gallery(prepared)
+    old, new = gallery.names[0], gallery.names[1]
+    (prepared / ERASED_FILE).write_text(json.dumps({"format": "uit-erased-1", "images": [old]}))
+    assert old not in read_gallery(prepared).names
+    erase_images(trained["best"], prepared, names=[new], cache_dir=tmp_path / "cache")
+    assert not {old, new} & set(read_gallery(prepared).names)
+    assert json.loads(erasure_file(prepared).read_text())["images"] == sorted([old, new])
 
 
 def _centroids(path: Path) -> np.ndarray:

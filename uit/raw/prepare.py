@@ -271,8 +271,9 @@ def _stats(
 
 def write_manifests(manifests: Prepared, out_dir: str | Path) -> None:
     """Replace ``out_dir`` with a folder of the three files: readers see all old or all new.
-    The erasure list ``uit gallery erase`` left there is carried over: a benchmark prepared
-    again must not serve the images erased from it."""
+    An erasure list inside it (where ``uit gallery erase`` wrote it before it moved beside the
+    folder, out of reach of ``dvc repro``) is carried over: a benchmark prepared again must not
+    serve the images erased from it."""
     erased = Path(out_dir) / ERASED_FILE
     with replaced_dir(out_dir, OWNED_FILES) as tmp:
         manifests.images.write_parquet(tmp / IMAGES_FILE)

@@ -92,7 +92,8 @@ def read_gallery(source: str | Path, split: str = "test") -> Gallery:
     if not (source / IMAGES_FILE).is_file():
         paths = [p for p in list_folder(source) if p.relative_to(source).as_posix() not in erased]
         if not paths:
-            raise DataError(f"gallery {source}: every image in it was erased ({ERASED_FILE})")
+            raise DataError(f"gallery {source}: every image in it was erased "
+                            f"({erasure_file(source)})")  # fmt: skip
         return Gallery(name, source, paths, [p.relative_to(source).as_posix() for p in paths])
     manifests = read_manifests(source)
     if not manifests.has_split(split):
@@ -109,12 +110,27 @@ def read_gallery(source: str | Path, split: str = "test") -> Gallery:
                    [text for text, _ in captions])  # fmt: skip
 
 
+def erasure_file(source: str | Path) -> Path:
+    """Where ``uit gallery erase`` lists what it erased from the gallery at ``source``: inside
+    a folder of images (``ERASED_FILE``); beside a prepared benchmark's folder
+    (``data/prepared/cuhk-pedes.uit-erased.json``), which ``dvc repro`` and ``uit data prepare``
+    replace whole: the list outlives every preparation, and git can keep it."""
+    source = Path(source)
+    folder = Path(os.path.abspath(source))
+    if not (source / IMAGES_FILE).is_file() or not folder.name:
+        return source / ERASED_FILE
+    return folder.parent / f"{folder.name}{ERASED_FILE}"
+
+
 def read_erased(source: str | Path) -> set[str]:
-    """The names (paths inside the gallery) erased from the gallery at ``source``: listed in
-    its ``ERASED_FILE`` by ``uit gallery erase``, never read or served again."""
-    path = Path(source) / ERASED_FILE
-    if not path.is_file():
-        return set()
+    """The names (paths inside the gallery) erased from the gallery at ``source``: listed by
+    ``uit gallery erase`` (``erasure_file``; for a prepared benchmark also a list inside its
+    folder, where earlier versions kept it), never read or served again."""
+    paths = {Path(source) / ERASED_FILE, erasure_file(source)}
+    return set().union(*(_read_erasure_list(p) for p in sorted(paths) if p.is_file()))
+
+
+def _read_erasure_list(path: Path) -> set[str]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("format") != ERASED_FORMAT or not isinstance(data.get("images"), list):
@@ -127,8 +143,7 @@ def read_erased(source: str | Path) -> set[str]:
 
 
 def write_erased(source: str | Path, names: set[str]) -> None:
-    atomic_write_json(Path(source) / ERASED_FILE,
-                      {"format": ERASED_FORMAT, "images": sorted(names)})  # fmt: skip
+    atomic_write_json(erasure_file(source), {"format": ERASED_FORMAT, "images": sorted(names)})
 
 
 def list_gallery(source: str | Path, split: str = "test") -> list[Path]:

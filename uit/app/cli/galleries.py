@@ -90,18 +90,26 @@ def erase(
     list (never served again), their rows out of the embedding caches and the index; past
     audit lines are kept, and one more says the erasure happened."""
     from uit.app.serve_audit import NEVER_ROTATE, AuditLog, AuditPolicy
+    from uit.data.prepared import IMAGES_FILE
     from uit.retrieval.live import erase_images
+    from uit.retrieval.search import erasure_file
 
     # writable, checked before erasing; one line, never rotated here: rotation and retention
     # are the server's (its --audit-keep may keep more old files than the default)
     audit = AuditLog(AuditPolicy(audit_log, max_bytes=NEVER_ROTATE)) if audit_log else None
-    change = erase_images(checkpoint, _gallery_source(gallery), names=image or [],
+    source = _gallery_source(gallery)
+    change = erase_images(checkpoint, source, names=image or [],
                           pids=identity or [], split=split, cache_dir=cache_dir,
                           index_kind=index, delete_files=delete_files)  # fmt: skip
     if audit is not None:
         audit.write({"event": "erase", "gallery": gallery, "images": change.names,
                      "identities": identity or [], "files_deleted": delete_files})  # fmt: skip
-    _say(f"erased {len(change.names)} images from {gallery} ({change.images} left); "
-         f"{len(change.caches)} embedding caches rewritten, {len(change.dropped)} other "
-         "cached indexes removed; a running uit serve drops them on POST "
-         "/admin/reload")  # fmt: skip
+    listed = erasure_file(source)
+    if (Path(source) / IMAGES_FILE).is_file():  # beside a folder that DVC may manage
+        listed_in = f"listed in {listed} (commit it with the project: dvc repro keeps it)"
+    else:
+        listed_in = f"listed in {listed}"
+    _say(f"erased {len(change.names)} images from {gallery} ({change.images} left), "
+         f"{listed_in}; {len(change.caches)} embedding caches rewritten, "
+         f"{len(change.dropped)} other cached indexes removed; a running uit serve drops "
+         "them on POST /admin/reload")  # fmt: skip
