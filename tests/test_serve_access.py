@@ -412,3 +412,49 @@ def test_the_page_says_too_many_requests_and_offers_a_retry(served: Served) -> N
     assert before == [] and kept == "a woman in a red coat"  # no search sent without the token
     assert shown[1] == "error" and retry, shown
     assert "Too many requests" in shown[0] and "requests a minute" in shown[0]
+
+
+class _Clock:
+    """``time`` for uit.app.serve_access, read from ``now``."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_limits_forget_clients_they_no_longer_need_and_answer_as_if_they_had_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server open to the internet meets addresses once and never again: the rate limit and
+    the wrong-token counter forget them once they could not matter (a bucket full again, every
+    failure out of the window). Invariant: on the same random traffic, limits that sweep answer
+    exactly as limits that never do, and hold hundreds of clients instead of thousands."""
+    import random
+
+    from uit.app import serve_access
+
+    clock = _Clock()
+    monkeypatch.setattr(serve_access, "time", clock)
+    limits = {every: (serve_access.RateLimit(30), serve_access.Failures(limit=3, window=60.0))
+              for every in (60.0, float("inf"))}  # fmt: skip
+    rng, limited = random.Random(0), 0
+    for step in range(20_000):
+        clock.now += rng.expovariate(20.0)  # 20 requests a second
+        # three addresses that come back: in turns faster than the limit and idle a while
+        regular = rng.random() < (0.3 if clock.now % 100 < 50 else 0.01)
+        address = f"10.0.0.{rng.randrange(3)}" if regular else f"2001:db8::{step:x}"
+        wrong_token = rng.random() < (0.05 if regular else 0.5)
+        answers = {}
+        for every, (rate, failures) in limits.items():
+            monkeypatch.setattr(serve_access, "SWEEP_EVERY", every)
+            answers[every] = (rate.wait(address), failures.wait(address))
+            if answers[every] == (0.0, 0.0) and wrong_token:
+                failures.failed(address)
+        assert answers[60.0] == answers[float("inf")], (step, address)
+        limited += answers[60.0][0] > 0
+    (swept_rate, swept_failures), (kept_rate, kept_failures) = limits.values()
+    assert len(kept_rate.buckets) > 13_000 and len(swept_rate.buckets) < 1_500
+    assert len(kept_failures.times) > 6_000 and len(swept_failures.times) < 1_500
+    assert limited > 1_000  # the regulars come faster than the limit, and are held to it

@@ -31,6 +31,7 @@ NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 RATE_LIMIT = 600  # requests a minute per token (per address without tokens): a page of 50 is 51
 FAILURES = 10  # wrong tokens from one address in FAILURE_WINDOW seconds before it must wait
 FAILURE_WINDOW = 60.0
+SWEEP_EVERY = 60.0  # seconds between sweeps of the clients a limit no longer needs to remember
 LOCK_WAIT = 10.0  # seconds a token command waits for another one changing the file
 
 
@@ -144,18 +145,23 @@ class TokenCheck:
 class RateLimit:
     """A token bucket per key (a token's name, or an address): ``per_minute`` requests a
     minute, in bursts of up to as many. ``wait`` is 0 for a request let through, else the
-    seconds until the next one would be."""
+    seconds until the next one would be. A bucket that has filled up again is forgotten (at
+    most every ``SWEEP_EVERY`` seconds): it answers as a new one would, and a server open to
+    many addresses does not grow a bucket for each one it ever saw."""
 
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute
         self.buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens left, when)
         self.lock = threading.Lock()
+        self.swept = time.monotonic()
 
     def wait(self, key: str) -> float:
         if self.per_minute <= 0:
             return 0.0
         now, rate = time.monotonic(), self.per_minute / 60.0
         with self.lock:
+            if now - self.swept >= SWEEP_EVERY:
+                self._sweep(now, rate)
             left, then = self.buckets.get(key, (float(self.per_minute), now))
             left = min(float(self.per_minute), left + (now - then) * rate)
             if left >= 1.0:
@@ -164,19 +170,29 @@ class RateLimit:
             self.buckets[key] = (left, now)
             return (1.0 - left) / rate
 
+    def _sweep(self, now: float, rate: float) -> None:
+        full = float(self.per_minute)
+        self.buckets = {key: (left, then) for key, (left, then) in self.buckets.items()
+                        if left + (now - then) * rate < full}  # fmt: skip
+        self.swept = now
+
 
 class Failures:
     """Wrong tokens by address: after ``FAILURES`` in a minute, the address waits until the
-    oldest of them is a minute old (``wait`` > 0: answered 429 without looking at the token)."""
+    oldest of them is a minute old (``wait`` > 0: answered 429 without looking at the token).
+    An address whose failures are all older than the window is forgotten (at most every
+    ``SWEEP_EVERY`` seconds), whether or not it comes back."""
 
     def __init__(self, limit: int = FAILURES, window: float = FAILURE_WINDOW) -> None:
         self.limit, self.window = limit, window
         self.times: dict[str, deque[float]] = defaultdict(deque)
         self.lock = threading.Lock()
+        self.swept = time.monotonic()
 
     def wait(self, address: str) -> float:
         now = time.monotonic()
         with self.lock:
+            self._maybe_sweep(now)
             times = self.times.get(address)
             if not times:
                 return 0.0
@@ -189,8 +205,17 @@ class Failures:
             return times[0] + self.window - now
 
     def failed(self, address: str) -> None:
+        now = time.monotonic()
         with self.lock:
-            self.times[address].append(time.monotonic())
+            self._maybe_sweep(now)
+            self.times[address].append(now)
+
+    def _maybe_sweep(self, now: float) -> None:
+        if now - self.swept < SWEEP_EVERY:
+            return
+        for address in [a for a, t in self.times.items() if not t or t[-1] <= now - self.window]:
+            del self.times[address]
+        self.swept = now
 
 
 def retry_after(seconds: float) -> str:
