@@ -79,6 +79,34 @@ def test_add_encodes_only_the_new_images_and_search_finds_them(trained: dict[str
     assert ranking(warm) == ranking(search(best, folder, fresh))
 
 
+def test_add_fills_an_empty_gallery_and_one_whose_images_were_all_erased(
+    trained: dict[str, Path], folder: Path, one_thread: None
+) -> None:
+    """A gallery starts empty, or is emptied by erasures: ``gallery add`` fills it, erased names
+    stay refused, and a search of the filled gallery ranks as one on a cache built anew (the
+    first search ever of a gallery, ``--no-cache``, differs in the sixth decimal: the cache
+    stores float16 vectors)."""
+    cache, best, new = folder.parent / "cache", trained["best"], folder.parent / "new"
+    empty = folder.parent / "empty"
+    empty.mkdir()
+    code, out = cli("gallery", "add", best, *sorted(new.glob("*.png"))[:2], "--gallery", empty,
+                    "--cache-dir", cache, "--device", "cpu")  # fmt: skip
+    assert code == 0 and "2 encoded now, 2 in the gallery" in out, out
+    fresh = folder.parent / "fresh"  # caches built anew on each gallery as it is now
+    assert ranking(search(best, empty, cache)) == ranking(search(best, empty, fresh))
+    names = sorted(p.name for p in folder.glob("*.png"))
+    erase_images(best, folder, names=names, cache_dir=cache)
+    fails("search", best, QUERY, "--gallery", folder, "--cache-dir", cache,
+          says=("every image in it was erased",))  # fmt: skip
+    fails("gallery", "add", best, folder / names[0], "--gallery", folder, "--cache-dir", cache,
+          says=("was erased", "another name"))  # fmt: skip
+    change = add_images(best, folder, sorted(new.glob("*.png")), cache_dir=cache, device="cpu")
+    assert change.images == 4 and change.encoded == 2  # two were encoded for the empty gallery
+    answer = search(best, folder, cache)
+    assert {name for name, _ in ranking(answer)} == {p.name for p in new.glob("*.png")}
+    assert ranking(answer) == ranking(search(best, folder, fresh))
+
+
 def test_add_refuses_bad_input_before_writing_anything(trained: dict[str, Path],
                                                        folder: Path) -> None:  # fmt: skip
     cache, best = folder.parent / "cache", trained["best"]

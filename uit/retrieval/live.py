@@ -28,6 +28,7 @@ from uit.retrieval.milvus import LITE_FILE, connect, drop_other_collections
 from uit.retrieval.search import (
     IMAGE_SUFFIXES,
     EmbeddingCache,
+    EmptyGallery,
     Gallery,
     checkpoint_digest,
     file_digest,
@@ -94,26 +95,26 @@ def add_images(
     """Add ``images`` (files, or folders of them) to the folder gallery ``folder``: a file
     outside it is copied in (a folder under its own name), then only the images not in the
     cache are encoded; a cached index of the gallery before is carried over to the gallery
-    after."""
+    after. The gallery may hold no image yet (or only erased ones)."""
     folder = Path(folder)
     if (folder / IMAGES_FILE).is_file():
         raise DataError(f"--gallery {folder} is a prepared benchmark: add images to a folder "
                         "gallery (a benchmark changes through uit data prepare)")  # fmt: skip
-    before = read_gallery(folder)
+    before = _remaining(folder, "test")
     placed = _placements(folder, images, read_erased(folder))
     for source, _ in placed:  # every new image decodes before any is copied in
         load_rgb(source)
     encoder, _, options = load_for_inference(Path(checkpoint), device, batch_size)
     cache = EmbeddingCache(Path(cache_dir), checkpoint_digest(Path(checkpoint)))
     cache.keep_width(encoder.embed_dim)
-    old = _cached_feats(before, cache)
+    old = _cached_feats(before, cache) if before is not None else None
     for source, target in placed:
         if source != target:
             atomic_write_bytes(target, read_image_bytes(source))
     after = read_gallery(folder)
     feats, encoded = gallery_embeddings(encoder, after.paths, options, cache, progress,
                                         after.image_fix)  # fmt: skip
-    index = _carry(cache_dir, index_kind, before, old, after, feats)
+    index = _carry(cache_dir, index_kind, before, old, after, feats) if before is not None else None
     names = [target.relative_to(folder).as_posix() for _, target in placed]
     return Change(names, encoded, len(after.paths), index, [cache.path], [])
 
@@ -247,13 +248,11 @@ def _targets(gallery: Gallery, names: Sequence[str], pids: Sequence[int],
 
 
 def _remaining(source: Path, split: str) -> Gallery | None:
-    """The gallery after an erasure, or None when nothing is left in it."""
+    """The gallery, or None when no image is left in it (none yet, or every one erased)."""
     try:
         return read_gallery(source, split)
-    except DataError as error:
-        if "was erased" in str(error) or "holds no images" in str(error):
-            return None
-        raise
+    except EmptyGallery:
+        return None
 
 
 def _cached_feats(gallery: Gallery, cache: EmbeddingCache) -> torch.Tensor | None:

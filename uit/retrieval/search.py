@@ -83,6 +83,10 @@ def shown(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+class EmptyGallery(DataError):
+    """A folder gallery with no image to read: none in it, or every one erased."""
+
+
 def read_gallery(source: str | Path, split: str = "test") -> Gallery:
     """A folder of images (searched recursively) or a prepared benchmark's ``split``, less the
     images erased from it (``read_erased``)."""
@@ -92,8 +96,8 @@ def read_gallery(source: str | Path, split: str = "test") -> Gallery:
     if not (source / IMAGES_FILE).is_file():
         paths = [p for p in list_folder(source) if p.relative_to(source).as_posix() not in erased]
         if not paths:
-            raise DataError(f"gallery {source}: every image in it was erased "
-                            f"({erasure_file(source)})")  # fmt: skip
+            raise EmptyGallery(f"gallery {source}: every image in it was erased "
+                               f"({erasure_file(source)})")  # fmt: skip
         return Gallery(name, source, paths, [p.relative_to(source).as_posix() for p in paths])
     manifests = read_manifests(source)
     if not manifests.has_split(split):
@@ -170,7 +174,8 @@ def list_folder(folder: Path) -> list[Path]:
             "image files, or link the whole gallery folder instead"
         )
     if not images:
-        raise DataError(f"gallery {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise EmptyGallery(f"gallery {folder} holds no images ({suffixes})")
     return sorted(images)
 
 
