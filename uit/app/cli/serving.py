@@ -264,9 +264,9 @@ def serve(
     with listen(host, port) as sock:  # a port in use fails now, not after the gallery
         port = sock.getsockname()[1]  # the one the system chose for --port 0
         with progress_bars() as progress:
-            searcher = load_searcher(checkpoint, _gallery_source(gallery), split=split,
-                                     index_kind=index, cache_dir=cache_dir, device=device,
-                                     batch_size=batch_size, progress=adder(progress),
+            searcher = load_searcher(checkpoint, source, split=split, index_kind=index,
+                                     cache_dir=cache_dir, device=device, batch_size=batch_size,
+                                     progress=adder(progress),
                                      batch_queries=batch_queries)  # fmt: skip
         address = f"[{host}]" if ":" in host else host
         count = len(read_tokens(token_file))
