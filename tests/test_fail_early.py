@@ -216,3 +216,11 @@ def test_uit_run_leaves_a_logging_configuration_the_user_chose(
     quiet_server_shutdown(tmp_path / "other")
     assert os.environ["PREFECT_LOGGING_SETTINGS_PATH"] == str(tmp_path / "mine.yml")
     assert not (tmp_path / "other").exists()
+    # chosen in a file Prefect reads (here prefect.toml in the working folder), not the shell
+    monkeypatch.delenv("PREFECT_LOGGING_SETTINGS_PATH")
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "elsewhere"))
+    (tmp_path / "prefect.toml").write_text('[logging]\nconfig_path = "mine.yml"\n')
+    monkeypatch.chdir(tmp_path)
+    quiet_server_shutdown(tmp_path / "other")
+    assert "PREFECT_LOGGING_SETTINGS_PATH" not in os.environ
+    assert not (tmp_path / "other").exists()

@@ -158,8 +158,9 @@ class RateLimit:
     def wait(self, key: str) -> float:
         if self.per_minute <= 0:
             return 0.0
-        now, rate = time.monotonic(), self.per_minute / 60.0
-        with self.lock:
+        rate = self.per_minute / 60.0
+        with self.lock:  # the clock read inside: a bucket's times never go back
+            now = time.monotonic()
             if now - self.swept >= SWEEP_EVERY:
                 self._sweep(now, rate)
             left, then = self.buckets.get(key, (float(self.per_minute), now))
@@ -190,8 +191,8 @@ class Failures:
         self.swept = time.monotonic()
 
     def wait(self, address: str) -> float:
-        now = time.monotonic()
         with self.lock:
+            now = time.monotonic()
             self._maybe_sweep(now)
             times = self.times.get(address)
             if not times:
@@ -205,8 +206,8 @@ class Failures:
             return times[0] + self.window - now
 
     def failed(self, address: str) -> None:
-        now = time.monotonic()
-        with self.lock:
+        with self.lock:  # the clock read inside: each address's times stay in order
+            now = time.monotonic()
             self._maybe_sweep(now)
             self.times[address].append(now)
 

@@ -49,24 +49,24 @@ def quiet_server_shutdown(project: Path) -> None:
     """Prefect's temporary server stops when the flow is done, and a database connection it
     was using can be cut mid-rollback: SQLAlchemy's pool then logs a traceback ("Exception
     during reset or similar", a cancelled ``rollback``) under a run that succeeded. That
-    server is a child process that configures its logging from ``PREFECT_LOGGING_SETTINGS_PATH``,
-    so this writes Prefect's own logging configuration with the ``sqlalchemy.pool`` logger
-    quiet to ``.prefect/uit-logging.yml`` in the project and points that setting at it. A
-    configuration the user chose (the setting, or ``logging.yml`` in ``PREFECT_HOME``) wins."""
+    server is a child process that configures its logging from Prefect's ``logging.config_path``
+    setting, so this writes Prefect's own logging configuration with the ``sqlalchemy.pool``
+    logger quiet to ``.prefect/uit-logging.yml`` in the project and sets that setting (its
+    environment variable) to it. A configuration the user chose wins: the setting, from any of
+    Prefect's sources (environment, ``.env``, ``prefect.toml``, ``pyproject.toml``, profile),
+    or a ``logging.yml`` in ``PREFECT_HOME``. Call it with ``PREFECT_HOME`` set and before the
+    flows are imported (Prefect reads its settings once)."""
     import os
-    from importlib.util import find_spec
 
     import yaml
+    from prefect.logging.configuration import DEFAULT_LOGGING_SETTINGS_PATH
+    from prefect.settings import Settings
 
-    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
-    if "PREFECT_LOGGING_SETTINGS_PATH" in os.environ or (home / "logging.yml").exists():
+    chosen = Settings().logging
+    if "config_path" in chosen.model_fields_set or chosen.config_path.exists():
         return
-    # found, not imported: importing Prefect would read its settings before this one is set
-    spec = find_spec("prefect")
-    assert spec is not None and spec.origin is not None
-    default = Path(spec.origin).parent / "logging" / "logging.yml"
     # the placeholders (${PREFECT_LOGGING_LEVEL}) stay strings; Prefect fills them when it loads
-    config = yaml.safe_load(default.read_text())
+    config = yaml.safe_load(DEFAULT_LOGGING_SETTINGS_PATH.read_text())
     config["loggers"]["sqlalchemy.pool"] = {"level": "CRITICAL"}
     path = project / ".prefect" / "uit-logging.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
