@@ -22,16 +22,15 @@ import torch
 from PIL import Image
 
 from tests.conftest import Client, cli, fails, snapshot, stop, wait_until_serving
+from uit.data.prepared import ERASED_FILE, erasure_file
 from uit.raw.prepare import prepare_benchmark
 from uit.retrieval import index as index_module
 from uit.retrieval import live as live_module
 from uit.retrieval.gallery import open_gallery
 from uit.retrieval.live import add_images, erase_images
 from uit.retrieval.search import (
-    ERASED_FILE,
     EmbeddingCache,
     checkpoint_digest,
-    erasure_file,
     file_digest,
     read_gallery,
 )
@@ -105,6 +104,18 @@ def test_add_fills_an_empty_gallery_and_one_whose_images_were_all_erased(
     answer = search(best, folder, cache)
     assert {name for name, _ in ranking(answer)} == {p.name for p in new.glob("*.png")}
     assert ranking(answer) == ranking(search(best, folder, fresh))
+
+
+def test_add_to_a_folder_that_does_not_exist_is_refused_and_makes_nothing(
+    trained: dict[str, Path], folder: Path
+) -> None:
+    """Only an existing folder is a gallery: a typo in --gallery (or a benchmark's name, which
+    add does not take) must not become a new gallery."""
+    typo = folder.parent / "galery"
+    fails("gallery", "add", trained["best"], *sorted((folder.parent / "new").glob("*.png")),
+          "--gallery", typo, "--cache-dir", folder.parent / "cache",
+          says=(str(typo), "not found"))  # fmt: skip
+    assert not typo.exists()
 
 
 def test_add_refuses_bad_input_before_writing_anything(trained: dict[str, Path],
@@ -228,20 +239,51 @@ def test_erase_by_identity_in_a_prepared_benchmark(
     assert other not in read_gallery(prepared).pids and pid not in read_gallery(prepared).pids
 
 
-def test_a_prepared_benchmark_honours_the_erasure_list_inside_it_too(
+def test_an_erasure_list_inside_a_prepared_folder_counts_and_moves_beside_it(
+    trained: dict[str, Path], tiny_synth: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Where earlier versions wrote it: inside the prepared folder. It counts (with a warning),
+    the next erasure or ``uit data prepare`` moves it beside the folder, and then a folder
+    removed as ``dvc repro`` removes it loses nothing."""
+    prepared = tmp_path / "cuhk-pedes"
+    for move in ("erase", "prepare"):
+        shutil.rmtree(prepared, ignore_errors=True)
+        erasure_file(tmp_path / "x").unlink(missing_ok=True)
+        shutil.copytree(trained["prepared"], prepared)
+        listed = erasure_file(prepared)
+        listed.unlink(missing_ok=True)
+        names = read_gallery(prepared).names
+        old, new = names[0], names[1]
+        (prepared / ERASED_FILE).write_text(json.dumps({"format": "uit-erased-1",
+                                                        "images": [old]}))  # fmt: skip
+        assert old not in read_gallery(prepared).names
+        if move == "erase":
+            erase_images(trained["best"], prepared, names=[new], cache_dir=tmp_path / "cache")
+            assert json.loads(listed.read_text())["images"] == sorted([old, new])
+        else:
+            prepare_benchmark("cuhk-pedes", tiny_synth[0].resolve(), prepared)
+            assert json.loads(listed.read_text())["images"] == [old]
+        assert not (prepared / ERASED_FILE).exists()
+        shutil.rmtree(prepared)  # dvc repro
+        prepare_benchmark("cuhk-pedes", tiny_synth[0].resolve(), prepared)
+        assert old not in read_gallery(prepared).names, move
+
+
+def test_a_benchmark_reached_through_a_link_has_one_erasure_list(
     trained: dict[str, Path], tmp_path: Path
 ) -> None:
-    """Where earlier versions wrote it: inside the prepared folder. Both lists count, and the
-    next erasure writes their union beside the folder."""
-    prepared = tmp_path / "cuhk-pedes"
-    shutil.copytree(trained["prepared"], prepared)
-    gallery = read_gallery(prepared)
-    old, new = gallery.names[0], gallery.names[1]
-    (prepared / ERASED_FILE).write_text(json.dumps({"format": "uit-erased-1", "images": [old]}))
-    assert old not in read_gallery(prepared).names
-    erase_images(trained["best"], prepared, names=[new], cache_dir=tmp_path / "cache")
-    assert not {old, new} & set(read_gallery(prepared).names)
-    assert json.loads(erasure_file(prepared).read_text())["images"] == sorted([old, new])
+    """Erased through a link to the prepared folder, an image is erased for the folder's own
+    path too: the list sits beside the folder the link leads to, not beside the link."""
+    real = tmp_path / "cuhk-pedes"  # at the depth its relative images folder expects
+    shutil.copytree(trained["prepared"], real)
+    (tmp_path / "links").mkdir()
+    link = tmp_path / "links" / "cuhk"
+    link.symlink_to(real)
+    victim = read_gallery(real).names[0]
+    erase_images(trained["best"], link, names=[victim], cache_dir=tmp_path / "cache")
+    assert erasure_file(link) == erasure_file(real) == tmp_path / f"cuhk-pedes{ERASED_FILE}"
+    assert victim not in read_gallery(real).names and victim not in read_gallery(link).names
+    assert not list((tmp_path / "links").glob(f"*{ERASED_FILE}"))
 
 
 def _centroids(path: Path) -> np.ndarray:

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from tests.conftest import Client, clustered, fails, snapshot, stop, wait_until_serving
+from uit.data.prepared import ERASED_FILE
 from uit.retrieval import milvus as milvus_module
 from uit.retrieval.gallery import open_gallery
 from uit.retrieval.index import AnnSettings, build_index
 from uit.retrieval.live import add_images, erase_images
 from uit.retrieval.milvus import MilvusIndex, carry_milvus, row_ids, segment_rows
-from uit.retrieval.search import ERASED_FILE
 
 pytest.importorskip("pymilvus")
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,11 +23,15 @@ import polars as pl
 
 from uit.core.boundary import PREPARED, reading
 from uit.core.errors import DataError
+from uit.core.io import atomic_write_json
+
+log = logging.getLogger(__name__)
 
 IMAGES_FILE = "images.parquet"
 CAPTIONS_FILE = "captions.parquet"
 STATS_FILE = "stats.json"
-ERASED_FILE = ".uit-erased.json"  # a gallery's erasure list, beside its images (uit gallery erase)
+ERASED_FILE = ".uit-erased.json"  # a gallery's erasure list (uit gallery erase): erasure_file
+ERASED_FORMAT = "uit-erased-1"
 # Real captions are a few hundred characters; a longer one is broken or hostile (and would make
 # tagging slow): it is dropped and counted as "oversized_caption" in stats.json.
 MAX_CAPTION_CHARS = 2000
@@ -152,3 +157,48 @@ def read_stats(prepared_dir: str | Path) -> dict[str, Any]:
     with reading(prepared_dir, *PREPARED):
         stats: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return stats
+
+
+def erasure_file(source: str | Path) -> Path:
+    """Where ``uit gallery erase`` lists what it erased from the gallery at ``source``: inside
+    a folder of images (``ERASED_FILE``); beside a prepared benchmark's folder
+    (``data/prepared/cuhk-pedes.uit-erased.json``), which ``dvc repro`` and ``uit data prepare``
+    replace whole: the list outlives every preparation, and git can keep it."""
+    source = Path(source)
+    folder = Path(os.path.realpath(source))  # one list, whichever link the folder is reached by
+    if not (source / IMAGES_FILE).is_file() or not folder.name:
+        return source / ERASED_FILE
+    return folder.parent / f"{folder.name}{ERASED_FILE}"
+
+
+def read_erased(source: str | Path) -> set[str]:
+    """The names (paths inside the gallery) erased from the gallery at ``source``: listed by
+    ``uit gallery erase`` (``erasure_file``; for a prepared benchmark also a list inside its
+    folder, where earlier versions kept it), never read or served again."""
+    inside, listed = Path(source) / ERASED_FILE, erasure_file(source)
+    if inside != listed and inside.is_file():
+        log.warning("%s: an erasure list inside a prepared folder, where dvc repro loses it; "
+                    "uit data prepare or the next uit gallery erase moves it to %s",
+                    inside, listed)  # fmt: skip
+    return set().union(*(_read_erasure_list(p) for p in sorted({inside, listed}) if p.is_file()))
+
+
+def _read_erasure_list(path: Path) -> set[str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != ERASED_FORMAT or not isinstance(data.get("images"), list):
+            raise ValueError(f"not a {ERASED_FORMAT} file")
+        return {str(name) for name in data["images"]}
+    except (ValueError, AttributeError) as error:
+        raise DataError(f"{path} is damaged ({error}): it lists the images erased from this "
+                        "gallery; restore it from a backup, or run uit gallery erase again "
+                        "for every image erased") from None  # fmt: skip
+
+
+def write_erased(source: str | Path, names: set[str]) -> None:
+    """Write the erasure list of the gallery at ``source`` (``erasure_file``); a list an
+    earlier version left inside a prepared folder goes, its names in ``names`` by then."""
+    listed, inside = erasure_file(source), Path(source) / ERASED_FILE
+    atomic_write_json(listed, {"format": ERASED_FORMAT, "images": sorted(names)})
+    if inside != listed:
+        inside.unlink(missing_ok=True)

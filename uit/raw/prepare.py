@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -31,7 +30,9 @@ from uit.data.prepared import (
     IMGS_DIR_BASE,
     MAX_CAPTION_CHARS,
     STATS_FILE,
+    read_erased,
     resolve_inside,
+    write_erased,
 )
 from uit.raw.readers import Annotations, ImageRecord, read_benchmark
 
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
 
 
 OUTPUT_FILES = (IMAGES_FILE, CAPTIONS_FILE, STATS_FILE)
-OWNED_FILES = (*OUTPUT_FILES, ERASED_FILE)  # what may be replaced: the erasure list is kept
+# what may be replaced: an erasure list inside, from an earlier version, has moved out by then
+OWNED_FILES = (*OUTPUT_FILES, ERASED_FILE)
 CONTEXT_TOKENS = 75  # CLIP's 77 minus start and end tokens
 # Typographic punctuation that annotators paste in; mapped to the ASCII a tokenizer expects.
 _ASCII_PUNCTUATION = str.maketrans(
@@ -272,15 +274,14 @@ def _stats(
 def write_manifests(manifests: Prepared, out_dir: str | Path) -> None:
     """Replace ``out_dir`` with a folder of the three files: readers see all old or all new.
     An erasure list inside it (where ``uit gallery erase`` wrote it before it moved beside the
-    folder, out of reach of ``dvc repro``) is carried over: a benchmark prepared again must not
-    serve the images erased from it."""
-    erased = Path(out_dir) / ERASED_FILE
+    folder, out of reach of ``dvc repro``) moves beside it first: a benchmark prepared again
+    must not serve the images erased from it."""
+    if (Path(out_dir) / ERASED_FILE).is_file() and (Path(out_dir) / IMAGES_FILE).is_file():
+        write_erased(out_dir, read_erased(out_dir))
     with replaced_dir(out_dir, OWNED_FILES) as tmp:
         manifests.images.write_parquet(tmp / IMAGES_FILE)
         manifests.captions.write_parquet(tmp / CAPTIONS_FILE)
         atomic_write_json(tmp / STATS_FILE, manifests.stats)
-        if erased.is_file():
-            shutil.copy2(erased, tmp / ERASED_FILE)
 
 
 def prepare_benchmark(

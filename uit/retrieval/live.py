@@ -21,7 +21,7 @@ from uit.core.config import INFERENCE_BATCH_SIZE, MILVUS_URI, IndexChoice
 from uit.core.errors import DataError
 from uit.core.io import atomic_write_bytes, folder_lock
 from uit.data.images import load_rgb, read_image_bytes
-from uit.data.prepared import IMAGES_FILE
+from uit.data.prepared import IMAGES_FILE, erasure_file, read_erased, write_erased
 from uit.retrieval.evaluate import load_for_inference
 from uit.retrieval.index import carry_index, resolve_kind
 from uit.retrieval.milvus import LITE_FILE, connect, drop_other_collections
@@ -33,11 +33,10 @@ from uit.retrieval.search import (
     checkpoint_digest,
     file_digest,
     gallery_embeddings,
+    gallery_not_found,
     list_folder,
-    read_erased,
     read_gallery,
     shown,
-    write_erased,
 )
 
 if TYPE_CHECKING:
@@ -66,15 +65,21 @@ class Change:
 
 
 def _one_change_at_a_time(change: Callable[P, Change]) -> Callable[P, Change]:
-    """Hold the gallery folder's lock (the second argument) while ``change`` runs: two erasures
-    at once would each write the erasure list without the other's names (an erased image
-    served again), and an addition beside an erasure could put its rows back in a cache."""
+    """Hold the lock of the gallery's erasure list's folder (the gallery is the second argument)
+    while ``change`` runs: two erasures at once would each write the erasure list without the
+    other's names (an erased image served again), and an addition beside an erasure could put
+    its rows back in a cache."""
 
     @functools.wraps(change)
     def locked(*args: P.args, **kwargs: P.kwargs) -> Change:
         gallery = Path(args[1])  # type: ignore[arg-type]  # (checkpoint, gallery, ...)
+        if not gallery.is_dir():  # before the lock, which would make it
+            raise gallery_not_found(gallery)
+        # the folder of the erasure list: a prepared benchmark's is beside it, and uit data
+        # prepare may replace the benchmark's folder meanwhile
+        held = erasure_file(gallery).parent
         busy = f"{gallery} is being changed by another uit gallery add or erase: try again"
-        with folder_lock(gallery, busy, DataError, wait=CHANGE_WAIT):
+        with folder_lock(held, busy, DataError, wait=CHANGE_WAIT):
             return change(*args, **kwargs)
 
     return locked

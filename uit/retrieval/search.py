@@ -25,9 +25,14 @@ import torch
 from safetensors.torch import load
 
 from uit.core.errors import DataError
-from uit.core.io import atomic_write_bytes, atomic_write_json, save_tensors
+from uit.core.io import atomic_write_bytes, save_tensors
 from uit.data.images import ImageError, read_image_bytes
-from uit.data.prepared import ERASED_FILE, IMAGES_FILE, read_manifests
+from uit.data.prepared import (
+    IMAGES_FILE,
+    erasure_file,
+    read_erased,
+    read_manifests,
+)
 from uit.model.encoder import DualEncoder
 from uit.retrieval.evaluate import EvalOptions, encode_images
 from uit.retrieval.metrics import ranking_keys
@@ -41,7 +46,6 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 # What an unreadable image of a folder gallery asks for (``--drop-missing`` is for benchmarks).
 FOLDER_FIX = "a gallery folder holds image files only: remove this one or replace it with a " \
     "readable image, then run again"  # fmt: skip
-ERASED_FORMAT = "uit-erased-1"
 
 
 @dataclass(frozen=True)
@@ -114,45 +118,14 @@ def read_gallery(source: str | Path, split: str = "test") -> Gallery:
                    [text for text, _ in captions])  # fmt: skip
 
 
-def erasure_file(source: str | Path) -> Path:
-    """Where ``uit gallery erase`` lists what it erased from the gallery at ``source``: inside
-    a folder of images (``ERASED_FILE``); beside a prepared benchmark's folder
-    (``data/prepared/cuhk-pedes.uit-erased.json``), which ``dvc repro`` and ``uit data prepare``
-    replace whole: the list outlives every preparation, and git can keep it."""
-    source = Path(source)
-    folder = Path(os.path.abspath(source))
-    if not (source / IMAGES_FILE).is_file() or not folder.name:
-        return source / ERASED_FILE
-    return folder.parent / f"{folder.name}{ERASED_FILE}"
-
-
-def read_erased(source: str | Path) -> set[str]:
-    """The names (paths inside the gallery) erased from the gallery at ``source``: listed by
-    ``uit gallery erase`` (``erasure_file``; for a prepared benchmark also a list inside its
-    folder, where earlier versions kept it), never read or served again."""
-    paths = {Path(source) / ERASED_FILE, erasure_file(source)}
-    return set().union(*(_read_erasure_list(p) for p in sorted(paths) if p.is_file()))
-
-
-def _read_erasure_list(path: Path) -> set[str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != ERASED_FORMAT or not isinstance(data.get("images"), list):
-            raise ValueError(f"not a {ERASED_FORMAT} file")
-        return {str(name) for name in data["images"]}
-    except (ValueError, AttributeError) as error:
-        raise DataError(f"{path} is damaged ({error}): it lists the images erased from this "
-                        "gallery; restore it from a backup, or run uit gallery erase again "
-                        "for every image erased") from None  # fmt: skip
-
-
-def write_erased(source: str | Path, names: set[str]) -> None:
-    atomic_write_json(erasure_file(source), {"format": ERASED_FORMAT, "images": sorted(names)})
-
-
 def list_gallery(source: str | Path, split: str = "test") -> list[Path]:
     """The images of a folder (recursively, sorted), or of a prepared benchmark's split."""
     return read_gallery(source, split).paths
+
+
+def gallery_not_found(folder: Path) -> DataError:
+    return DataError(f"gallery {folder} not found: give a folder of images, a prepared benchmark "
+                     "folder (data/prepared/NAME) or a benchmark name")  # fmt: skip
 
 
 def list_folder(folder: Path) -> list[Path]:
@@ -160,10 +133,7 @@ def list_folder(folder: Path) -> list[Path]:
     (see ``_walk``); one that leads out of it, to a file or a folder, is an error, as
     ``uit data prepare`` refuses one out of imgs/ (its target would be read and served)."""
     if not folder.is_dir():
-        raise DataError(
-            f"gallery {folder} not found: give a folder of images, a prepared benchmark folder "
-            "(data/prepared/NAME) or a benchmark name"
-        )
+        raise gallery_not_found(folder)
     images, outside = _walk(folder)
     if outside:
         link, target = outside[0]
