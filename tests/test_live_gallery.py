@@ -26,6 +26,7 @@ from uit.data.prepared import ERASED_FILE, erasure_file
 from uit.raw.prepare import prepare_benchmark
 from uit.retrieval import index as index_module
 from uit.retrieval import live as live_module
+from uit.retrieval import search as search_module
 from uit.retrieval.gallery import open_gallery
 from uit.retrieval.live import add_images, erase_images
 from uit.retrieval.search import (
@@ -62,13 +63,20 @@ def ranking(answer: dict[str, Any]) -> list[tuple[str, float]]:
     return [(Path(r["path"]).name, r["score"]) for r in answer["results"]]
 
 
-def test_add_encodes_only_the_new_images_and_search_finds_them(trained: dict[str, Path],
-                                                               folder: Path) -> None:  # fmt: skip
+def test_add_encodes_only_the_new_images_and_search_finds_them(
+    trained: dict[str, Path], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache, best = folder.parent / "cache", trained["best"]
     assert search(best, folder, cache)["encoded_now"] == 8
     new = sorted((folder.parent / "new").glob("*.png"))
+    hashed: list[Path] = []
+    real_digest = search_module.file_digest
+    for module in (search_module, live_module):
+        monkeypatch.setattr(module, "file_digest", lambda p: hashed.append(p) or real_digest(p))
     change = add_images(best, folder, new[:2], cache_dir=cache, device="cpu")
     assert change.encoded == 2 and change.images == 10 and (folder / new[0].name).is_file()
+    assert len(hashed) == 10  # each image read and hashed once, the 8 already there included
+    monkeypatch.undo()
     code, out = cli("gallery", "add", best, new[2], "--gallery", folder, "--cache-dir", cache,
                     "--device", "cpu")  # fmt: skip
     assert code == 0 and "1 encoded now, 11 in the gallery" in out, out

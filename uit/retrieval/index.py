@@ -165,8 +165,9 @@ def carry_index(
     ``old`` no row comes from are removed from the lists, the others renumbered, the new ones
     assigned to the trained cells. Returns the new index file (the old one is removed: it
     may hold erased images), or None when no index of ``old`` is cached."""
-    path = index_path(cache_dir, IndexHeader.of(old, AnnSettings.for_size(len(old))).digest)
-    index = _read_index(path, IndexHeader.of(old, AnnSettings.for_size(len(old))))
+    before = IndexHeader.of(old, AnnSettings.for_size(len(old)))  # hashes old: once
+    path = index_path(cache_dir, before.digest)
+    index = _read_index(path, before)
     if index is None:
         return None
     mapping = np.full(len(old), -1, dtype=np.int64)  # old id -> new id, -1: removed

@@ -112,13 +112,14 @@ def add_images(
     encoder, _, options = load_for_inference(Path(checkpoint), device, batch_size)
     cache = EmbeddingCache(Path(cache_dir), checkpoint_digest(Path(checkpoint)))
     cache.keep_width(encoder.embed_dim)
-    old = _cached_feats(before, cache) if before is not None else None
+    known = {p: file_digest(p) for p in before.paths} if before is not None else {}
+    old = _cached_feats(before, cache, known) if before is not None else None
     for source, target in placed:
         if source != target:
             atomic_write_bytes(target, read_image_bytes(source))
     after = read_gallery(folder)
     feats, encoded = gallery_embeddings(encoder, after.paths, options, cache, progress,
-                                        after.image_fix)  # fmt: skip
+                                        after.image_fix, known)  # fmt: skip
     index = _carry(cache_dir, index_kind, before, old, after, feats) if before is not None else None
     names = [target.relative_to(folder).as_posix() for _, target in placed]
     return Change(names, encoded, len(after.paths), index, [cache.path], [])
@@ -260,9 +261,12 @@ def _remaining(source: Path, split: str) -> Gallery | None:
         return None
 
 
-def _cached_feats(gallery: Gallery, cache: EmbeddingCache) -> torch.Tensor | None:
-    """The gallery's embeddings as they are cached, in its order, or None when any is not."""
-    digests = [file_digest(p) for p in gallery.paths]
+def _cached_feats(
+    gallery: Gallery, cache: EmbeddingCache, known: dict[Path, str]
+) -> torch.Tensor | None:
+    """The gallery's embeddings as they are cached, in its order, or None when any is not
+    (``known``: the digests of its images)."""
+    digests = [known[p] for p in gallery.paths]
     return cache.get(digests) if digests and not cache.missing(digests) else None
 
 

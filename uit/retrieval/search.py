@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -301,10 +301,12 @@ def gallery_embeddings(
     cache: EmbeddingCache | None = None,
     progress: Advance | None = None,
     fix: str | None = None,
+    digests: Mapping[Path, str] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """(N, D) normalised features of ``paths``; only images not in ``cache`` are encoded.
     Returns the features and how many images were encoded now. An unreadable image's error
-    says ``fix`` when given (``Gallery.image_fix``).
+    says ``fix`` when given (``Gallery.image_fix``). ``digests`` holds the images' digests
+    (``file_digest``) already computed: those are not read and hashed again.
 
     ``progress`` advances by N in all: by one for each image found in the cache as it is
     hashed, then by each batch encoded, so a warm cache's bar moves instead of looking stuck."""
@@ -312,19 +314,20 @@ def gallery_embeddings(
         if cache is None:
             return encode_images(encoder, paths, options, progress), len(paths)
         cache.keep_width(encoder.embed_dim)
-        digests = _digests(paths, cache, progress)
-        todo = cache.missing(digests)
+        keys = _digests(paths, cache, progress, digests or {})
+        todo = cache.missing(keys)
         if todo:
             feats = encode_images(encoder, [paths[i] for i in todo], options, progress)
-            cache.add([digests[i] for i in todo], feats)
+            cache.add([keys[i] for i in todo], feats)
             cache.save()
-    return cache.get(digests), len(todo)
+    return cache.get(keys), len(todo)
 
 
-def _digests(paths: Sequence[Path], cache: EmbeddingCache, progress: Advance | None) -> list[str]:
+def _digests(paths: Sequence[Path], cache: EmbeddingCache, progress: Advance | None,
+             known: Mapping[Path, str]) -> list[str]:  # fmt: skip
     digests = []
     for path in paths:
-        digests.append(file_digest(path))
+        digests.append(known.get(path) or file_digest(path))
         if progress and digests[-1] in cache.rows:
             progress(1)
     return digests
