@@ -125,20 +125,9 @@ def hit_rows(hits: Sequence[Hit], gallery: Gallery) -> tuple[list[str], list[tup
 def print_hits(
     query: str, columns: Sequence[str], rows: Sequence[tuple[str, ...]], out: Console
 ) -> None:
-    """The hits as a table on a terminal; as tab-separated lines with a header elsewhere (a pipe,
-    a file), for ``cut`` and ``awk``. Names are never cut: on a terminal too narrow for a name,
-    it folds onto the next line whole."""
-    if not out.is_terminal:
-        out.file.write("\n".join("\t".join(row) for row in [tuple(columns), *rows]) + "\n")
-        return
-    table = Table(title=f"top {len(rows)}: {query}", title_justify="left", box=SIMPLE_HEAD,
-                  show_edge=False, pad_edge=False)  # fmt: skip
-    for column in columns[:-1]:
-        table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("image", overflow="fold")  # the only column that gives way
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
+    """The hits (``print_table``): numbers to the right, never wrapped; names are never cut:
+    on a terminal too narrow for a name, it folds onto the next line whole."""
+    print_table(columns, rows, out, title=f"top {len(rows)}: {query}", folding=columns[-1])
 
 
 class _ServeGroup(UitGroup):
@@ -370,14 +359,27 @@ def _audit_row(record: dict[str, Any]) -> tuple[str, ...]:
             str(record.get("k", "")), str(record.get("offset", "")), top)  # fmt: skip
 
 
-def print_table(columns: Sequence[str], rows: Sequence[tuple[str, ...]], out: Console) -> None:
-    """A table on a terminal; tab-separated lines under a header elsewhere."""
+def print_table(
+    columns: Sequence[str],
+    rows: Sequence[tuple[str, ...]],
+    out: Console,
+    *,
+    title: str | None = None,
+    folding: str | None = None,
+) -> None:
+    """A table on a terminal; tab-separated lines under a header elsewhere (a pipe, a file),
+    for ``cut`` and ``awk``. ``folding`` names the one column that gives way on a narrow
+    terminal (the others right-aligned, never wrapped); without it every column folds."""
     if not out.is_terminal:
         out.file.write("\n".join("\t".join(row) for row in [tuple(columns), *rows]) + "\n")
         return
-    table = Table(box=SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table = Table(title=title, title_justify="left", box=SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False)  # fmt: skip
     for column in columns:
-        table.add_column(column, overflow="fold")
+        if folding is None or column == folding:
+            table.add_column(column, overflow="fold")
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
     for row in rows:
         table.add_row(*row)
     out.print(table)
