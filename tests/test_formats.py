@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from uit.app.report import benchmark_title
 from uit.core.config import BENCHMARKS, Benchmark, DataConfig, SynthConfig
 from uit.core.errors import DataError
 from uit.raw.formats import (
@@ -168,3 +169,12 @@ def test_no_code_outside_the_registry_branches_on_a_benchmark_name() -> None:
     branches = [hit for p in sources if p not in allowed for hit in _name_branches(p)]
     assert branches == []
     assert _name_branches(ROOT / "uit/raw/formats.py")  # the check sees names where they are
+
+
+def test_the_report_titles_a_format_registered_after_it_was_imported(
+    four: BenchmarkSpec,
+) -> None:
+    """The report read the titles once, at import (this module imports it before any test
+    runs): a format registered later showed its name."""
+    assert benchmark_title("pedes-four") == "PEDES-Four"
+    assert benchmark_title("rstpreid") == "RSTPReid" and benchmark_title("other") == "other"

@@ -25,7 +25,12 @@ if TYPE_CHECKING:
 
     from uit.data.prepared import Manifests
 
-NAMES = {name: spec.title for name, spec in SPECS.items()}  # as the benchmarks name themselves
+
+def benchmark_title(benchmark: str) -> str:
+    """The benchmark as it names itself (its format's title), read when asked: a format
+    registered after this module was imported has its title too."""
+    spec = SPECS.get(benchmark)
+    return spec.title if spec is not None else benchmark
 
 
 @dataclass
@@ -78,7 +83,7 @@ def metric_rows(runs: Sequence[RunResult]) -> list[list[str]]:
         protocol = run.selection.get("protocol", "?")
         if run.selection.get("optimistic"):
             protocol += " (optimistic)"
-        rows.append([NAMES.get(run.benchmark, run.benchmark), *(_fmt(t2i.get(m)) for m in METRICS),
+        rows.append([benchmark_title(run.benchmark), *(_fmt(t2i.get(m)) for m in METRICS),
                      protocol, str(run.selection.get("best_epoch", "-"))])  # fmt: skip
     return rows
 
@@ -93,7 +98,7 @@ def zero_shot_rows(runs: Sequence[RunResult]) -> list[list[str]]:
         if not zero:
             continue
         before, after = zero.get("t2i", {}), tested.get("t2i", {})
-        rows.append([NAMES.get(run.benchmark, run.benchmark), _fmt(before.get("R1")),
+        rows.append([benchmark_title(run.benchmark), _fmt(before.get("R1")),
                      _fmt(after.get("R1")), _fmt(before.get("mAP")), _fmt(after.get("mAP")),
                      str(zero.get("from", "?"))])  # fmt: skip
     return rows
@@ -174,7 +179,7 @@ def diagnostics_section(
     rows = diagnostics_rows(tested)
     if not rows:
         return None
-    name = NAMES.get(benchmark, benchmark)
+    name = benchmark_title(benchmark)
     markdown = markdown_table(BINDING_HEADER, rows) + "\n\n" + DIAGNOSTICS_NOTE
     fragment = (html_table(BINDING_HEADER, rows)
                 + f"<p class='note'>{prose(DIAGNOSTICS_NOTE)}</p>")  # fmt: skip
@@ -212,8 +217,8 @@ def cross_domain_rows(
 ) -> tuple[list[str], list[list[str]]]:
     """Trained on rows, tested on columns: text-to-image ``metric``."""
     tests = sorted({name for run in runs for name in run.tests})
-    header = ["trained on \\ tested on", *(NAMES.get(t, t) for t in tests)]
-    rows = [[NAMES.get(run.benchmark, run.benchmark),
+    header = ["trained on \\ tested on", *(benchmark_title(t) for t in tests)]
+    rows = [[benchmark_title(run.benchmark),
              *(_fmt(run.tests.get(t, {}).get("t2i", {}).get(metric)) for t in tests)]
             for run in runs]  # fmt: skip
     return header, rows
@@ -250,7 +255,7 @@ def curves_plot(runs: Sequence[RunResult]) -> Any:
     fig, (left, right) = pyplot().subplots(1, 2, figsize=(10, 3.4), dpi=110)
     for run in runs:
         epochs = [row["epoch"] for row in run.curves]
-        label = NAMES.get(run.benchmark, run.benchmark)
+        label = benchmark_title(run.benchmark)
         loss = [row.get("loss", float("nan")) for row in run.curves]
         left.plot(epochs, loss, marker="o", markersize=4, label=label)
         scored = [row for row in run.curves if "R1" in row]
@@ -431,7 +436,7 @@ def chosen_query_strips(
 
 
 def _strips_section(benchmark: str, strips: list[Strip]) -> tuple[str, str, str]:
-    name = NAMES.get(benchmark, benchmark)
+    name = benchmark_title(benchmark)
     markdown = "\n".join(f"- {strip.summary}" for strip in strips)
     markdown += "\n\n`+` a hit, `.` a miss, in rank order."
     fragment = "".join(
@@ -459,7 +464,7 @@ def restoration_section(
     from uit.model.build import build_tokenizer
     from uit.model.objective import restore
 
-    name = NAMES.get(benchmark, benchmark)
+    name = benchmark_title(benchmark)
     if isinstance(objective, Exception):
         error = str(objective)
         return f"TIR restorations ({name})", f"Not available: {error}", prose(error)
