@@ -24,7 +24,7 @@ from uit.data.prepared import CAPTIONS_FILE, IMAGES_FILE, IMGS_DIR_BASE, STATS_F
 from uit.raw.formats import SPECS
 from uit.synth.alttext import write_generic_caption
 from uit.synth.attributes import sample_families
-from uit.synth.generate import SIZES, _Image, _plan_images, _render_all
+from uit.synth.generate import _Image, _plan_images, _render_all, plan_for
 
 if TYPE_CHECKING:
     from uit.core.console import Advance
@@ -38,7 +38,7 @@ def benchmark_identities(synth: SynthConfig) -> set[tuple[Any, ...]]:
     seed and size (whichever benchmarks a pipeline runs on)."""
     keys: set[tuple[Any, ...]] = set()
     for name in BENCHMARKS:
-        _, identities = _plan_images(SPECS[name], SIZES[synth.size][name], synth.seed)
+        _, identities = _plan_images(SPECS[name], plan_for(SPECS[name], synth.size), synth.seed)
         keys.update(identity.key() for _, identity in identities.values())
     return keys
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from uit.core.config import PRETRAINED_WEIGHTS, SYNTHETIC_ROOT, Config, ModelConfig
 from uit.raw.formats import get_spec
 from uit.raw.readers import missing_benchmark
-from uit.synth.generate import SIZES
+from uit.synth.generate import plan_for
 from uit.training.preflight import (
     Identities,
     batch_problem,
@@ -27,7 +27,7 @@ def synthetic_identities(cfg: Config, benchmark: str) -> Identities | None:
     spec = get_spec(benchmark)
     if cfg.data.source != "synthetic" or spec.name not in cfg.data.benchmarks:
         return None
-    train_ids, val_ids, _ = SIZES[cfg.synth.size][spec.name].identities
+    train_ids, val_ids, _ = plan_for(spec, cfg.synth.size).identities
     has_val = "val" in spec.splits and val_ids > 0
     count = train_ids - held_out(train_ids, cfg.train, has_val)
     return Identities(spec.name, count, f"synth.size {cfg.synth.size}")
