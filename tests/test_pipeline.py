@@ -362,3 +362,28 @@ def test_a_killed_training_resumes_from_its_last_epoch(tmp_path: Path) -> None:
     assert resumed.keys() == straight.keys()
     for key in straight:  # a power cut costs time, never a different model
         assert torch.equal(resumed[key], straight[key]), key
+
+
+def test_an_erasure_from_a_benchmark_survives_dvc_repro_of_its_prepare_stage(
+    pipeline: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Real DVC removes a stage's output before it runs the stage again: the erasure list of
+    the prepared benchmark sits beside that folder, so the identity stays erased, and the
+    stage's output (and so everything after it) is the same as before."""
+    from uit.data.prepared import erasure_file
+    from uit.retrieval.live import erase_images
+    from uit.retrieval.search import read_gallery
+
+    repo, _ = pipeline
+    prepared = repo / "data/prepared/rstpreid"
+    best = repo / "runs/rstpreid/checkpoints/best"
+    pid = read_gallery(prepared).pids[0]
+    lock = (repo / "dvc.lock").read_bytes()
+    try:
+        erase_images(best, prepared, pids=[pid], cache_dir=tmp_path / "cache")
+        sh("dvc", "repro", "--force", "--single-item", "prepare@rstpreid", cwd=repo, env=_env())
+        assert pid not in read_gallery(prepared).pids
+        assert (repo / "dvc.lock").read_bytes() == lock
+    finally:  # the other tests of this module read the benchmark whole
+        erasure_file(prepared).unlink(missing_ok=True)
+    assert pid in read_gallery(prepared).pids
