@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import Client, cli, fails, snapshot, stop, wait_until_serving
+from uit.data import prepared as prepared_module
 from uit.data.prepared import ERASED_FILE, erasure_file
 from uit.raw.prepare import prepare_benchmark
 from uit.retrieval import index as index_module
@@ -107,7 +108,8 @@ def test_add_fills_an_empty_gallery_and_one_whose_images_were_all_erased(
           says=("every image in it was erased",))  # fmt: skip
     fails("gallery", "add", best, folder / names[0], "--gallery", folder, "--cache-dir", cache,
           says=("was erased", "another name"))  # fmt: skip
-    change = add_images(best, folder, sorted(new.glob("*.png")), cache_dir=cache, device="cpu")
+    change = add_images(best, folder=folder, images=sorted(new.glob("*.png")), cache_dir=cache,
+                        device="cpu")  # fmt: skip
     assert change.images == 4 and change.encoded == 2  # two were encoded for the empty gallery
     answer = search(best, folder, cache)
     assert {name for name, _ in ranking(answer)} == {p.name for p in new.glob("*.png")}
@@ -248,15 +250,21 @@ def test_erase_by_identity_in_a_prepared_benchmark(
 
 
 def test_an_erasure_list_inside_a_prepared_folder_counts_and_moves_beside_it(
-    trained: dict[str, Path], tiny_synth: tuple[Path, dict[str, Any]], tmp_path: Path
+    trained: dict[str, Path],
+    tiny_synth: tuple[Path, dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Where earlier versions wrote it: inside the prepared folder. It counts (with a warning),
-    the next erasure or ``uit data prepare`` moves it beside the folder, and then a folder
-    removed as ``dvc repro`` removes it loses nothing."""
+    """Where earlier versions wrote it: inside the prepared folder. It counts (with one
+    warning), the next erasure or ``uit data prepare`` moves it beside the folder, and then a
+    folder removed as ``dvc repro`` removes it loses nothing. (The library's functions are
+    called with keywords here: the gallery is found whichever way it is passed.)"""
     prepared = tmp_path / "cuhk-pedes"
     for move in ("erase", "prepare"):
+        monkeypatch.setattr(prepared_module, "_WARNED", set())
+        caplog.clear()
         shutil.rmtree(prepared, ignore_errors=True)
-        erasure_file(tmp_path / "x").unlink(missing_ok=True)
         shutil.copytree(trained["prepared"], prepared)
         listed = erasure_file(prepared)
         listed.unlink(missing_ok=True)
@@ -266,11 +274,14 @@ def test_an_erasure_list_inside_a_prepared_folder_counts_and_moves_beside_it(
                                                         "images": [old]}))  # fmt: skip
         assert old not in read_gallery(prepared).names
         if move == "erase":
-            erase_images(trained["best"], prepared, names=[new], cache_dir=tmp_path / "cache")
+            erase_images(checkpoint=trained["best"], source=prepared, names=[new],
+                         cache_dir=tmp_path / "cache")  # fmt: skip
             assert json.loads(listed.read_text())["images"] == sorted([old, new])
         else:
             prepare_benchmark("cuhk-pedes", tiny_synth[0].resolve(), prepared)
             assert json.loads(listed.read_text())["images"] == [old]
+        warned = [r for r in caplog.records if "an erasure list inside" in r.getMessage()]
+        assert len(warned) == 1, move
         assert not (prepared / ERASED_FILE).exists()
         shutil.rmtree(prepared)  # dvc repro
         prepare_benchmark("cuhk-pedes", tiny_synth[0].resolve(), prepared)

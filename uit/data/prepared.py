@@ -14,7 +14,8 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import polars as pl
 
 from uit.core.boundary import PREPARED, reading
 from uit.core.errors import DataError
-from uit.core.io import atomic_write_json
+from uit.core.io import atomic_write_json, folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ CAPTIONS_FILE = "captions.parquet"
 STATS_FILE = "stats.json"
 ERASED_FILE = ".uit-erased.json"  # a gallery's erasure list (uit gallery erase): erasure_file
 ERASED_FORMAT = "uit-erased-1"
+ERASURE_WAIT = 600.0  # seconds a gallery change waits for another one (an encode can be long)
 # Real captions are a few hundred characters; a longer one is broken or hostile (and would make
 # tagging slow): it is dropped and counted as "oversized_caption" in stats.json.
 MAX_CAPTION_CHARS = 2000
@@ -176,11 +178,27 @@ def read_erased(source: str | Path) -> set[str]:
     ``uit gallery erase`` (``erasure_file``; for a prepared benchmark also a list inside its
     folder, where earlier versions kept it), never read or served again."""
     inside, listed = Path(source) / ERASED_FILE, erasure_file(source)
-    if inside != listed and inside.is_file():
+    if inside != listed and inside.is_file() and inside.resolve() not in _WARNED:
+        _WARNED.add(inside.resolve())
         log.warning("%s: an erasure list inside a prepared folder, where dvc repro loses it; "
                     "uit data prepare or the next uit gallery erase moves it to %s",
                     inside, listed)  # fmt: skip
     return set().union(*(_read_erasure_list(p) for p in sorted({inside, listed}) if p.is_file()))
+
+
+_WARNED: set[Path] = set()  # the lists inside a prepared folder this process has warned of
+
+
+@contextmanager
+def erasure_lock(gallery: Path) -> Iterator[None]:
+    """Hold the lock of the folder of ``gallery``'s erasure list while the block changes the
+    list or the gallery: two erasures at once would each write the list without the other's
+    names (an erased image served again), and an addition beside an erasure could put its rows
+    back in a cache. A prepared benchmark's list is beside its folder, which ``uit data
+    prepare`` may replace meanwhile: the lock is the list's folder's."""
+    busy = f"{gallery} is being changed by another uit gallery add or erase: try again"
+    with folder_lock(erasure_file(gallery).parent, busy, DataError, wait=ERASURE_WAIT):
+        yield
 
 
 def _read_erasure_list(path: Path) -> set[str]:

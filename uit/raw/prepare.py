@@ -30,6 +30,7 @@ from uit.data.prepared import (
     IMGS_DIR_BASE,
     MAX_CAPTION_CHARS,
     STATS_FILE,
+    erasure_lock,
     read_erased,
     resolve_inside,
     write_erased,
@@ -277,7 +278,8 @@ def write_manifests(manifests: Prepared, out_dir: str | Path) -> None:
     folder, out of reach of ``dvc repro``) moves beside it first: a benchmark prepared again
     must not serve the images erased from it."""
     if (Path(out_dir) / ERASED_FILE).is_file() and (Path(out_dir) / IMAGES_FILE).is_file():
-        write_erased(out_dir, read_erased(out_dir))
+        with erasure_lock(Path(out_dir)):  # an erasure under way writes the list too
+            write_erased(out_dir, read_erased(out_dir))
     with replaced_dir(out_dir, OWNED_FILES) as tmp:
         manifests.images.write_parquet(tmp / IMAGES_FILE)
         manifests.captions.write_parquet(tmp / CAPTIONS_FILE)

@@ -10,18 +10,18 @@ asked. A running ``uit serve`` sees either after ``POST /admin/reload``.
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec
+from typing import TYPE_CHECKING
 
 from uit.core.config import INFERENCE_BATCH_SIZE, MILVUS_URI, IndexChoice
 from uit.core.errors import DataError
-from uit.core.io import atomic_write_bytes, folder_lock
+from uit.core.io import atomic_write_bytes
 from uit.data.images import load_rgb, read_image_bytes
-from uit.data.prepared import IMAGES_FILE, erasure_file, read_erased, write_erased
+from uit.data.prepared import IMAGES_FILE, erasure_lock, read_erased, write_erased
 from uit.retrieval.evaluate import load_for_inference
 from uit.retrieval.index import carry_index, resolve_kind
 from uit.retrieval.milvus import LITE_FILE, connect, drop_other_collections
@@ -45,8 +45,6 @@ if TYPE_CHECKING:
     from uit.core.console import Advance
 
 log = logging.getLogger(__name__)
-P = ParamSpec("P")
-CHANGE_WAIT = 600.0  # seconds a gallery change waits for another one (an encode can be long)
 
 
 @dataclass(frozen=True)
@@ -64,28 +62,15 @@ class Change:
     dropped: list[Path | str]
 
 
-def _one_change_at_a_time(change: Callable[P, Change]) -> Callable[P, Change]:
-    """Hold the lock of the gallery's erasure list's folder (the gallery is the second argument)
-    while ``change`` runs: two erasures at once would each write the erasure list without the
-    other's names (an erased image served again), and an addition beside an erasure could put
-    its rows back in a cache."""
-
-    @functools.wraps(change)
-    def locked(*args: P.args, **kwargs: P.kwargs) -> Change:
-        gallery = Path(args[1])  # type: ignore[arg-type]  # (checkpoint, gallery, ...)
-        if not gallery.is_dir():  # before the lock, which would make it
-            raise gallery_not_found(gallery)
-        # the folder of the erasure list: a prepared benchmark's is beside it, and uit data
-        # prepare may replace the benchmark's folder meanwhile
-        held = erasure_file(gallery).parent
-        busy = f"{gallery} is being changed by another uit gallery add or erase: try again"
-        with folder_lock(held, busy, DataError, wait=CHANGE_WAIT):
-            return change(*args, **kwargs)
-
-    return locked
+@contextmanager
+def _changing(gallery: Path) -> Iterator[None]:
+    """``erasure_lock`` for a gallery that exists: the lock would make a missing folder."""
+    if not gallery.is_dir():
+        raise gallery_not_found(gallery)
+    with erasure_lock(gallery):
+        yield
 
 
-@_one_change_at_a_time
 def add_images(
     checkpoint: str | Path,
     folder: str | Path,
@@ -102,27 +87,29 @@ def add_images(
     cache are encoded; a cached index of the gallery before is carried over to the gallery
     after. The gallery may hold no image yet (or only erased ones)."""
     folder = Path(folder)
-    if (folder / IMAGES_FILE).is_file():
-        raise DataError(f"--gallery {folder} is a prepared benchmark: add images to a folder "
-                        "gallery (a benchmark changes through uit data prepare)")  # fmt: skip
-    before = _remaining(folder, "test")
-    placed = _placements(folder, images, read_erased(folder))
-    for source, _ in placed:  # every new image decodes before any is copied in
-        load_rgb(source)
-    encoder, _, options = load_for_inference(Path(checkpoint), device, batch_size)
-    cache = EmbeddingCache(Path(cache_dir), checkpoint_digest(Path(checkpoint)))
-    cache.keep_width(encoder.embed_dim)
-    known = {p: file_digest(p) for p in before.paths} if before is not None else {}
-    old = _cached_feats(before, cache, known) if before is not None else None
-    for source, target in placed:
-        if source != target:
-            atomic_write_bytes(target, read_image_bytes(source))
-    after = read_gallery(folder)
-    feats, encoded = gallery_embeddings(encoder, after.paths, options, cache, progress,
-                                        after.image_fix, known)  # fmt: skip
-    index = _carry(cache_dir, index_kind, before, old, after, feats) if before is not None else None
-    names = [target.relative_to(folder).as_posix() for _, target in placed]
-    return Change(names, encoded, len(after.paths), index, [cache.path], [])
+    with _changing(folder):
+        if (folder / IMAGES_FILE).is_file():
+            raise DataError(f"--gallery {folder} is a prepared benchmark: add images to a folder "
+                            "gallery (a benchmark changes through uit data prepare)")  # fmt: skip
+        before = _remaining(folder, "test")
+        placed = _placements(folder, images, read_erased(folder))
+        for source, _ in placed:  # every new image decodes before any is copied in
+            load_rgb(source)
+        encoder, _, options = load_for_inference(Path(checkpoint), device, batch_size)
+        cache = EmbeddingCache(Path(cache_dir), checkpoint_digest(Path(checkpoint)))
+        cache.keep_width(encoder.embed_dim)
+        known = {p: file_digest(p) for p in before.paths} if before is not None else {}
+        old = _cached_feats(before, cache, known) if before is not None else None
+        for source, target in placed:
+            if source != target:
+                atomic_write_bytes(target, read_image_bytes(source))
+        after = read_gallery(folder)
+        feats, encoded = gallery_embeddings(encoder, after.paths, options, cache, progress,
+                                            after.image_fix, known)  # fmt: skip
+        index = None if before is None else _carry(cache_dir, index_kind, before, old, after,
+                                                   feats)  # fmt: skip
+        names = [target.relative_to(folder).as_posix() for _, target in placed]
+        return Change(names, encoded, len(after.paths), index, [cache.path], [])
 
 
 def _placements(
@@ -170,7 +157,6 @@ def _check_target(folder: Path, source: Path, target: Path, erased: set[str]) ->
                         "image (nothing was copied)")  # fmt: skip
 
 
-@_one_change_at_a_time
 def erase_images(
     checkpoint: str | Path,
     source: str | Path,
@@ -189,44 +175,45 @@ def erase_images(
     embeddings; other cached indexes, which may hold them, are removed (they are built again
     when next opened). Their files are deleted only with ``delete_files``."""
     source = Path(source)
-    if delete_files and (source / IMAGES_FILE).is_file():
-        raise DataError(f"--delete-files: the images of the prepared benchmark {source} are "
-                        "its raw dataset's, not the gallery's: erase without it (they are "
-                        "never served again), then remove them from the raw data yourself "
-                        "if you must")  # fmt: skip
-    before = read_gallery(source, split)
-    targets = _targets(before, names, pids, read_erased(source))
-    lite = (Path(cache_dir) / LITE_FILE).exists()
-    # a Milvus Lite that a running server holds, or a server that does not answer, stops the
-    # erasure before anything has changed
-    if lite:
-        connect("milvus", cache_dir)
-    if MILVUS_URI.fullmatch(index_kind):
-        connect(index_kind, cache_dir)
-    digests = [file_digest(p) for p in before.paths]
-    cache = EmbeddingCache(Path(cache_dir), checkpoint_digest(Path(checkpoint)))
-    old = cache.get(digests) if not cache.missing(digests) else None
-    write_erased(source, read_erased(source) | set(targets))
-    after = _remaining(source, split)
-    rows = {name: i for i, name in enumerate(before.names)}
-    kept = [rows[n] for n in after.names] if after else []
-    files = [before.root / n for n in targets]  # erased earlier too: a rerun completes it
-    gone = {file_digest(f) for f in files if f.is_file()} - {digests[i] for i in kept}
-    index: Path | str | None = None
-    if after is not None and old is not None:
-        index = _carry(cache_dir, index_kind, before, old, after, old[kept])
-    caches = _forget(Path(cache_dir), gone)
-    dropped: list[Path | str] = []
-    for path in sorted(Path(cache_dir).glob("index-*.faiss")):
-        if path != index:
-            path.unlink(missing_ok=True)
-            dropped.append(path)
-    if lite:  # whatever --index says now: its collections may hold the erased images
-        dropped += drop_other_collections("milvus", cache_dir, index)
-    if delete_files:
-        for path in files:
-            path.unlink(missing_ok=True)
-    return Change(targets, 0, len(kept), index, caches, dropped)
+    with _changing(source):
+        if delete_files and (source / IMAGES_FILE).is_file():
+            raise DataError(f"--delete-files: the images of the prepared benchmark {source} are "
+                            "its raw dataset's, not the gallery's: erase without it (they are "
+                            "never served again), then remove them from the raw data yourself "
+                            "if you must")  # fmt: skip
+        before = read_gallery(source, split)
+        targets = _targets(before, names, pids, read_erased(source))
+        lite = (Path(cache_dir) / LITE_FILE).exists()
+        # a Milvus Lite that a running server holds, or a server that does not answer, stops the
+        # erasure before anything has changed
+        if lite:
+            connect("milvus", cache_dir)
+        if MILVUS_URI.fullmatch(index_kind):
+            connect(index_kind, cache_dir)
+        digests = [file_digest(p) for p in before.paths]
+        cache = EmbeddingCache(Path(cache_dir), checkpoint_digest(Path(checkpoint)))
+        old = cache.get(digests) if not cache.missing(digests) else None
+        write_erased(source, read_erased(source) | set(targets))
+        after = _remaining(source, split)
+        rows = {name: i for i, name in enumerate(before.names)}
+        kept = [rows[n] for n in after.names] if after else []
+        files = [before.root / n for n in targets]  # erased earlier too: a rerun completes it
+        gone = {file_digest(f) for f in files if f.is_file()} - {digests[i] for i in kept}
+        index: Path | str | None = None
+        if after is not None and old is not None:
+            index = _carry(cache_dir, index_kind, before, old, after, old[kept])
+        caches = _forget(Path(cache_dir), gone)
+        dropped: list[Path | str] = []
+        for path in sorted(Path(cache_dir).glob("index-*.faiss")):
+            if path != index:
+                path.unlink(missing_ok=True)
+                dropped.append(path)
+        if lite:  # whatever --index says now: its collections may hold the erased images
+            dropped += drop_other_collections("milvus", cache_dir, index)
+        if delete_files:
+            for path in files:
+                path.unlink(missing_ok=True)
+        return Change(targets, 0, len(kept), index, caches, dropped)
 
 
 def _targets(gallery: Gallery, names: Sequence[str], pids: Sequence[int],
