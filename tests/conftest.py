@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -538,3 +539,16 @@ def random_searcher(batch_queries: int = 1) -> Any:
     return assemble_searcher((encoder, build_tokenizer(cfg), EvalOptions()), gallery, feats,
                              index_kind="flat", model="uit-tiny",
                              batch_queries=batch_queries)  # fmt: skip
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """One torch thread, as each pytest-xdist worker has here: the same reductions, so the same
+    floats, however busy the machine. With several, a matrix product's sums depend on the batch
+    around a row (a plain ``pytest`` run differs from xdist's in the fifth decimal)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -371,7 +371,7 @@ def test_tensor_files_are_the_same_bytes_in_every_process() -> None:
         "ours = save_tensors(t, m); assert torch.equal(load(ours)['w'], t['w']); "
         "print(hashlib.sha256(ours).hexdigest(), hashlib.sha256(save(t, metadata=m)).hexdigest())"
     )
-    environ = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
     runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                            env=environ, check=True).stdout.split() for _ in range(6)]  # fmt: skip
     assert len({ours for ours, _ in runs}) == 1

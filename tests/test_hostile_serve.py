@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import Answer, request, terminate, wait_until_serving
+from tests.conftest import request, terminate, wait_until_serving
 from uit.app.cli import app
 from uit.retrieval.index import build_index
 from uit.retrieval.search import EmbeddingCache, checkpoint_digest, file_digest, list_gallery
@@ -89,12 +89,6 @@ def one_line_error(code: int, output: str, *says: str) -> None:
         assert part in message, (part, output)
 
 
-def call(port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-         raw: bytes | None = None, timeout: float = 30) -> Answer:  # fmt: skip
-    """One request on its own connection (a raw, already encoded path)."""
-    return request(port, method, path, body, headers, raw, timeout)
-
-
 class Server:
     """`uit serve` in a real process on the port it chooses (--port 0), its output in a file (so
     no pipe fills up)."""
@@ -119,7 +113,7 @@ class Server:
         terminate(self.process)
 
     def search(self, text: str, k: int = 100) -> dict[str, Any]:
-        answer = call(self.port, "POST", "/search", {"text": text, "k": k})
+        answer = request(self.port, "POST", "/search", {"text": text, "k": k})
         assert answer.status == 200, answer.body
         return answer.json()
 
@@ -231,9 +225,9 @@ def test_a_link_planted_after_start_is_not_served(served: Server, folder: Path,
     (folder / "victim-link.png").unlink()
     (folder / "victim-link.png").symlink_to(outside / "passwd")
     for method in ("GET", "HEAD"):
-        answer = call(served.port, method, url)
+        answer = request(served.port, method, url)
         assert answer.status == 404 and SECRET not in answer.body, (method, answer)
-    detail = call(served.port, "GET", url).json()["detail"]
+    detail = request(served.port, "GET", url).json()["detail"]
     assert "victim-link.png" in detail and "\n" not in detail and str(outside) not in detail
 
 
@@ -246,7 +240,7 @@ def test_a_prepared_benchmark_serves_no_link_planted_after_start(
     victim = imgs / hit["name"]
     victim.unlink()
     victim.symlink_to(outside / "passwd" if target == "secret" else Path("/dev/zero"))
-    answer = call(server.port, "GET", hit["url"], timeout=20)
+    answer = request(server.port, "GET", hit["url"], timeout=20)
     assert answer.status == 404 and SECRET not in answer.body, answer
     assert hit["name"] in answer.json()["detail"]
 
@@ -283,7 +277,7 @@ REMOTE = ["evil.example", "evil.example:8000", "127.0.0.1.nip.io", "localhost.ev
 @pytest.mark.parametrize("host", REMOTE)
 def test_only_loopback_host_names_are_answered(served: Server, host: str) -> None:
     for method, path in (("GET", "/healthz"), ("GET", "/images/alias.png"), ("POST", "/search")):
-        answer = call(served.port, method, path, {"text": "a man"}, headers={"Host": host})
+        answer = request(served.port, method, path, {"text": "a man"}, headers={"Host": host})
         assert answer.status == 400, (host, path, answer)
         assert "loopback" in answer.json()["detail"] and "--expose" in answer.json()["detail"]
 
@@ -291,7 +285,9 @@ def test_only_loopback_host_names_are_answered(served: Server, host: str) -> Non
 @pytest.mark.parametrize("host", ["localhost", "LOCALHOST:{port}", "127.0.0.1:{port}", "127.1.2.3",
                                   "[::1]:{port}", "[::1]"])  # fmt: skip
 def test_loopback_host_names_are_answered(served: Server, host: str) -> None:
-    answer = call(served.port, "GET", "/healthz", headers={"Host": host.format(port=served.port)})
+    answer = request(
+        served.port, "GET", "/healthz", headers={"Host": host.format(port=served.port)}
+    )
     assert answer.status == 200, answer
 
 
@@ -331,7 +327,7 @@ def test_answers_carry_safety_headers_and_no_server_paths(
     served: Server, folder: Path, trained: dict[str, Path]
 ) -> None:
     url = hit_named(served, "alias.png")["url"]
-    answers = {path: call(served.port, method, path, body)
+    answers = {path: request(served.port, method, path, body)
                for method, path, body in (("GET", "/", None), ("GET", "/healthz", None),
                                           ("GET", "/openapi.json", None), ("GET", url, None),
                                           ("POST", "/search", {"text": "a man"}))}  # fmt: skip
@@ -425,11 +421,11 @@ def test_images_deleted_or_replaced_after_start_are_not_found(served: Server,
     fifo(folder / "victim-fifo.png")
     for name, url in urls.items():
         for method in ("GET", "HEAD"):
-            answer = call(served.port, method, url, timeout=15)
+            answer = request(served.port, method, url, timeout=15)
             assert answer.status == 404, (name, method, answer)
-        detail = call(served.port, "GET", url, timeout=15).json()["detail"]
+        detail = request(served.port, "GET", url, timeout=15).json()["detail"]
         assert name in detail and "since uit serve started" in detail and "\n" not in detail
-    assert call(served.port, "GET", "/healthz").status == 200  # and the server goes on
+    assert request(served.port, "GET", "/healthz").status == 200  # and the server goes on
     assert "Traceback" not in served.output()
 
 
@@ -491,9 +487,9 @@ def test_a_cached_index_of_other_embeddings_is_rebuilt(tmp_path: Path, caplog) -
 
 def test_names_that_are_not_utf8_are_served(served: Server, folder: Path) -> None:
     for path in ("/", "/healthz", "/openapi.json"):  # the gallery folder's name is not UTF-8
-        assert call(served.port, "GET", path).status == 200, path
+        assert request(served.port, "GET", path).status == 200, path
     hit = hit_named(served, "caf\\xe9.png")  # shown with the byte escaped
-    answer = call(served.port, "GET", hit["url"])
+    answer = request(served.port, "GET", hit["url"])
     assert answer.status == 200 and answer.body == (folder / NOT_UTF8).read_bytes()
 
 
@@ -570,7 +566,7 @@ def test_a_device_this_machine_lacks_is_one_line(trained: dict[str, Path], tmp_p
 
 def test_a_name_with_a_newline_round_trips(served: Server, folder: Path) -> None:
     hit = hit_named(served, "new\nline.png")
-    answer = call(served.port, "GET", hit["url"])
+    answer = request(served.port, "GET", hit["url"])
     assert answer.status == 200 and answer.body == (folder / "new\nline.png").read_bytes()
     assert answer.headers["content-type"] == "image/png"
 
@@ -606,7 +602,7 @@ def test_a_port_in_use_fails_at_once(trained: dict[str, Path], tmp_path: Path) -
 def test_head_is_answered_without_a_body(served: Server, folder: Path) -> None:
     url = hit_named(served, "alias.png")["url"]
     for path, size in (("/", None), (url, (folder / "inner" / "deep.png").stat().st_size)):
-        answer = call(served.port, "HEAD", path)
+        answer = request(served.port, "HEAD", path)
         assert answer.status == 200 and answer.body == b"", (path, answer)
         if size is not None:
             assert answer.headers["content-length"] == str(size)
@@ -623,7 +619,7 @@ def test_head_is_answered_without_a_body(served: Server, folder: Path) -> None:
 ])  # fmt: skip
 def test_bad_bodies_get_one_line_that_says_what_is_expected(served: Server, raw: bytes,
                                                             says: str) -> None:  # fmt: skip
-    answer = call(served.port, "POST", "/search", raw=raw)
+    answer = request(served.port, "POST", "/search", raw=raw)
     assert answer.status == 422 and says in answer.json()["detail"], answer
     assert "\n" not in answer.json()["detail"]
     if "JSON" in says:

@@ -18,10 +18,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from tests.conftest import Client, cli, fails, snapshot, stop, wait_until_serving
+from tests.conftest import (
+    Client,
+    cli,
+    fails,
+    single_thread,
+    snapshot,
+    stop,
+    wait_until_serving,
+)
 from uit.data import prepared as prepared_module
 from uit.data.prepared import ERASED_FILE, erasure_file
 from uit.raw.prepare import prepare_benchmark
@@ -147,13 +154,10 @@ def test_add_refuses_bad_input_before_writing_anything(trained: dict[str, Path],
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
-    """One torch thread, as each pytest-xdist worker has here: with several, a matrix
-    product's sums depend on the batch around a row, so cached rows encoded beside the erased
-    image and a fresh encode without it differ in the fifth decimal (a plain pytest run)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    """Cached rows encoded beside an erased image and a fresh encode without it agree only on
+    one thread (``single_thread``)."""
+    with single_thread():
+        yield
 
 
 def test_erase_removes_an_image_everywhere_and_the_audit_log_says_so(

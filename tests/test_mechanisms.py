@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 
 import pytest
 import torch
 from torch.nn import functional as F
 
+from tests.conftest import single_thread
 from uit.core.config import (
     Config,
     LossConfig,
@@ -69,17 +69,6 @@ COLOURS = list(PALETTE)
 OUTFITS = [(top, (top + shift) % 5) for shift in range(1, 5) for top in range(5)]
 MODEL = ModelConfig(name="uit-tiny", image_height=32, image_width=16, context_length=16)
 TIR_STEPS, TIR_BATCH = 120, 16
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """One thread: the same reductions, so the same floats, however busy the machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
